@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Create or update ./.venv with alignlab and what it needs. torch is pinned first so that no
+# dependency range can pull a multi-GB CUDA build; set ALIGNLAB_TORCH to choose another build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check "${ALIGNLAB_TORCH:-torch==2.13.0}"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]"
