@@ -1,0 +1,38 @@
+"""Stages: each a config class (unknown keys are errors) and a `run(config, out_dir) -> metrics`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import import_module
+from typing import Callable
+
+from alignlab.stages.common import StageConfig
+
+
+@dataclass(frozen=True)
+class StageType:
+    module: str
+    config: str
+    summary: str
+
+    def load(self) -> tuple[type[StageConfig], Callable]:
+        mod = import_module(f"alignlab.stages.{self.module}")
+        return getattr(mod, self.config), mod.run
+
+
+STAGES: dict[str, StageType] = {
+    "task_data": StageType("task_data", "TaskDataConfig", "write a built-in task's datasets (SFT, prompts)"),
+    "pretrain": StageType("pretrain", "PretrainConfig", "train a tokenizer and a small LM from scratch"),
+    "sft": StageType("sft", "SFTConfig", "supervised fine-tuning on demonstrations"),
+    "sample_pairs": StageType("sample_pairs", "SamplePairsConfig", "sample k responses per prompt, label pairs by gold reward"),
+    "reward_model": StageType("reward_model", "RewardModelConfig", "Bradley–Terry reward model on pairs or rankings"),
+    "dpo": StageType("dpo", "DPOConfig", "direct preference optimisation (DPO, cDPO, soft labels)"),
+    "evaluate": StageType("evaluate", "EvaluateConfig", "gold/proxy reward, KL, length, distinct-n of models' samples"),
+    "report": StageType("report", "ReportConfig", "markdown + plot comparing evaluated models"),
+}
+
+
+def stage_type(name: str) -> StageType:
+    if name not in STAGES:
+        raise KeyError(f"unknown stage type {name!r}; known: {', '.join(STAGES)}")
+    return STAGES[name]

@@ -1,0 +1,137 @@
+"""The `alignlab` command: `alignlab run RECIPE.yaml`, or one stage alone (`alignlab dpo ...`).
+
+A stage command takes `--out DIR`, an optional `--config FILE.yaml`, and any of the stage's
+settings as `--key value` (nested ones as `--train.lr 1e-5`); values are parsed as YAML scalars
+and validated, so an unknown or mistyped setting is an error that names it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+import yaml
+from pydantic import ValidationError
+
+from alignlab.stages import STAGES
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Align language models: SFT, reward models, DPO and more, from one recipe or one stage at a time.")
+
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, RuntimeError, KeyError)
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", err=True, fg="red")
+    raise typer.Exit(1)
+
+
+@app.command()
+def run(
+    recipe: Path = typer.Argument(..., help="recipe YAML file"),
+    out: Optional[Path] = typer.Option(None, help="run directory (default runs/<recipe name>)"),
+    redo: Optional[str] = typer.Option(None, help="run this stage and all later ones again"),
+) -> None:
+    """Run a recipe: finished stages are skipped, an unfinished one resumes from its checkpoint."""
+    from alignlab.pipeline.runner import run_recipe
+
+    _guarded(lambda: run_recipe(recipe, out, redo))
+
+
+def parse_overrides(args: list[str]) -> dict:
+    """`--a.b value` / `--a.b=value` pairs into a nested dict, values parsed as YAML scalars."""
+    settings: dict = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--"):
+            raise ValueError(f"unexpected argument {arg!r}; settings are given as --key value")
+        key, eq, value = arg[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(args) or args[i + 1].startswith("--"):
+                value = "true"  # a bare flag
+            else:
+                i += 1
+                value = args[i]
+        node = settings
+        parts = key.replace("-", "_").split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(value) if value != "" else ""
+        i += 1
+    return settings
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _guarded(fn) -> None:
+    from alignlab.data.errors import DataError
+
+    try:
+        fn()
+    except DataError as e:
+        _fail(str(e))
+    except ValidationError as e:
+        from alignlab.pipeline.recipe import describe_error
+
+        _fail("; ".join(describe_error(err) for err in e.errors()))
+    except USER_ERRORS as e:
+        if os.environ.get("ALIGNLAB_DEBUG"):
+            raise
+        _fail(str(e) if not isinstance(e, KeyError) else str(e.args[0]))
+
+
+def _settings_help(config_cls) -> str:
+    lines = []
+    for name, field in config_cls.model_fields.items():
+        default = "required" if field.is_required() else f"default {field.default!r}"
+        desc = f": {field.description}" if field.description else ""
+        lines.append(f"--{name} ({default}){desc}")
+    return "\n\n".join(lines)
+
+
+def _stage_command(kind: str):
+    stage = STAGES[kind]
+
+    def command(
+        ctx: typer.Context,
+        out: Path = typer.Option(..., help="stage directory to write (model/, metrics.json, log.jsonl)"),
+        config: Optional[Path] = typer.Option(None, help="YAML file of settings; --key value overrides it"),
+    ) -> None:
+        config_cls, run_stage = stage.load()
+
+        def go():
+            base = yaml.safe_load(config.read_text()) if config else {}
+            cfg = config_cls.model_validate(_merge(base or {}, parse_overrides(list(ctx.args))))
+            metrics = run_stage(cfg, out)
+            typer.echo(yaml.safe_dump({k: v for k, v in metrics.items() if not isinstance(v, (dict, list))},
+                                      sort_keys=False).strip())
+
+        _guarded(go)
+
+    config_cls, _ = stage.load()
+    command.__doc__ = f"{stage.summary[0].upper()}{stage.summary[1:]}.\n\nSettings:\n\n{_settings_help(config_cls)}"
+    return command
+
+
+for _kind in STAGES:
+    app.command(
+        name=_kind.replace("_", "-"),
+        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    )(_stage_command(_kind))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""A markdown report with a plot comparing models on gold reward, KL, length (and RM accuracy)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window
+import matplotlib.pyplot as plt  # noqa: E402
+
+PANELS = [("gold", "gold reward"), ("proxy", "proxy (reward model)"), ("kl", "KL to reference (nats)"),
+          ("length", "response length (tokens)")]
+
+
+def _fmt(x: float | None, digits: int = 3) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def plot_models(models: dict[str, dict], path: Path) -> Path:
+    panels = [(k, label) for k, label in PANELS if any(f"{k}_mean" in m for m in models.values())]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.2), squeeze=False)
+    names = list(models)
+    for ax, (key, label) in zip(axes[0], panels):
+        means = [models[n].get(f"{key}_mean", float("nan")) for n in names]
+        errs = [models[n].get(f"{key}_se", 0.0) or 0.0 for n in names]
+        ax.bar(names, means, yerr=[0 if math.isnan(e) else e for e in errs], capsize=4,
+               color=["#8da0cb", "#fc8d62", "#66c2a5", "#e78ac3", "#a6d854"][: len(names)])
+        ax.set_title(label, fontsize=10)
+        ax.axhline(0, color="black", linewidth=0.6)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(title: str, models: dict[str, dict], extra: dict[str, dict], out: Path,
+                 baseline: str | None = None) -> Path:
+    """report.md + report.png under `out`. `extra`: other stages' figures shown as a table."""
+    plot = plot_models(models, out / "report.png")
+    lines = [f"# {title}", "", f"![comparison]({plot.name})", "",
+             "| model | gold reward | ± se | proxy reward | KL to ref | length | distinct-1 | distinct-2 |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, m in models.items():
+        lines.append(
+            f"| {name} | {_fmt(m.get('gold_mean'))} | {_fmt(m.get('gold_se'))} | {_fmt(m.get('proxy_mean'))} "
+            f"| {_fmt(m.get('kl_mean'), 2)} | {_fmt(m.get('length_mean'), 1)} | {_fmt(m.get('distinct_1'))} "
+            f"| {_fmt(m.get('distinct_2'))} |"
+        )
+    if baseline and baseline in models:
+        base = models[baseline].get("gold_mean")
+        for name, m in models.items():
+            if name != baseline and base is not None and "gold_mean" in m:
+                lines += ["", f"Gold reward of **{name}** minus **{baseline}**: {m['gold_mean'] - base:+.3f}"]
+    for section, figures in extra.items():
+        lines += ["", f"## {section}", "", "| figure | value |", "|---|---|"]
+        lines += [f"| {k} | {_fmt(v) if isinstance(v, float) else v} |" for k, v in figures.items()]
+    path = out / "report.md"
+    from alignlab.train.checkpoint import write_text_atomic
+
+    write_text_atomic(path, "\n".join(lines) + "\n")
+    return path

@@ -1,0 +1,117 @@
+"""Log-probabilities of the tokens a model actually saw or produced.
+
+The vocabulary axis is the memory hog of every alignment objective: a `[B, T, V]` float32
+log-softmax for B=8, T=2048 and a 150k vocabulary is ~10 GB. Objectives only need one entry per
+position, so `selective_log_softmax` computes log p(token) = logit(token) - logsumexp(logits) in
+chunks of rows and never holds a full-size log-softmax copy.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from alignlab.ops.stats import masked_sum
+
+# How many logits one chunk may hold. Bounds the temporaries (logsumexp's exp buffer, or the
+# float32 upcast of bf16 logits) at ~64 MiB in float32 however long the batch is.
+CHUNK_ELEMENTS = 1 << 24
+
+
+def selective_log_softmax(logits: Tensor, index: Tensor) -> Tensor:
+    """log softmax(logits)[..., index] for every leading position, without a full log-softmax.
+
+    logits: `[..., V]`; index: `[...]` (integer token ids). Returns `[...]` in float32, or float64
+    when the logits are float64. float32/float64 logits are handled as gathered logit minus
+    logsumexp; bf16/fp16 logits are upcast to float32 one chunk of rows at a time and passed
+    through log_softmax there, because logsumexp in half precision loses too much.
+    """
+    return _selective_log_softmax(logits, index, temperature=1.0)
+
+
+def _selective_log_softmax(logits: Tensor, index: Tensor, temperature: float) -> Tensor:
+    if not logits.is_floating_point():
+        raise TypeError(f"logits must be floating point, got {logits.dtype}")
+    if index.shape != logits.shape[:-1]:
+        raise ValueError(
+            f"index shape {tuple(index.shape)} must equal the logits' leading shape "
+            f"{tuple(logits.shape[:-1])}"
+        )
+    index = index.long()  # gather needs int64; a no-op when it already is
+    vocab = logits.shape[-1]
+    try:
+        rows = logits.view(-1, vocab)
+    except RuntimeError:
+        # A strided view such as logits[:, :-1] cannot be flattened without a copy; walk the
+        # first axis instead, where each slice can.
+        return torch.stack(
+            [_selective_log_softmax(logits[i], index[i], temperature) for i in range(len(logits))]
+        )
+    flat_index = index.reshape(-1)
+    rows_per_chunk = max(1, CHUNK_ELEMENTS // max(1, vocab))
+    high_precision = logits.dtype in (torch.float32, torch.float64)
+    pieces = []
+    for chunk, chunk_index in zip(rows.split(rows_per_chunk), flat_index.split(rows_per_chunk)):
+        chunk_index = chunk_index.unsqueeze(-1)
+        if high_precision:
+            if temperature != 1.0:
+                chunk = chunk / temperature
+            picked = chunk.gather(-1, chunk_index).squeeze(-1)
+            pieces.append(picked - torch.logsumexp(chunk, dim=-1))
+        else:
+            chunk = chunk.float()
+            if temperature != 1.0:
+                chunk = chunk / temperature
+            pieces.append(torch.log_softmax(chunk, dim=-1).gather(-1, chunk_index).squeeze(-1))
+    if not pieces:  # zero rows: split() yields nothing on some versions
+        out_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+        return logits.new_zeros(index.shape, dtype=out_dtype)
+    return torch.cat(pieces).view(index.shape)
+
+
+def token_logps(
+    model,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    loss_mask: Tensor | None = None,
+    temperature: float = 1.0,
+    *,
+    position_ids: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Per-token log-probs of `input_ids[:, 1:]` under `model`, from one forward pass.
+
+    Returns `(logps, mask)`, both `[B, T-1]`: logps[:, t] = log p(input_ids[:, t+1] | input_ids[:, :t+1])
+    and mask = loss_mask[:, 1:] (or attention_mask[:, 1:] when no loss mask is given), returned
+    as the same tensor type it came in. logps is exactly 0 wherever the mask is 0.
+
+    `temperature` divides the logits (chunk by chunk, so no full-size copy) and must match the
+    sampler's temperature when these log-probs are compared with the ones a sampler reported.
+    `position_ids` is passed through when given (packed rows, left padding); otherwise the model
+    numbers positions itself, which is right for right-padded batches.
+    """
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    extra = {} if position_ids is None else {"position_ids": position_ids}
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **extra).logits
+    # The prediction at position t is for token t+1: drop the last position's logits (a view).
+    logps = _selective_log_softmax(logits[:, :-1], input_ids[:, 1:], temperature)
+    mask = (attention_mask if loss_mask is None else loss_mask)[:, 1:]
+    keep = mask if mask.dtype == torch.bool else mask != 0
+    logps = torch.where(keep, logps, torch.zeros((), dtype=logps.dtype, device=logps.device))
+    return logps, mask
+
+
+def sequence_logps(token_logps: Tensor, mask: Tensor, reduction: str = "sum") -> Tensor:
+    """Reduce per-token log-probs `[B, T]` to one number per sequence `[B]`.
+
+    "sum" gives log π(y|x) (what DPO and PPO use); "mean" divides by the number of masked tokens
+    (the length-normalised log-prob of SimPO and ORPO). A row with no masked token gives 0.
+    """
+    if reduction not in ("sum", "mean"):
+        raise ValueError(f"unknown reduction {reduction!r}; choose 'sum' or 'mean'")
+    total = masked_sum(token_logps, mask, dim=-1)
+    if reduction == "sum":
+        return total
+    keep = mask if mask.dtype == torch.bool else mask != 0
+    lengths = keep.sum(-1).to(total.dtype)
+    return total / lengths.clamp_min(1)

@@ -1,0 +1,124 @@
+"""Recipes: YAML files naming stages in order. Everything is validated before any work starts.
+
+    name: quickstart
+    stages:
+      sft:                      # stage name = its directory under the run; type defaults to the name
+        model: "@pretrain/model"   # "@stage[/path]" = an earlier stage's directory (or a file in it)
+        data: "@task/data/sft.jsonl"
+      dpo: {type: dpo, model: "@sft/model", data: "@pairs/data/train.jsonl"}
+
+Errors name the file, the line and the key: unknown keys, wrong types, unknown stage types and
+references to stages that do not come earlier.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from alignlab.stages import STAGES
+from alignlab.stages.common import StageConfig
+
+REF = re.compile(r"^@([A-Za-z0-9_.-]+)(/.*)?$")
+TOP_KEYS = {"name", "description", "stages"}
+
+
+class RecipeError(ValueError):
+    pass
+
+
+@dataclass
+class PlannedStage:
+    name: str
+    type: str
+    config: StageConfig
+    run: Any
+    depends_on: list[str]
+
+
+def _line_of(node: yaml.Node | None, path: tuple) -> int | None:
+    """1-based line of the YAML node at `path` (keys / list indexes), as deep as it exists."""
+    line = node.start_mark.line + 1 if node is not None else None
+    for part in path:
+        if isinstance(node, yaml.MappingNode):
+            match = [(k, v) for k, v in node.value if k.value == str(part)]
+            if not match:
+                break
+            node = match[0][1]
+            line = match[0][0].start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
+def describe_error(err: dict) -> str:
+    """One pydantic error as `key: message`, with unknown keys called what they are."""
+    key = ".".join(map(str, err["loc"])) or "settings"
+    if err["type"] == "extra_forbidden":
+        return f"unknown key {key!r}"
+    return f"{key}: {err['msg']}"
+
+
+def resolve_refs(value: Any, run_dir: Path, earlier: set[str], where: str, refs: list[str]) -> Any:
+    """Replace "@stage[/path]" strings by paths under `run_dir`; the stage must come earlier."""
+    if isinstance(value, dict):
+        return {k: resolve_refs(v, run_dir, earlier, where, refs) for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolve_refs(v, run_dir, earlier, where, refs) for v in value]
+    if isinstance(value, str) and (m := REF.match(value)):
+        stage, rest = m.group(1), m.group(2) or ""
+        if stage not in earlier:
+            raise RecipeError(f"{where}: {value!r} refers to stage {stage!r}, which does not come earlier in the recipe")
+        refs.append(stage)
+        return str(run_dir / stage) + rest
+    return value
+
+
+def load_recipe(path: str | Path, run_dir: Path | None = None) -> tuple[str, Path, list[PlannedStage]]:
+    """Parse and validate a recipe; returns (name, run directory, stages in order)."""
+    path = Path(path)
+    if not path.exists():
+        raise RecipeError(f"recipe {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    try:
+        root = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{path}: invalid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe is a mapping with `name` and `stages`")
+    for key in data:
+        if key not in TOP_KEYS:
+            raise RecipeError(f"{path}: line {_line_of(root, (key,))}: unknown key {key!r} (expected {sorted(TOP_KEYS)})")
+    name = str(data.get("name") or path.stem)
+    stages = data.get("stages")
+    if not isinstance(stages, dict) or not stages:
+        raise RecipeError(f"{path}: `stages` must be a non-empty mapping of stage name -> settings")
+    run_dir = run_dir or Path("runs") / name
+    planned: list[PlannedStage] = []
+    for stage_name, settings in stages.items():
+        where = f"{path}: line {_line_of(root, ('stages', stage_name))}: stage {stage_name!r}"
+        settings = dict(settings or {})
+        kind = settings.pop("type", stage_name)
+        if kind not in STAGES:
+            raise RecipeError(f"{where}: unknown stage type {kind!r}; known: {', '.join(STAGES)}")
+        refs: list[str] = []
+        settings = resolve_refs(settings, run_dir, {p.name for p in planned}, where, refs)
+        config_cls, run = STAGES[kind].load()
+        try:
+            config = config_cls.model_validate(settings)
+        except ValidationError as e:
+            err = e.errors()[0]
+            loc = tuple(err["loc"])
+            line = _line_of(root, ("stages", stage_name, *loc))
+            raise RecipeError(f"{path}: line {line}: stage {stage_name!r}: {describe_error(err)}") from None
+        planned.append(PlannedStage(stage_name, kind, config, run, refs))
+    return name, run_dir, planned

@@ -1,0 +1,51 @@
+"""Run a recipe's stages in order: finished stages are skipped, an unfinished one resumes."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from alignlab.pipeline.recipe import PlannedStage, RecipeError, load_recipe
+from alignlab.stages.common import config_hash, done_hash
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run_recipe(path: str | Path, out: str | Path | None = None, redo: str | None = None) -> dict[str, dict]:
+    """Validate the whole recipe, then run it; returns each stage's metrics."""
+    name, run_dir, stages = load_recipe(path, Path(out) if out else None)
+    names = [s.name for s in stages]
+    if redo is not None:
+        if redo not in names:
+            raise RecipeError(f"--redo {redo!r}: no such stage (stages: {', '.join(names)})")
+        for stage in stages[names.index(redo) :]:
+            shutil.rmtree(run_dir / stage.name, ignore_errors=True)
+    _check_finished_match(stages, run_dir)
+    results: dict[str, dict] = {}
+    for i, stage in enumerate(stages, 1):
+        out_dir = run_dir / stage.name
+        if done_hash(out_dir) is not None:
+            _say(f"[{i}/{len(stages)}] {stage.name}: finished earlier, skipped")
+            continue
+        state = "resuming" if out_dir.exists() else "running"
+        _say(f"[{i}/{len(stages)}] {stage.name} ({stage.type}): {state} -> {out_dir}")
+        start = time.perf_counter()
+        results[stage.name] = stage.run(stage.config, out_dir)
+        _say(f"[{i}/{len(stages)}] {stage.name}: done in {time.perf_counter() - start:.1f} s")
+    _say(f"recipe {name}: all {len(stages)} stages finished in {run_dir}")
+    return results
+
+
+def _check_finished_match(stages: list[PlannedStage], run_dir: Path) -> None:
+    """A finished stage whose settings changed since is an error, not a silent reuse."""
+    for stage in stages:
+        found = done_hash(run_dir / stage.name)
+        if found is not None and found != config_hash(stage.config):
+            raise RecipeError(
+                f"stage {stage.name!r} in {run_dir} finished with different settings; "
+                f"rerun with --redo {stage.name} to run it and the stages after it again"
+            )

@@ -1,0 +1,106 @@
+"""Evaluate what alignment did: sample each model on held-out prompts and measure the samples.
+
+For every model, on the same prompts with the same sampling settings and seed: the task's gold
+reward, a reward model's proxy reward (when given), the mean sequence KL to a reference measured
+on the model's own samples (Σ_t log π(y_t|·) − log π_ref(y_t|·), the quantity the DPO paper's
+frontier plots), response length, and distinct-n. Samples are written to `data/samples.jsonl`.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+import torch
+from pydantic import Field
+
+from alignlab.data.collate import pad_rows
+from alignlab.data.formats import load_prompts
+from alignlab.data.readers import write_jsonl
+from alignlab.data.tokenize import TokenizedRow, tokenize_prompts
+from alignlab.eval.metrics import distinct_n, mean_and_se
+from alignlab.models import load_causal_lm, load_reward_model, load_tokenizer, reward_scores
+from alignlab.ops import sequence_logps, token_logps
+from alignlab.rollout import SamplingSettings, generate
+from alignlab.stages.common import StageConfig, finish, runtime, seed_everything
+from alignlab.tasks import get_task
+
+
+class EvaluateConfig(StageConfig):
+    models: dict[str, str] = Field(description="name -> model path, e.g. {sft: '@sft', dpo: '@dpo'}")
+    prompts: str
+    reference: str | None = Field(None, description="model the KL is measured against")
+    task: str | None = Field(None, description="built-in task giving the gold reward")
+    reward_model: str | None = Field(None, description="reward model giving the proxy reward")
+    n_prompts: int | None = Field(None, gt=0)
+    samples_per_prompt: int = Field(1, gt=0)
+    sampling: SamplingSettings = SamplingSettings()
+    max_prompt_length: int = 128
+    batch_size: int = 64
+    seed: int = 1234
+
+
+@torch.no_grad()
+def _sequence_logps(model, rows: list[TokenizedRow], pad: int, batch_size: int, temperature: float = 1.0) -> list[float]:
+    device = next(model.parameters()).device
+    out: list[float] = []
+    for start in range(0, len(rows), batch_size):
+        b = {k: v.to(device) for k, v in pad_rows(rows[start : start + batch_size], pad).items()}
+        logps, mask = token_logps(model, b["input_ids"], b["attention_mask"], b["loss_mask"], temperature=temperature)
+        out += sequence_logps(logps, mask).tolist()
+    return out
+
+
+@torch.no_grad()
+def _proxy_rewards(rm, rows: list[TokenizedRow], pad: int, batch_size: int) -> list[float]:
+    device = next(rm.parameters()).device
+    out: list[float] = []
+    for start in range(0, len(rows), batch_size):
+        b = pad_rows(rows[start : start + batch_size], pad)
+        out += reward_scores(rm, b["input_ids"].to(device), b["attention_mask"].to(device)).float().tolist()
+    return out
+
+
+def run(cfg: EvaluateConfig, out: Path) -> dict:
+    prompts = load_prompts(cfg.prompts)[: cfg.n_prompts]
+    first = next(iter(cfg.models.values()))
+    tokenizer = load_tokenizer(first)
+    prompt_ids = tokenize_prompts(prompts, tokenizer, cfg.max_prompt_length)
+    device, _ = runtime("auto")
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    k = cfg.samples_per_prompt
+    repeated = [ids for ids in prompt_ids for _ in range(k)]
+    prompt_texts = [p.prompt for p in prompts for _ in range(k)]
+    task = get_task(cfg.task) if cfg.task else None
+    reference = load_causal_lm(cfg.reference, device=device) if cfg.reference else None
+    rm = load_reward_model(cfg.reward_model, device=device) if cfg.reward_model else None
+
+    results, samples = {}, []
+    for name, path in cfg.models.items():
+        seed_everything(cfg.seed)
+        model = load_causal_lm(path, device=device)
+        completions = generate(model, repeated, cfg.sampling, pad_id=pad, eos_id=eos, seed=cfg.seed)
+        rows = [TokenizedRow(p + c, [0] * len(p) + [1] * len(c)) for p, c in zip(repeated, completions)]
+        texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
+        figures: dict[str, float] = {"samples": len(texts)}
+        per_sample: dict[str, list[float]] = {"length": [float(len(c)) for c in completions]}
+        if task is not None:
+            per_sample["gold"] = task.gold_reward(prompt_texts, texts)
+        if rm is not None:
+            per_sample["proxy"] = _proxy_rewards(rm, rows, pad, cfg.batch_size)
+        if reference is not None:
+            mine = _sequence_logps(model, rows, pad, cfg.batch_size, cfg.sampling.temperature)
+            ref = _sequence_logps(reference, rows, pad, cfg.batch_size)
+            per_sample["kl"] = [a - b for a, b in zip(mine, ref)]
+        for key, values in per_sample.items():
+            figures[f"{key}_mean"], figures[f"{key}_se"] = mean_and_se(values)
+        figures["gold_std"] = statistics.pstdev(per_sample["gold"]) if "gold" in per_sample else float("nan")
+        figures["distinct_1"] = distinct_n(texts, 1)
+        figures["distinct_2"] = distinct_n(texts, 2)
+        results[name] = figures
+        for i, text in enumerate(texts):
+            samples.append({"model": name, "prompt": prompt_texts[i], "completion": text,
+                            **{key: values[i] for key, values in per_sample.items()}})
+        del model
+    write_jsonl(out / "data" / "samples.jsonl", samples)
+    return finish(out, cfg, {"models": results, "prompts": len(prompts), "samples_per_prompt": k})

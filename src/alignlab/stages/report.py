@@ -1,0 +1,42 @@
+"""Turn an evaluate stage's figures (and other stages' metrics) into report.md + report.png."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import Field
+
+from alignlab.eval.report import write_report
+from alignlab.stages.common import StageConfig, finish
+
+
+class ReportConfig(StageConfig):
+    evaluate: str = Field(description="directory of an evaluate stage")
+    reward_model: str | None = Field(None, description="directory of a reward_model stage")
+    baseline: str | None = Field(None, description="model the others are compared to")
+    title: str = "alignlab report"
+
+
+def _metrics(stage_dir: str) -> dict:
+    path = Path(stage_dir) / "metrics.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: is {stage_dir} a finished stage directory?")
+    return json.loads(path.read_text())
+
+
+def run(cfg: ReportConfig, out: Path) -> dict:
+    models = _metrics(cfg.evaluate)["models"]
+    extra = {}
+    if cfg.reward_model:
+        rm = _metrics(cfg.reward_model)
+        extra["reward model"] = {"held-out pairwise accuracy": rm.get("eval", {}).get("accuracy"),
+                                 "held-out pairs": rm.get("eval_pairs"), "train pairs": rm.get("train_pairs")}
+    path = write_report(cfg.title, models, extra, out, baseline=cfg.baseline)
+    summary = {"report": str(path), "models": models, **{k: v for k, v in extra.items()}}
+    if cfg.baseline in models:
+        base = models[cfg.baseline].get("gold_mean")
+        summary["gold_gain_over_baseline"] = {
+            n: m["gold_mean"] - base for n, m in models.items() if n != cfg.baseline and "gold_mean" in m
+        }
+    return finish(out, cfg, summary)

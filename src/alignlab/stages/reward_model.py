@@ -1,0 +1,92 @@
+"""Reward model: a scalar head on the LM trained with the Bradley–Terry loss on pairs or rankings.
+
+Reports held-out pairwise accuracy. The saved model is an AutoModelForSequenceClassification
+(num_labels=1), so plain transformers loads it with its head.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from pydantic import Field
+
+from alignlab.losses import bradley_terry_loss
+from alignlab.models import LoraSettings, apply_lora, load_reward_model, load_tokenizer, reward_scores
+from alignlab.models import save_pretrained_atomic
+from alignlab.stages.common import StageConfig, file_fingerprint, finish, runtime, seed_everything
+from alignlab.stages.pairs import labels_of, load_pair_splits, pair_batch, pair_lengths
+from alignlab.train import StepFns, TrainSettings, train
+
+
+class RewardModelConfig(StageConfig):
+    model: str
+    data: str = Field(description="preference pairs or K-way rankings")
+    eval_data: str | None = None
+    eval_fraction: float = Field(0.1, ge=0, lt=1, description="held out by prompt when no eval_data")
+    max_length: int = 512
+    max_prompt_length: int = 256
+    margin: bool = Field(False, description="use each pair's `margin` field in the loss")
+    center_coef: float = Field(0.0, ge=0)
+    dtype: str = "float32"
+    lora: LoraSettings | None = None
+    train: TrainSettings = TrainSettings(lr=1e-4, batch_size=32, warmup_ratio=0.03)
+
+
+def _scores(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    scores = reward_scores(model, batch["input_ids"], batch["attention_mask"]).float()
+    half = scores.shape[0] // 2
+    return scores[:half], scores[half:]
+
+
+def pairwise_accuracy(pairs, extras, pad_id: int, batch_size: int = 64):
+    def evaluate(model) -> dict[str, float]:
+        device = next(model.parameters()).device
+        correct, total, margin = 0.0, 0, 0.0
+        for start in range(0, len(pairs), batch_size):
+            idx = list(range(start, min(start + batch_size, len(pairs))))
+            b = {k: v.to(device) for k, v in pair_batch(pairs, idx, pad_id, extras).items()}
+            chosen, rejected = _scores(model, b)
+            _, m = bradley_terry_loss(chosen, rejected, labels=b["label"], reduction="sum")
+            correct += m["accuracy"].item() * len(idx)
+            margin += (chosen - rejected).sum().item()
+            total += len(idx)
+        return {"accuracy": correct / max(total, 1), "reward_margin": margin / max(total, 1), "pairs": total}
+
+    return evaluate
+
+
+def run(cfg: RewardModelConfig, out: Path) -> dict:
+    tokenizer = load_tokenizer(cfg.model)
+    train_ex, eval_ex, pairs, eval_pairs, stats = load_pair_splits(
+        cfg.data, cfg.eval_data, cfg.eval_fraction, cfg.train.seed, tokenizer, cfg.max_length,
+        cfg.max_prompt_length,
+    )
+    extras = {"label": labels_of(train_ex), "margin": torch.tensor([e.margin or 0.0 for e in train_ex])}
+    eval_extras = {"label": labels_of(eval_ex)}
+    device, dist = runtime(cfg.train.device)
+    seed_everything(cfg.train.seed)
+    model = load_reward_model(cfg.model, tokenizer=tokenizer, dtype=cfg.dtype, device=device)
+    if cfg.lora:
+        model = apply_lora(model, cfg.lora, task="reward")
+    pad = tokenizer.pad_token_id
+
+    def loss(m, batch, normaliser):
+        chosen, rejected = _scores(m, batch)
+        value, metrics = bradley_terry_loss(
+            chosen, rejected, margin=batch["margin"] if cfg.margin else None, labels=batch["label"],
+            center_coef=cfg.center_coef, reduction="sum",
+        )
+        return value / normaliser, metrics
+
+    fns = StepFns(lambda idx: pair_batch(pairs, idx, pad, extras),
+                  lambda b: torch.tensor(b["label"].shape[0]), loss)
+    out.mkdir(parents=True, exist_ok=True)
+    result = train(
+        model, pair_lengths(pairs), fns, cfg.train, out, device=device, dist=dist,
+        data_key=file_fingerprint(cfg.data), name="reward_model",
+        eval_fn=pairwise_accuracy(eval_pairs, eval_extras, pad) if eval_pairs else None,
+    )
+    if dist.is_main:
+        save_pretrained_atomic(model, tokenizer, out / "model")
+    return finish(out, cfg, {"data": stats, "train_pairs": len(pairs), "eval_pairs": len(eval_pairs), **result}, dist)

@@ -1,0 +1,84 @@
+"""Supervised fine-tuning on demonstrations: next-token NLL on the response tokens only."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from pydantic import Field
+
+from alignlab.data.collate import pad_rows
+from alignlab.data.formats import load_sft
+from alignlab.data.tokenize import TokenizedRow, tokenize_sft
+from alignlab.losses import sft_loss
+from alignlab.models import LoraSettings, apply_lora, load_causal_lm, load_tokenizer, save_pretrained_atomic
+from alignlab.ops import token_logps
+from alignlab.stages.common import StageConfig, file_fingerprint, finish, runtime, seed_everything
+from alignlab.train import StepFns, TrainSettings, train
+
+
+class SFTConfig(StageConfig):
+    model: str = Field(description="hub id or local directory of a causal LM")
+    data: str = Field(description="SFT dataset: prompt/completion, messages or text")
+    eval_data: str | None = None
+    max_length: int = Field(512, gt=0)
+    max_prompt_length: int = Field(256, gt=0)
+    dtype: str = "float32"
+    lora: LoraSettings | None = None
+    train: TrainSettings = TrainSettings(lr=2e-5, batch_size=16, warmup_ratio=0.03)
+
+
+def sft_step_fns(rows: list[TokenizedRow], pad_id: int) -> StepFns:
+    """Micro-batches of padded rows; the loss is normalised by the step's response-token count."""
+
+    def make_batch(idx: list[int]) -> dict[str, torch.Tensor]:
+        return pad_rows([rows[i] for i in idx], pad_id)
+
+    def weight(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return batch["loss_mask"][:, 1:].sum()
+
+    def loss(model, batch, normaliser):
+        logps, mask = token_logps(model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
+        return sft_loss(logps, mask, normalizer=normaliser)
+
+    return StepFns(make_batch, weight, loss)
+
+
+def eval_nll(rows: list[TokenizedRow], pad_id: int, batch_size: int = 32):
+    """Held-out per-token NLL and perplexity of the response tokens."""
+
+    def evaluate(model) -> dict[str, float]:
+        device = next(model.parameters()).device
+        total, count = 0.0, 0
+        for start in range(0, len(rows), batch_size):
+            b = {k: v.to(device) for k, v in pad_rows(rows[start : start + batch_size], pad_id).items()}
+            logps, mask = token_logps(model, b["input_ids"], b["attention_mask"], b["loss_mask"])
+            total -= (logps * mask).sum().item()
+            count += int(mask.sum().item())
+        nll = total / max(count, 1)
+        return {"nll": nll, "perplexity": math.exp(min(nll, 50.0))}
+
+    return evaluate
+
+
+def run(cfg: SFTConfig, out: Path) -> dict:
+    tokenizer = load_tokenizer(cfg.model)
+    rows, stats = tokenize_sft(load_sft(cfg.data), tokenizer, cfg.max_length, cfg.max_prompt_length)
+    eval_rows = None
+    if cfg.eval_data:
+        eval_rows, _ = tokenize_sft(load_sft(cfg.eval_data), tokenizer, cfg.max_length, cfg.max_prompt_length)
+    device, dist = runtime(cfg.train.device)
+    seed_everything(cfg.train.seed)
+    model = load_causal_lm(cfg.model, dtype=cfg.dtype, device=device)
+    if cfg.lora:
+        model = apply_lora(model, cfg.lora)
+    out.mkdir(parents=True, exist_ok=True)
+    result = train(
+        model, [len(r) for r in rows], sft_step_fns(rows, tokenizer.pad_token_id), cfg.train, out,
+        device=device, dist=dist, data_key=file_fingerprint(cfg.data), name="sft",
+        eval_fn=eval_nll(eval_rows, tokenizer.pad_token_id) if eval_rows else None,
+    )
+    if dist.is_main:
+        save_pretrained_atomic(model, tokenizer, out / "model")
+    return finish(out, cfg, {"data": stats, **result}, dist)

@@ -1,0 +1,102 @@
+"""Atomic, resumable checkpoints: weights, optimizer, scheduler, RNG states and data position.
+
+Layout under `<stage>/checkpoints/`: complete checkpoints `step-000123/` and a `latest` file naming
+one. A checkpoint is written into a hidden temporary directory and renamed into place, and
+`latest` is replaced atomically afterwards, so a kill at any moment leaves either the previous or
+the new checkpoint intact, never a half-written one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_model, save_model
+
+LATEST = "latest"
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy(), *rest))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(
+    root: Path, step: int, model: torch.nn.Module, optimizer, scheduler, meta: dict, keep: int = 1
+) -> Path:
+    """Write checkpoint `step` under `root`, point `latest` at it, and prune older ones."""
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"step-{step:06d}"
+    tmp = root / f".tmp-{name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_model(model, str(tmp / "model.safetensors"))
+    torch.save(
+        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
+        tmp / "trainer_state.pt",
+    )
+    write_text_atomic(tmp / "meta.json", json.dumps({"step": step, **meta}, indent=1))
+    final = root / name
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    write_text_atomic(root / LATEST, name)
+    for old in sorted(p for p in root.glob("step-*") if p.name != name)[: max(0, _count(root) - keep)]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _count(root: Path) -> int:
+    return sum(1 for _ in root.glob("step-*"))
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    """The newest complete checkpoint, or None. Leftover temporary directories are ignored."""
+    pointer = root / LATEST
+    if pointer.exists():
+        path = root / pointer.read_text().strip()
+        if (path / "meta.json").exists():
+            return path
+    done = sorted(p for p in root.glob("step-*") if (p / "meta.json").exists())
+    return done[-1] if done else None
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler) -> dict:
+    """Restore everything saved by `save_checkpoint`; returns its meta (with `step`)."""
+    load_model(model, str(path / "model.safetensors"), device=str(next(model.parameters()).device))
+    state = torch.load(path / "trainer_state.pt", weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    return json.loads((path / "meta.json").read_text())

@@ -1,0 +1,76 @@
+"""Step log (log.jsonl, TensorBoard where installed) and a progress bar that stays quiet under CI."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def progress_enabled() -> bool:
+    return sys.stderr.isatty() and os.environ.get("CI", "").lower() not in ("1", "true", "yes")
+
+
+class StepLog:
+    """Appends one JSON object per logged step; on resume drops the lines past the resumed step."""
+
+    def __init__(self, path: Path, resume_step: int = 0, tensorboard: bool = True):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        kept = []
+        if path.exists() and resume_step > 0:
+            for line in path.read_text().splitlines():
+                try:
+                    if json.loads(line).get("step", 0) <= resume_step:
+                        kept.append(line)
+                except json.JSONDecodeError:
+                    break  # a line cut by a kill: everything after it is gone too
+        path.write_text("".join(line + "\n" for line in kept))
+        self._file = open(path, "a", encoding="utf-8")
+        self._tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(path.parent / "tensorboard"))
+            except Exception:  # tensorboard not installed: log.jsonl is enough
+                self._tb = None
+
+    def write(self, record: dict) -> None:
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self._tb.add_scalar(key, value, record["step"])
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+class Progress:
+    """A rich progress bar over optimizer steps, or nothing when not on a terminal / under CI."""
+
+    def __init__(self, total: int, start: int, description: str):
+        self._bar = None
+        if progress_enabled():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress
+            from rich.progress import TextColumn, TimeRemainingColumn
+
+            self._bar = RichProgress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TimeRemainingColumn(), TextColumn("{task.fields[info]}"), transient=True,
+            )
+            self._bar.start()
+            self._task = self._bar.add_task(description, total=total, completed=start, info="")
+
+    def update(self, step: int, info: str = "") -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, completed=step, info=info)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
