@@ -7,6 +7,7 @@ and validated, so an unknown or mistyped setting is an error that names it.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -112,8 +113,7 @@ def _stage_command(kind: str):
             base = yaml.safe_load(config.read_text()) if config else {}
             cfg = config_cls.model_validate(_merge(base or {}, parse_overrides(list(ctx.args))))
             metrics = run_stage(cfg, out)
-            typer.echo(yaml.safe_dump({k: v for k, v in metrics.items() if not isinstance(v, (dict, list))},
-                                      sort_keys=False).strip())
+            typer.echo(json.dumps(metrics, indent=1, default=float))
 
         _guarded(go)
 
@@ -129,7 +129,16 @@ for _kind in STAGES:
     )(_stage_command(_kind))
 
 
+def _quiet_libraries() -> None:
+    """Keep the terminal for alignlab's own progress: no per-file bars or load reports."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def main() -> None:
+    _quiet_libraries()
     app()
 
 

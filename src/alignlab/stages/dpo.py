@@ -60,7 +60,7 @@ def _reference_logps(ref, pairs: list[Pair], pad: int, device, batch_size: int =
     return {"ref_chosen": torch.cat(chosen), "ref_rejected": torch.cat(rejected)}
 
 
-def _dpo_fns(cfg: DPOConfig, pairs, extras, pad, live_ref) -> StepFns:
+def _dpo_fns(cfg: DPOConfig, pairs, extras, pad, live_ref, soft: bool) -> StepFns:
     def loss(model, batch, normaliser):
         pc, pr = _policy_logps(model, batch)
         if live_ref is not None:
@@ -70,16 +70,11 @@ def _dpo_fns(cfg: DPOConfig, pairs, extras, pad, live_ref) -> StepFns:
                 batch = {**batch, "ref_chosen": seq[: pc.shape[0]], "ref_rejected": seq[pc.shape[0] :]}
         value, metrics = dpo_loss(
             pc, pr, batch["ref_chosen"], batch["ref_rejected"], beta=cfg.beta,
-            label_smoothing=cfg.label_smoothing, labels=_soft(batch["label"]), reduction="sum",
+            label_smoothing=cfg.label_smoothing, labels=batch["label"] if soft else None, reduction="sum",
         )
         return value / normaliser, metrics
 
     return StepFns(lambda idx: pair_batch(pairs, idx, pad, extras), lambda b: torch.tensor(b["label"].shape[0]), loss)
-
-
-def _soft(labels: torch.Tensor) -> torch.Tensor | None:
-    """Hard labels (all 1) go through the plain loss so label smoothing stays available."""
-    return None if bool((labels == 1).all()) else labels
 
 
 def dpo_eval(pairs, extras, pad, beta: float, batch_size: int = 32):
@@ -125,8 +120,9 @@ def run(cfg: DPOConfig, out: Path) -> dict:
     if live_ref is not None and eval_pairs:
         eval_extras.update(_reference_logps(live_ref, eval_pairs, pad, device))
 
+    soft = any(e.label != 1.0 for e in train_ex)  # decided once: no host sync per step
     result = train(
-        model, pair_lengths(pairs), _dpo_fns(cfg, pairs, extras, pad, live_ref), cfg.train, out,
+        model, pair_lengths(pairs), _dpo_fns(cfg, pairs, extras, pad, live_ref, soft), cfg.train, out,
         device=device, dist=dist, data_key=file_fingerprint(cfg.data), name="dpo",
         eval_fn=dpo_eval(eval_pairs, eval_extras, pad, cfg.beta) if eval_pairs else None,
     )
