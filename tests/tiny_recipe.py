@@ -1,8 +1,12 @@
 """A tiny version of recipes/quickstart.yaml for end-to-end tests.
 
 Same stages, same references between them, but sizes cut down so the whole recipe runs in
-seconds on two CPU cores: a ~1500-review corpus, a 1-layer model of width 32, a few optimizer
+seconds on two CPU cores: a 1500-review corpus, a 1-layer model of width 32, a few optimizer
 steps per stage, and a checkpoint every 2 steps so a kill usually lands between checkpoints.
+
+Run it with one torch thread (`OMP_NUM_THREADS=1` for a subprocess, `torch.set_num_threads(1)`
+in-process): ops this small gain nothing from threads, and on a busy machine two spinning threads
+per process made the recipe ~10x slower (17 s instead of under 2 s, plus imports).
 
     from tiny_recipe import write_tiny_recipe
     recipe = write_tiny_recipe(tmp_path)                            # tmp_path/tiny.yaml
@@ -24,15 +28,15 @@ TINY_RECIPE: dict = {
     "name": "tiny",
     "description": "quickstart scaled down for tests",
     "stages": {
-        "task": {"type": "task_data", "task": "sentiment", "sft_size": 160, "train_prompts": 24, "test_prompts": 8},
+        "task": {"type": "task_data", "task": "sentiment", "sft_size": 160, "train_prompts": 48, "test_prompts": 8},
         "pretrain": {
             "task": "sentiment", "corpus_size": 1500, "vocab_size": 300, "hidden_size": 32,
             "num_layers": 1, "num_heads": 2, "max_length": 48,
-            "train": {**_TRAIN, "lr": 3.0e-3, "batch_size": 64, "max_steps": 12},
+            "train": {**_TRAIN, "lr": 3.0e-3, "batch_size": 32, "max_steps": 6},
         },
         "sft": {
-            "model": "@pretrain/model", "data": "@task/data/sft.jsonl", "max_length": 48,
-            "max_prompt_length": 24, "train": {**_TRAIN, "lr": 1.0e-3, "max_steps": 8},
+            "model": "@pretrain/model", "data": "@task/data/sft.jsonl", "max_length": 64,
+            "max_prompt_length": 40, "train": {**_TRAIN, "lr": 1.0e-3, "max_steps": 8},
         },
         "pairs": {
             "type": "sample_pairs", "model": "@sft/model", "prompts": "@task/data/prompts_train.jsonl",
@@ -41,12 +45,13 @@ TINY_RECIPE: dict = {
         },
         "reward_model": {
             "model": "@sft/model", "data": "@pairs/data/train.jsonl", "eval_data": "@pairs/data/test.jsonl",
-            "max_length": 48, "max_prompt_length": 24, "train": {**_TRAIN, "lr": 1.0e-3, "max_steps": 6},
+            "max_length": 64, "max_prompt_length": 40,
+            "train": {**_TRAIN, "lr": 1.0e-3, "batch_size": 8, "max_steps": 4},
         },
         "dpo": {
             "model": "@sft/model", "data": "@pairs/data/train.jsonl", "eval_data": "@pairs/data/test.jsonl",
-            "beta": 0.1, "max_length": 48, "max_prompt_length": 24,
-            "train": {**_TRAIN, "lr": 1.0e-3, "max_steps": 8},
+            "beta": 0.1, "max_length": 64, "max_prompt_length": 40,
+            "train": {**_TRAIN, "lr": 1.0e-3, "batch_size": 8, "max_steps": 12},
         },
         "evaluate": {
             "models": {"sft": "@sft/model", "dpo": "@dpo/model"}, "reference": "@sft/model",

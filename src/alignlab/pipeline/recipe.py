@@ -32,6 +32,14 @@ class RecipeError(ValueError):
     pass
 
 
+class BadReference(RecipeError):
+    """A "@stage" reference to a stage that does not come earlier; `key` locates it in the settings."""
+
+    def __init__(self, message: str, key: tuple):
+        super().__init__(message)
+        self.key = key
+
+
 @dataclass
 class PlannedStage:
     name: str
@@ -67,16 +75,23 @@ def describe_error(err: dict) -> str:
     return f"{key}: {err['msg']}"
 
 
-def resolve_refs(value: Any, run_dir: Path, earlier: set[str], where: str, refs: list[str]) -> Any:
-    """Replace "@stage[/path]" strings by paths under `run_dir`; the stage must come earlier."""
+def resolve_refs(
+    value: Any, run_dir: Path, earlier: set[str], where: str, refs: list[str], key: tuple = ()
+) -> Any:
+    """Replace "@stage[/path]" strings by paths under `run_dir`; the stage must come earlier.
+
+    `key` is the path of `value` inside the stage's settings, so an error can name the key."""
     if isinstance(value, dict):
-        return {k: resolve_refs(v, run_dir, earlier, where, refs) for k, v in value.items()}
+        return {k: resolve_refs(v, run_dir, earlier, where, refs, (*key, k)) for k, v in value.items()}
     if isinstance(value, list):
-        return [resolve_refs(v, run_dir, earlier, where, refs) for v in value]
+        return [resolve_refs(v, run_dir, earlier, where, refs, (*key, i)) for i, v in enumerate(value)]
     if isinstance(value, str) and (m := REF.match(value)):
         stage, rest = m.group(1), m.group(2) or ""
         if stage not in earlier:
-            raise RecipeError(f"{where}: {value!r} refers to stage {stage!r}, which does not come earlier in the recipe")
+            raise BadReference(
+                f"{where}: key {'.'.join(map(str, key))!r}: {value!r} refers to stage {stage!r}, "
+                "which does not come earlier in the recipe", key,
+            )
         refs.append(stage)
         return str(run_dir / stage) + rest
     return value
@@ -111,7 +126,11 @@ def load_recipe(path: str | Path, run_dir: Path | None = None) -> tuple[str, Pat
         if kind not in STAGES:
             raise RecipeError(f"{where}: unknown stage type {kind!r}; known: {', '.join(STAGES)}")
         refs: list[str] = []
-        settings = resolve_refs(settings, run_dir, {p.name for p in planned}, where, refs)
+        try:
+            earlier = {p.name for p in planned}
+            settings = resolve_refs(settings, run_dir, earlier, f"stage {stage_name!r}", refs)
+        except BadReference as e:  # point at the key's own line, not the stage's
+            raise RecipeError(f"{path}: line {_line_of(root, ('stages', stage_name, *e.key))}: {e}") from None
         config_cls, run = STAGES[kind].load()
         try:
             config = config_cls.model_validate(settings)

@@ -119,9 +119,14 @@ def train(
             )}
         # this process's share of the global batch, cut into micro-batches
         mine = epoch_batches[epoch][index][dist.rank :: dist.world_size]
+        # A short last batch can leave a process without examples; it must still join DDP's gradient
+        # all-reduce, so it runs one example of the batch at zero weight (adding nothing).
+        idle = not mine
+        if idle:
+            mine = epoch_batches[epoch][index][:1]
         batches = [fns.make_batch(mine[i : i + micro]) for i in range(0, len(mine), micro)]
         batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
-        weights = [fns.weight(b).to(device=device, dtype=torch.float32) for b in batches]
+        weights = [fns.weight(b).to(device=device, dtype=torch.float32) * (0.0 if idle else 1.0) for b in batches]
         local = torch.stack(weights).sum() if weights else torch.zeros((), device=device)
         normaliser = all_reduce_sum(local, dist)
 
@@ -131,11 +136,15 @@ def train(
             ctx = ddp.no_sync() if (dist.enabled and not sync) else contextlib.nullcontext()
             with ctx, autocast:
                 loss, metrics = fns.loss(ddp, batch, normaliser)
+                if idle:
+                    loss = loss * 0.0
             # DDP averages gradients over processes; the loss is already a share of the global sum
             (loss * dist.world_size).backward()
             share = weights[i] / normaliser
             totals["loss"] = totals.get("loss", 0) + loss.detach()
             for k, v in metrics.items():
+                if k == "loss":  # the objective is counted just above; adding a loss's own "loss" metric doubled it
+                    continue
                 totals[k] = totals.get(k, 0) + v.detach().float() * share
         totals = {k: all_reduce_sum(torch.as_tensor(v, device=device), dist) for k, v in totals.items()}
 

@@ -1,0 +1,99 @@
+"""DDP on CPU: two processes under torchrun (gloo) give the update that one process gives.
+
+`batch_size` is the global batch (examples per optimizer step over all processes) and
+`micro_batch_size` only a memory knob, so 2 processes x 2 micro-batches of 2 must reach the same
+weights as 1 process taking the 8 examples at once. 25 examples make the epoch's last batch a
+single example, which leaves one process with nothing of its own for that step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from alignlab.cli import app
+
+TORCH_INFO_LINE = re.compile(r"^(\[rank\d+\]:)?\[I\d{4} ")
+WORDS = "the film was a delight dull tedious plot acting superb pacing soundtrack stunning world".split()
+
+
+def _write_sft_data(path: Path, n: int) -> Path:
+    """Deterministic prompt/completion rows of varied lengths (so padding differs between layouts)."""
+    rows = []
+    for i in range(n):
+        prompt = " ".join(WORDS[(i + j) % len(WORDS)] for j in range(2 + i % 3))
+        completion = " ".join(WORDS[(3 * i + j) % len(WORDS)] for j in range(3 + i % 5))
+        rows.append(json.dumps({"prompt": prompt, "completion": completion}))
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+def _without_torch_info(stderr: str) -> str:
+    """The launcher's stderr minus torch's C++ INFO lines (asked for above), for failure messages."""
+    return "\n".join(line for line in stderr.splitlines() if not TORCH_INFO_LINE.match(line))[-4000:]
+
+
+def _weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(model_dir / "model.safetensors"))
+
+
+def _max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+
+
+def test_two_process_ddp_gives_the_same_weights_as_one_process(tiny_model_dir, tmp_path):
+    data = _write_sft_data(tmp_path / "sft.jsonl", n=25)  # batches of 8, 8, 8 and 1
+    settings = [
+        "--model", str(tiny_model_dir), "--data", str(data), "--max_length", "96", "--max_prompt_length", "64",
+        "--train.lr", "3e-3", "--train.batch_size", "8", "--train.max_steps", "4", "--train.schedule", "constant",
+        "--train.device", "cpu", "--train.save_every", "100",
+    ]
+
+    # two processes, each taking 4 of the 8 examples per step in micro-batches of 2
+    env = {**os.environ, "CI": "true", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "TORCH_DISTRIBUTED_DEBUG": "INFO", "TORCH_CPP_LOG_LEVEL": "INFO"}
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "ALIGNLAB_DEBUG"):
+        env.pop(name, None)
+    ddp_out = tmp_path / "ddp"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "alignlab.cli", "sft", "--out", str(ddp_out), *settings, "--train.micro_batch_size", "2"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, _without_torch_info(proc.stderr)
+    # torch's own log proves the model really was wrapped in DDP across two ranks
+    assert "DDP Initialized with" in proc.stderr and "world_size: 2" in proc.stderr, _without_torch_info(proc.stderr)
+
+    # one process taking all 8 at once (in this process: same code path minus torch.distributed),
+    # on one thread like each DDP worker: tiny ops gain nothing from more
+    single_out = tmp_path / "single"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = CliRunner().invoke(app, ["sft", "--out", str(single_out), *settings], env={"CI": "true"})
+    finally:
+        torch.set_num_threads(threads)
+    assert result.exit_code == 0, (result.output, result.exception)
+
+    start, ddp, single = _weights(tiny_model_dir), _weights(ddp_out / "model"), _weights(single_out / "model")
+    assert _max_abs_diff(ddp, single) <= 1e-5
+    assert _max_abs_diff(ddp, start) > 1e-3, "training did not move the weights"
+    assert _max_abs_diff(single, start) > 1e-3
+    # the same optimizer steps with the same loss and gradient at each
+    ddp_log = [json.loads(x) for x in (ddp_out / "log.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in ddp_log if "loss" in x] == [1, 2, 3, 4]
+    single_log = [json.loads(x) for x in (single_out / "log.jsonl").read_text().splitlines()]
+    # Adam barely sees a uniformly mis-scaled gradient in the weights; the logged gradient norm does
+    for key in ("loss", "grad_norm"):
+        ddp_values = [x[key] for x in ddp_log if "loss" in x]
+        assert ddp_values == pytest.approx([x[key] for x in single_log if "loss" in x], rel=1e-5), key
