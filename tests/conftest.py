@@ -9,7 +9,10 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Tiny models gain nothing from intra-op threads and lose a lot when the cores are shared;
+# subprocesses (CLI, torchrun) inherit the setting through the environment.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 TINY_TEXTS = [
     "the film was a delight from start to finish and the cast shines",

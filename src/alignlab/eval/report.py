@@ -20,13 +20,15 @@ def _fmt(x: float | None, digits: int = 3) -> str:
 
 def plot_models(models: dict[str, dict], path: Path) -> Path:
     panels = [(k, label) for k, label in PANELS if any(f"{k}_mean" in m for m in models.values())]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.2), squeeze=False)
+    width = max(3.2, 0.45 * len(models) + 1.0)
+    fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), 3.4), squeeze=False)
     names = list(models)
     for ax, (key, label) in zip(axes[0], panels):
         means = [models[n].get(f"{key}_mean", float("nan")) for n in names]
         errs = [models[n].get(f"{key}_se", 0.0) or 0.0 for n in names]
         ax.bar(names, means, yerr=[0 if math.isnan(e) else e for e in errs], capsize=4,
-               color=["#8da0cb", "#fc8d62", "#66c2a5", "#e78ac3", "#a6d854"][: len(names)])
+               color=[plt.cm.tab10(i % 10) for i in range(len(names))])
+        ax.tick_params(axis="x", labelrotation=45 if len(names) > 3 else 0, labelsize=8)
         ax.set_title(label, fontsize=10)
         ax.axhline(0, color="black", linewidth=0.6)
     fig.tight_layout()
@@ -41,13 +43,13 @@ def write_report(title: str, models: dict[str, dict], extra: dict[str, dict], ou
     """report.md + report.png under `out`. `extra`: other stages' figures shown as a table."""
     plot = plot_models(models, out / "report.png")
     lines = [f"# {title}", "", f"![comparison]({plot.name})", "",
-             "| model | gold reward | ± se | proxy reward | KL to ref | length | distinct-1 | distinct-2 |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| model | gold reward | ± se | proxy reward | KL to ref | length | distinct-1 | distinct-2 | stage wall time (s) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, m in models.items():
         lines.append(
             f"| {name} | {_fmt(m.get('gold_mean'))} | {_fmt(m.get('gold_se'))} | {_fmt(m.get('proxy_mean'))} "
             f"| {_fmt(m.get('kl_mean'), 2)} | {_fmt(m.get('length_mean'), 1)} | {_fmt(m.get('distinct_1'))} "
-            f"| {_fmt(m.get('distinct_2'))} |"
+            f"| {_fmt(m.get('distinct_2'))} | {_fmt(m.get('wall_seconds'), 1)} |"
         )
     if baseline and baseline in models:
         base = models[baseline].get("gold_mean")

@@ -66,17 +66,44 @@ def dpo_loss(
         per_pair = preference_nll(logits, labels)
     loss = reduce_loss(per_pair, reduction)
 
+    metrics = preference_pair_metrics(
+        per_pair,
+        logits,
+        chosen_logratio,
+        rejected_logratio,
+        policy_chosen_logps,
+        policy_rejected_logps,
+        reward_scale=beta,
+        labels=labels,
+    )
+    return loss, metrics
+
+
+def preference_pair_metrics(
+    per_pair: Tensor,
+    logits: Tensor,
+    chosen_logratio: Tensor,
+    rejected_logratio: Tensor,
+    policy_chosen_logps: Tensor,
+    policy_rejected_logps: Tensor,
+    reward_scale: float,
+    labels: Tensor | None = None,
+) -> dict[str, Tensor]:
+    """The metrics every reference-based pairwise loss (DPO, IPO, hinge, robust DPO) reports.
+
+    `logits` is the scaled margin reward_scale·Δ; the implicit reward of a response is
+    reward_scale·(log π − log π_ref). All values are detached batch means (see `dpo_loss`).
+    """
     chosen_logratio = chosen_logratio.detach()
     rejected_logratio = rejected_logratio.detach()
-    metrics = {
+    return {
         "loss": per_pair.detach().mean(),
         "reward_margin": logits.detach().mean(),
         "accuracy": pairwise_accuracy(logits, labels),
-        "chosen_reward": beta * chosen_logratio.mean(),
-        "rejected_reward": beta * rejected_logratio.mean(),
+        "chosen_reward": reward_scale * chosen_logratio.mean(),
+        "rejected_reward": reward_scale * rejected_logratio.mean(),
         "chosen_logratio": chosen_logratio.mean(),
         "rejected_logratio": rejected_logratio.mean(),
         "chosen_logps": policy_chosen_logps.detach().mean(),
         "rejected_logps": policy_rejected_logps.detach().mean(),
     }
-    return loss, metrics

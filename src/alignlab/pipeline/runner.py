@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from alignlab.pipeline.recipe import PlannedStage, RecipeError, load_recipe
-from alignlab.stages.common import config_hash, done_hash
+from alignlab.stages.common import config_hash, done_hash, record_wall_time
 
 
 def _say(message: str) -> None:
@@ -35,7 +35,9 @@ def run_recipe(path: str | Path, out: str | Path | None = None, redo: str | None
         _say(f"[{i}/{len(stages)}] {stage.name} ({stage.type}): {state} -> {out_dir}")
         start = time.perf_counter()
         results[stage.name] = stage.run(stage.config, out_dir)
-        _say(f"[{i}/{len(stages)}] {stage.name}: done in {time.perf_counter() - start:.1f} s")
+        seconds = time.perf_counter() - start
+        record_wall_time(out_dir, seconds)
+        _say(f"[{i}/{len(stages)}] {stage.name}: done in {seconds:.1f} s")
     _say(f"recipe {name}: all {len(stages)} stages finished in {run_dir}")
     return results
 

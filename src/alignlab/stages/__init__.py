@@ -26,7 +26,9 @@ STAGES: dict[str, StageType] = {
     "sft": StageType("sft", "SFTConfig", "supervised fine-tuning on demonstrations"),
     "sample_pairs": StageType("sample_pairs", "SamplePairsConfig", "sample k responses per prompt, label pairs by gold reward"),
     "reward_model": StageType("reward_model", "RewardModelConfig", "Bradley–Terry reward model on pairs or rankings"),
-    "dpo": StageType("dpo", "DPOConfig", "direct preference optimisation (DPO, cDPO, soft labels)"),
+    "dpo": StageType("dpo", "DPOConfig", "offline preference optimisation: DPO, cDPO, robust, hinge, IPO, SimPO, ORPO, RPO"),
+    "preference": StageType("dpo", "DPOConfig", "the dpo stage under its family name"),
+    "kto": StageType("kto", "KTOConfig", "KTO on unpaired desirable/undesirable labels"),
     "evaluate": StageType("evaluate", "EvaluateConfig", "gold/proxy reward, KL, length, distinct-n of models' samples"),
     "report": StageType("report", "ReportConfig", "markdown + plot comparing evaluated models"),
 }

@@ -67,6 +67,18 @@ def finish(out: Path, config: BaseModel, metrics: dict, dist: Dist = Dist()) -> 
     return metrics
 
 
+def record_wall_time(out: Path, seconds: float) -> None:
+    """Add the stage's wall time to done.json (written by a recipe run; a resumed stage counts its last run)."""
+    path = out / DONE
+    if path.exists():
+        write_json(path, {**json.loads(path.read_text()), "wall_seconds": round(seconds, 2)})
+
+
+def wall_time(out: Path) -> float | None:
+    path = out / DONE
+    return json.loads(path.read_text()).get("wall_seconds") if path.exists() else None
+
+
 def done_hash(out: Path) -> str | None:
     path = out / DONE
     return json.loads(path.read_text())["config_hash"] if path.exists() else None
@@ -81,3 +93,27 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
     os.environ.setdefault("PYTHONHASHSEED", str(seed))
+
+
+def per_normaliser(compute):
+    """Turn `compute(model, batch) -> (summed loss, metrics)` into the loop's loss function."""
+
+    def loss(model, batch, normaliser):
+        value, metrics = compute(model, batch)
+        return value / normaliser, metrics
+
+    return loss
+
+
+def mean_over_batches(model, n: int, make_batch, compute, batch_size: int = 32) -> dict[str, float]:
+    """Example-weighted means of `compute`'s loss and metrics over examples 0..n-1 (for evaluation)."""
+    device = next(model.parameters()).device
+    sums: dict[str, float] = {}
+    for start in range(0, n, batch_size):
+        idx = list(range(start, min(start + batch_size, n)))
+        batch = {k: v.to(device) for k, v in make_batch(idx).items()}
+        value, metrics = compute(model, batch)
+        metrics = {**metrics, "loss": value / len(idx)}
+        for k, v in metrics.items():
+            sums[k] = sums.get(k, 0.0) + v.float().mean().item() * len(idx)
+    return {k: v / max(n, 1) for k, v in sums.items()}

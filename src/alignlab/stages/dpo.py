@@ -1,9 +1,16 @@
-"""Direct preference optimisation (Rafailov et al. 2023) with label smoothing (cDPO) and soft labels.
+"""Offline preference optimisation: DPO (Rafailov et al. 2023) and its family, chosen by name.
 
-Chosen and rejected go through the policy in one forward. The reference log-probs are by default
-computed once before training and cached on disk keyed by reference model, data and settings, so
-a rerun or resume does not recompute them and no reference model sits in memory while training.
-`ref_mode: live` instead keeps a frozen copy (or, with LoRA, the policy with its adapter disabled).
+Objectives (`loss`): sigmoid (DPO; with `label_smoothing` it is cDPO; soft `label`s per pair),
+robust, hinge (SLiC), ipo, simpo and orpo (no reference), nll, or a weighted list of them
+(`[{name: sigmoid}, {name: nll, weight: 1.0}]` is RPO).
+
+Chosen and rejected go through the policy in one forward. Reference strategies (`ref_mode`):
+`precompute` (default) computes the reference log-probs once before training and caches them on
+disk keyed by reference model, data and settings, so a rerun or resume does not recompute them
+and no reference sits in memory while training; `live` keeps a frozen copy (or, with LoRA, the
+policy with its adapter disabled), and with `ref_sync` the copy follows the policy (TR-DPO,
+Gorbatovski et al. 2024: every N steps ref ← α·policy + (1−α)·ref); `none` for reference-free
+objectives (chosen automatically when every objective is reference-free).
 """
 
 from __future__ import annotations
@@ -12,15 +19,30 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from alignlab.losses import dpo_loss
+from alignlab.losses.preference import OBJECTIVES, PairLogps, PreferenceSettings, needs_reference
+from alignlab.losses.preference import preference_objective
 from alignlab.models import AdapterDisabled, FrozenCopy, LogpsCache, LoraSettings, apply_lora
 from alignlab.models import load_causal_lm, load_tokenizer, model_fingerprint, save_pretrained_atomic
 from alignlab.ops import sequence_logps, token_logps
-from alignlab.stages.common import StageConfig, file_fingerprint, finish, runtime, seed_everything
+from alignlab.stages.common import StageConfig, file_fingerprint, finish, mean_over_batches, per_normaliser
+from alignlab.stages.common import runtime, seed_everything
 from alignlab.stages.pairs import Pair, labels_of, load_pair_splits, pair_batch, pair_lengths
 from alignlab.train import StepFns, TrainSettings, train
+
+ObjectiveName = Literal["sigmoid", "robust", "hinge", "ipo", "simpo", "orpo", "nll"]
+assert set(ObjectiveName.__args__) == set(OBJECTIVES)
+
+
+class Term(StageConfig):
+    name: ObjectiveName
+    weight: float = 1.0
+
+
+class RefSync(StageConfig):
+    every: int = Field(64, gt=0, description="steps between reference updates")
+    alpha: float = Field(0.6, gt=0, le=1, description="ref <- alpha*policy + (1-alpha)*ref")
 
 
 class DPOConfig(StageConfig):
@@ -29,9 +51,15 @@ class DPOConfig(StageConfig):
     ref_model: str | None = Field(None, description="default: the starting model")
     eval_data: str | None = None
     eval_fraction: float = Field(0.1, ge=0, lt=1)
-    beta: float = Field(0.1, gt=0)
+    loss: ObjectiveName | list[Term] = "sigmoid"
+    beta: float | None = Field(None, gt=0, description="default 0.1 (2.0 for simpo)")
     label_smoothing: float = Field(0.0, ge=0, lt=0.5)
-    ref_mode: Literal["precompute", "live"] = "precompute"
+    tau: float = Field(0.1, gt=0, description="IPO")
+    gamma: float = Field(0.5, ge=0, description="SimPO target margin")
+    orpo_lambda: float = Field(0.1, gt=0)
+    ipo_length_normalize: bool = False
+    ref_mode: Literal["precompute", "live", "none"] | None = Field(None, description="default: precompute, or none when reference-free")
+    ref_sync: RefSync | None = Field(None, description="TR-DPO reference updates (needs ref_mode live)")
     cache_dir: str | None = Field(None, description="where precomputed reference log-probs live; default <out>/cache")
     max_length: int = 512
     max_prompt_length: int = 256
@@ -39,12 +67,49 @@ class DPOConfig(StageConfig):
     lora: LoraSettings | None = None
     train: TrainSettings = TrainSettings(lr=5e-6, batch_size=16, warmup_ratio=0.1)
 
+    @property
+    def terms(self) -> list[tuple[str, float]]:
+        return [(self.loss, 1.0)] if isinstance(self.loss, str) else [(t.name, t.weight) for t in self.loss]
 
-def _policy_logps(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    @property
+    def reference(self) -> str:
+        if self.ref_mode is not None:
+            return self.ref_mode
+        return "precompute" if needs_reference([n for n, _ in self.terms]) else "none"
+
+    @property
+    def objective_settings(self) -> PreferenceSettings:
+        return PreferenceSettings(self.beta, self.label_smoothing, self.tau, self.gamma, self.orpo_lambda,
+                                  self.ipo_length_normalize)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "DPOConfig":
+        names = [n for n, _ in self.terms]
+        if not names:
+            raise ValueError("`loss` lists no objective")
+        if self.reference == "none" and needs_reference(names):
+            raise ValueError(f"ref_mode none, but {[n for n in names if needs_reference([n])]} need a reference")
+        if self.ref_sync is not None and self.reference != "live":
+            raise ValueError("ref_sync (TR-DPO) updates a live reference: set ref_mode: live")
+        if self.ref_sync is not None and self.lora is not None:
+            raise ValueError("ref_sync needs a separate reference copy; it does not combine with LoRA")
+        return self
+
+
+def _pair_logps(model, batch) -> PairLogps:
     logps, mask = token_logps(model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
+    seq, tokens = sequence_logps(logps, mask), mask.sum(-1).to(logps.dtype)
+    h = seq.shape[0] // 2
+    return PairLogps(seq[:h], seq[h:], tokens[:h], tokens[h:], batch.get("ref_chosen"), batch.get("ref_rejected"))
+
+
+@torch.no_grad()
+def _live_ref_logps(ref, batch, lp: PairLogps) -> PairLogps:
+    logps, mask = ref.token_logps(batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
     seq = sequence_logps(logps, mask)
-    half = seq.shape[0] // 2
-    return seq[:half], seq[half:]
+    h = seq.shape[0] // 2
+    lp.ref_chosen, lp.ref_rejected = seq[:h], seq[h:]
+    return lp
 
 
 @torch.no_grad()
@@ -53,44 +118,23 @@ def _reference_logps(ref, pairs: list[Pair], pad: int, device, batch_size: int =
     for start in range(0, len(pairs), batch_size):
         idx = list(range(start, min(start + batch_size, len(pairs))))
         b = {k: v.to(device) for k, v in pair_batch(pairs, idx, pad, {}).items()}
-        logps, mask = ref.token_logps(b["input_ids"], b["attention_mask"], b["loss_mask"])
-        seq = sequence_logps(logps, mask).float().cpu()
-        chosen.append(seq[: len(idx)])
-        rejected.append(seq[len(idx) :])
+        lp = _live_ref_logps(ref, b, PairLogps(*[None] * 4))
+        chosen.append(lp.ref_chosen.float().cpu())
+        rejected.append(lp.ref_rejected.float().cpu())
     return {"ref_chosen": torch.cat(chosen), "ref_rejected": torch.cat(rejected)}
 
 
-def _dpo_fns(cfg: DPOConfig, pairs, extras, pad, live_ref, soft: bool) -> StepFns:
-    def loss(model, batch, normaliser):
-        pc, pr = _policy_logps(model, batch)
+def objective_fn(cfg: DPOConfig, live_ref, soft: bool):
+    """(model, batch) -> (summed loss, metrics): the policy forward, the reference, the objective."""
+    settings, terms = cfg.objective_settings, cfg.terms
+
+    def compute(model, batch):
+        lp = _pair_logps(model, batch)
         if live_ref is not None:
-            with torch.no_grad():
-                logps, mask = live_ref.token_logps(batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
-                seq = sequence_logps(logps, mask)
-                batch = {**batch, "ref_chosen": seq[: pc.shape[0]], "ref_rejected": seq[pc.shape[0] :]}
-        value, metrics = dpo_loss(
-            pc, pr, batch["ref_chosen"], batch["ref_rejected"], beta=cfg.beta,
-            label_smoothing=cfg.label_smoothing, labels=batch["label"] if soft else None, reduction="sum",
-        )
-        return value / normaliser, metrics
+            lp = _live_ref_logps(live_ref, batch, lp)
+        return preference_objective(terms, lp, settings, labels=batch["label"] if soft else None, reduction="sum")
 
-    return StepFns(lambda idx: pair_batch(pairs, idx, pad, extras), lambda b: torch.tensor(b["label"].shape[0]), loss)
-
-
-def dpo_eval(pairs, extras, pad, beta: float, batch_size: int = 32):
-    def evaluate(model) -> dict[str, float]:
-        device = next(model.parameters()).device
-        sums: dict[str, float] = {}
-        for start in range(0, len(pairs), batch_size):
-            idx = list(range(start, min(start + batch_size, len(pairs))))
-            b = {k: v.to(device) for k, v in pair_batch(pairs, idx, pad, extras).items()}
-            pc, pr = _policy_logps(model, b)
-            _, m = dpo_loss(pc, pr, b["ref_chosen"], b["ref_rejected"], beta=beta, reduction="sum")
-            for k, v in m.items():
-                sums[k] = sums.get(k, 0.0) + v.float().mean().item() * len(idx)
-        return {k: v / max(len(pairs), 1) for k, v in sums.items()}
-
-    return evaluate
+    return compute
 
 
 def run(cfg: DPOConfig, out: Path) -> dict:
@@ -99,6 +143,9 @@ def run(cfg: DPOConfig, out: Path) -> dict:
         cfg.data, cfg.eval_data, cfg.eval_fraction, cfg.train.seed, tokenizer, cfg.max_length,
         cfg.max_prompt_length,
     )
+    soft = any(e.label != 1.0 for e in train_ex)  # decided once: no host sync per step
+    if soft and any(n != "sigmoid" for n, _ in cfg.terms):
+        raise ValueError(f"{cfg.data}: soft labels (`label` < 1) are supported by the sigmoid objective only")
     device, dist = runtime(cfg.train.device)
     seed_everything(cfg.train.seed)
     model = load_causal_lm(cfg.model, dtype=cfg.dtype, device=device)
@@ -108,27 +155,44 @@ def run(cfg: DPOConfig, out: Path) -> dict:
     pad = tokenizer.pad_token_id
     out.mkdir(parents=True, exist_ok=True)
 
-    live_ref = None
-    if cfg.ref_mode == "live":
+    live_ref, ref_train, ref_eval = None, {}, {}
+    if cfg.reference == "live":
         live_ref = AdapterDisabled(model) if cfg.lora and ref_path == cfg.model else \
             FrozenCopy.from_pretrained(ref_path, dtype=cfg.dtype, device=device)
-        ref_train, ref_eval = {}, {}
-    else:
+    elif cfg.reference == "precompute":
         ref_train, ref_eval = _cached_reference(cfg, ref_path, model, pairs, eval_pairs, pad, device, out)
     extras = {"label": labels_of(train_ex), **ref_train}
     eval_extras = {"label": labels_of(eval_ex), **ref_eval}
-    if live_ref is not None and eval_pairs:
-        eval_extras.update(_reference_logps(live_ref, eval_pairs, pad, device))
 
-    soft = any(e.label != 1.0 for e in train_ex)  # decided once: no host sync per step
+    compute = objective_fn(cfg, live_ref, soft)
+    fns = StepFns(lambda idx: pair_batch(pairs, idx, pad, extras), lambda b: torch.tensor(b["label"].shape[0]),
+                  per_normaliser(compute))
+    eval_compute = objective_fn(cfg, live_ref, False)
+    sync = _ref_sync(cfg.ref_sync, model, live_ref) if cfg.ref_sync else None
     result = train(
-        model, pair_lengths(pairs), _dpo_fns(cfg, pairs, extras, pad, live_ref, soft), cfg.train, out,
-        device=device, dist=dist, data_key=file_fingerprint(cfg.data), name="dpo",
-        eval_fn=dpo_eval(eval_pairs, eval_extras, pad, cfg.beta) if eval_pairs else None,
+        model, pair_lengths(pairs), fns, cfg.train, out, device=device, dist=dist,
+        data_key=file_fingerprint(cfg.data), name="dpo",
+        eval_fn=(lambda m: mean_over_batches(
+            m, len(eval_pairs), lambda idx: pair_batch(eval_pairs, idx, pad, eval_extras), eval_compute,
+        )) if eval_pairs else None,
+        after_step=sync, extra_modules={"reference": live_ref.model} if sync else None,
     )
     if dist.is_main:
         save_pretrained_atomic(model, tokenizer, out / "model")
-    return finish(out, cfg, {"data": stats, "train_pairs": len(pairs), "eval_pairs": len(eval_pairs), **result}, dist)
+    return finish(out, cfg, {"data": stats, "train_pairs": len(pairs), "eval_pairs": len(eval_pairs),
+                             "objective": cfg.terms, "reference": cfg.reference, **result}, dist)
+
+
+def _ref_sync(sync: RefSync, policy, ref):
+    """TR-DPO: every `sync.every` steps, ref ← α·policy + (1−α)·ref (α = 1 is a hard copy)."""
+
+    @torch.no_grad()
+    def after_step(step: int) -> None:
+        if step % sync.every == 0:
+            for p_ref, p in zip(ref.model.parameters(), policy.parameters()):
+                p_ref.lerp_(p.detach().to(p_ref.dtype), sync.alpha)
+
+    return after_step
 
 
 def _cached_reference(cfg, ref_path, model, pairs, eval_pairs, pad, device, out):

@@ -103,4 +103,5 @@ def run(cfg: EvaluateConfig, out: Path) -> dict:
                             **{key: values[i] for key, values in per_sample.items()}})
         del model
     write_jsonl(out / "data" / "samples.jsonl", samples)
-    return finish(out, cfg, {"models": results, "prompts": len(prompts), "samples_per_prompt": k})
+    return finish(out, cfg, {"models": results, "model_paths": cfg.models, "prompts": len(prompts),
+                             "samples_per_prompt": k})

@@ -8,7 +8,7 @@ from pathlib import Path
 from pydantic import Field
 
 from alignlab.eval.report import write_report
-from alignlab.stages.common import StageConfig, finish
+from alignlab.stages.common import StageConfig, finish, wall_time
 
 
 class ReportConfig(StageConfig):
@@ -26,7 +26,12 @@ def _metrics(stage_dir: str) -> dict:
 
 
 def run(cfg: ReportConfig, out: Path) -> dict:
-    models = _metrics(cfg.evaluate)["models"]
+    evaluate = _metrics(cfg.evaluate)
+    models = evaluate["models"]
+    for name, path in evaluate.get("model_paths", {}).items():
+        seconds = wall_time(Path(path).parent)  # a model lives in <stage>/model
+        if name in models and seconds is not None:
+            models[name]["wall_seconds"] = seconds
     extra = {}
     if cfg.reward_model:
         rm = _metrics(cfg.reward_model)

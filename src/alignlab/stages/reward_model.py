@@ -14,7 +14,8 @@ from pydantic import Field
 from alignlab.losses import bradley_terry_loss
 from alignlab.models import LoraSettings, apply_lora, load_reward_model, load_tokenizer, reward_scores
 from alignlab.models import save_pretrained_atomic
-from alignlab.stages.common import StageConfig, file_fingerprint, finish, runtime, seed_everything
+from alignlab.stages.common import StageConfig, file_fingerprint, finish, mean_over_batches, per_normaliser
+from alignlab.stages.common import runtime, seed_everything
 from alignlab.stages.pairs import labels_of, load_pair_splits, pair_batch, pair_lengths
 from alignlab.train import StepFns, TrainSettings, train
 
@@ -39,21 +40,17 @@ def _scores(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
     return scores[:half], scores[half:]
 
 
-def pairwise_accuracy(pairs, extras, pad_id: int, batch_size: int = 64):
-    def evaluate(model) -> dict[str, float]:
-        device = next(model.parameters()).device
-        correct, total, margin = 0.0, 0, 0.0
-        for start in range(0, len(pairs), batch_size):
-            idx = list(range(start, min(start + batch_size, len(pairs))))
-            b = {k: v.to(device) for k, v in pair_batch(pairs, idx, pad_id, extras).items()}
-            chosen, rejected = _scores(model, b)
-            _, m = bradley_terry_loss(chosen, rejected, labels=b["label"], reduction="sum")
-            correct += m["accuracy"].item() * len(idx)
-            margin += (chosen - rejected).sum().item()
-            total += len(idx)
-        return {"accuracy": correct / max(total, 1), "reward_margin": margin / max(total, 1), "pairs": total}
+def bt_objective(cfg: "RewardModelConfig"):
+    """(model, batch) -> (summed Bradley–Terry loss, metrics incl. pairwise accuracy)."""
 
-    return evaluate
+    def compute(model, batch):
+        chosen, rejected = _scores(model, batch)
+        return bradley_terry_loss(
+            chosen, rejected, margin=batch["margin"] if cfg.margin else None, labels=batch["label"],
+            center_coef=cfg.center_coef, reduction="sum",
+        )
+
+    return compute
 
 
 def run(cfg: RewardModelConfig, out: Path) -> dict:
@@ -63,29 +60,23 @@ def run(cfg: RewardModelConfig, out: Path) -> dict:
         cfg.max_prompt_length,
     )
     extras = {"label": labels_of(train_ex), "margin": torch.tensor([e.margin or 0.0 for e in train_ex])}
-    eval_extras = {"label": labels_of(eval_ex)}
+    eval_extras = {"label": labels_of(eval_ex), "margin": torch.tensor([e.margin or 0.0 for e in eval_ex])}
     device, dist = runtime(cfg.train.device)
     seed_everything(cfg.train.seed)
     model = load_reward_model(cfg.model, tokenizer=tokenizer, dtype=cfg.dtype, device=device)
     if cfg.lora:
         model = apply_lora(model, cfg.lora, task="reward")
     pad = tokenizer.pad_token_id
-
-    def loss(m, batch, normaliser):
-        chosen, rejected = _scores(m, batch)
-        value, metrics = bradley_terry_loss(
-            chosen, rejected, margin=batch["margin"] if cfg.margin else None, labels=batch["label"],
-            center_coef=cfg.center_coef, reduction="sum",
-        )
-        return value / normaliser, metrics
-
+    compute = bt_objective(cfg)
     fns = StepFns(lambda idx: pair_batch(pairs, idx, pad, extras),
-                  lambda b: torch.tensor(b["label"].shape[0]), loss)
+                  lambda b: torch.tensor(b["label"].shape[0]), per_normaliser(compute))
     out.mkdir(parents=True, exist_ok=True)
     result = train(
         model, pair_lengths(pairs), fns, cfg.train, out, device=device, dist=dist,
         data_key=file_fingerprint(cfg.data), name="reward_model",
-        eval_fn=pairwise_accuracy(eval_pairs, eval_extras, pad) if eval_pairs else None,
+        eval_fn=(lambda m: {**mean_over_batches(
+            m, len(eval_pairs), lambda idx: pair_batch(eval_pairs, idx, pad, eval_extras), compute,
+        ), "pairs": len(eval_pairs)}) if eval_pairs else None,
     )
     if dist.is_main:
         save_pretrained_atomic(model, tokenizer, out / "model")

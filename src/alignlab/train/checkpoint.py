@@ -54,7 +54,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(
-    root: Path, step: int, model: torch.nn.Module, optimizer, scheduler, meta: dict, keep: int = 1
+    root: Path, step: int, model: torch.nn.Module, optimizer, scheduler, meta: dict,
+    extra_modules: dict[str, torch.nn.Module] | None = None, keep: int = 1,
 ) -> Path:
     """Write checkpoint `step` under `root`, point `latest` at it, and prune older ones."""
     root.mkdir(parents=True, exist_ok=True)
@@ -63,6 +64,8 @@ def save_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     save_model(model, str(tmp / "model.safetensors"))
+    for part, module in (extra_modules or {}).items():
+        save_model(module, str(tmp / f"{part}.safetensors"))
     torch.save(
         {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
         tmp / "trainer_state.pt",
@@ -92,9 +95,12 @@ def latest_checkpoint(root: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler) -> dict:
+def load_checkpoint(
+    path: Path, model: torch.nn.Module, optimizer, scheduler, extra_modules: dict[str, torch.nn.Module] | None = None
+) -> dict:
     """Restore everything saved by `save_checkpoint`; returns its meta (with `step`)."""
-    load_model(model, str(path / "model.safetensors"), device=str(next(model.parameters()).device))
+    for name, module in {"model": model, **(extra_modules or {})}.items():
+        load_model(module, str(path / f"{name}.safetensors"), device=str(next(module.parameters()).device))
     state = torch.load(path / "trainer_state.pt", weights_only=True)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

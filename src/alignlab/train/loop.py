@@ -75,8 +75,14 @@ def train(
     eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
     data_key: str = "",
     name: str = "train",
+    after_step: Callable[[int], None] | None = None,
+    extra_modules: dict[str, nn.Module] | None = None,
 ) -> dict:
-    """Train `model` in place over examples `0..len(lengths)-1`; returns the last logged figures."""
+    """Train `model` in place over examples `0..len(lengths)-1`; returns the last logged figures.
+
+    `after_step(step)` runs after each optimizer step (e.g. a reference update); modules in
+    `extra_modules` that it changes are saved in checkpoints and restored on resume.
+    """
     s = settings
     n = len(lengths)
     steps_per_epoch = math.ceil(n / s.batch_size)
@@ -91,7 +97,7 @@ def train(
     start = 0
     resumed = latest_checkpoint(ckpt_root)
     if resumed is not None:
-        meta = load_checkpoint(resumed, model, optimizer, scheduler)
+        meta = load_checkpoint(resumed, model, optimizer, scheduler, extra_modules)
         if meta.get("key") != key:
             raise ResumeMismatchError(
                 f"{resumed} was written for other data or settings; delete {ckpt_root} to start over"
@@ -160,6 +166,8 @@ def train(
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        if after_step is not None:
+            after_step(step + 1)
         seen += len(epoch_batches[epoch][index])
         done = step + 1
 
@@ -176,7 +184,7 @@ def train(
             _evaluate(model, eval_fn, log, done, dist)
         if (s.save_every and done % s.save_every == 0) or done == total:
             if dist.is_main:
-                save_checkpoint(ckpt_root, done, model, optimizer, scheduler, {"key": key})
+                save_checkpoint(ckpt_root, done, model, optimizer, scheduler, {"key": key}, extra_modules)
             barrier(dist)
 
     if not last and log is not None:  # resumed after the final checkpoint: report its last line

@@ -1,0 +1,129 @@
+"""KTO (Ethayarajh et al. 2024): preference optimisation from unpaired good/bad labels.
+
+Data: `prompt`, `completion`, `label` (true = desirable). The reference point z₀ is estimated in
+each batch from mismatched prompt–completion pairs (prompt i with the completion of the next
+example in the batch), as the paper does; it is detached, so those forwards need no gradient.
+The reference model is live: a frozen copy, or the LoRA policy with its adapter disabled.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from pydantic import Field
+
+from alignlab.data.collate import pad_rows
+from alignlab.data.tokenize import TokenizedRow, tokenize_example
+from alignlab.data.unpaired import UnpairedExample, load_unpaired
+from alignlab.losses.kto import kto_loss, kto_reference_point, kto_weight_ratio_ok
+from alignlab.models import AdapterDisabled, FrozenCopy, LoraSettings, apply_lora, load_causal_lm
+from alignlab.models import load_tokenizer, save_pretrained_atomic
+from alignlab.ops import sequence_logps, token_logps
+from alignlab.stages.common import StageConfig, file_fingerprint, finish, mean_over_batches, per_normaliser
+from alignlab.stages.common import runtime, seed_everything
+from alignlab.train import StepFns, TrainSettings, train
+
+log = logging.getLogger(__name__)
+
+
+class KTOConfig(StageConfig):
+    model: str
+    data: str = Field(description="unpaired prompt/completion/label records")
+    unpair: bool = Field(False, description="accept chosen/rejected pairs, splitting each into two examples")
+    eval_data: str | None = None
+    ref_model: str | None = None
+    beta: float = Field(0.1, gt=0)
+    desirable_weight: float = Field(1.0, gt=0)
+    undesirable_weight: float = Field(1.0, gt=0)
+    max_length: int = 512
+    max_prompt_length: int = 256
+    dtype: str = "float32"
+    lora: LoraSettings | None = None
+    train: TrainSettings = TrainSettings(lr=5e-6, batch_size=16, warmup_ratio=0.1)
+
+
+def _tokenize(examples: list[UnpairedExample], tokenizer, cfg: KTOConfig) -> list[TokenizedRow]:
+    return [tokenize_example(tokenizer, e.prompt, e.completion, cfg.max_length, cfg.max_prompt_length,
+                             source=e.source)[0] for e in examples]
+
+
+def _split(row: TokenizedRow) -> tuple[list[int], list[int]]:
+    start = row.loss_mask.index(1)
+    return row.input_ids[:start], row.input_ids[start:]
+
+
+def kto_batch(rows: list[TokenizedRow], labels: torch.Tensor, idx: list[int], pad: int, max_length: int) -> dict:
+    """Matched rows, and mismatched rows pairing prompt i with the next example's completion."""
+    batch = pad_rows([rows[i] for i in idx], pad)
+    mismatched = []
+    for a, b in zip(idx, idx[1:] + idx[:1]):
+        prompt, _ = _split(rows[a])
+        _, completion = _split(rows[b])
+        completion = completion[: max(1, max_length - len(prompt))]
+        mismatched.append(TokenizedRow(prompt + completion, [0] * len(prompt) + [1] * len(completion)))
+    batch.update({f"kl_{k}": v for k, v in pad_rows(mismatched, pad).items()})
+    batch["desirable"] = labels[torch.tensor(idx)]
+    return batch
+
+
+def _seq(fn, batch, prefix=""):
+    logps, mask = fn(batch[f"{prefix}input_ids"], batch[f"{prefix}attention_mask"], batch[f"{prefix}loss_mask"])
+    return sequence_logps(logps, mask)
+
+
+def kto_objective(cfg: KTOConfig, ref):
+    def policy(model):
+        return lambda *args: token_logps(model, *args)
+
+    def compute(model, batch):
+        pol = _seq(policy(model), batch)
+        with torch.no_grad():
+            ref_seq = _seq(ref.token_logps, batch)
+            if batch["input_ids"].shape[0] > 1:  # one example has no mismatched partner: z₀ = 0
+                z0 = kto_reference_point(_seq(policy(model), batch, "kl_"), _seq(ref.token_logps, batch, "kl_"))
+            else:
+                z0 = torch.zeros((), device=pol.device)
+        return kto_loss(pol, ref_seq, batch["desirable"], z0, beta=cfg.beta, desirable_weight=cfg.desirable_weight,
+                        undesirable_weight=cfg.undesirable_weight, reduction="sum")
+
+    return compute
+
+
+def run(cfg: KTOConfig, out: Path) -> dict:
+    tokenizer = load_tokenizer(cfg.model)
+    examples = load_unpaired(cfg.data, unpair=cfg.unpair)
+    rows = _tokenize(examples, tokenizer, cfg)
+    labels = torch.tensor([e.desirable for e in examples])
+    eval_rows, eval_labels = [], torch.zeros(0, dtype=torch.bool)
+    if cfg.eval_data:
+        eval_ex = load_unpaired(cfg.eval_data, unpair=cfg.unpair)
+        eval_rows, eval_labels = _tokenize(eval_ex, tokenizer, cfg), torch.tensor([e.desirable for e in eval_ex])
+    n_good = int(labels.sum())
+    if not kto_weight_ratio_ok(cfg.desirable_weight, cfg.undesirable_weight, n_good, len(rows) - n_good):
+        log.warning("KTO: desirable_weight·n_desirable / (undesirable_weight·n_undesirable) is outside [1, 4/3], "
+                    "the range the KTO paper recommends (%d desirable, %d undesirable)", n_good, len(rows) - n_good)
+    device, dist = runtime(cfg.train.device)
+    seed_everything(cfg.train.seed)
+    model = load_causal_lm(cfg.model, dtype=cfg.dtype, device=device)
+    if cfg.lora:
+        model = apply_lora(model, cfg.lora)
+    ref_path = cfg.ref_model or cfg.model
+    ref = AdapterDisabled(model) if cfg.lora and ref_path == cfg.model else \
+        FrozenCopy.from_pretrained(ref_path, dtype=cfg.dtype, device=device)
+    pad = tokenizer.pad_token_id
+    compute = kto_objective(cfg, ref)
+    fns = StepFns(lambda idx: kto_batch(rows, labels, idx, pad, cfg.max_length),
+                  lambda b: torch.tensor(b["desirable"].shape[0]), per_normaliser(compute))
+    out.mkdir(parents=True, exist_ok=True)
+    result = train(
+        model, [len(r) for r in rows], fns, cfg.train, out, device=device, dist=dist,
+        data_key=file_fingerprint(cfg.data), name="kto",
+        eval_fn=(lambda m: mean_over_batches(
+            m, len(eval_rows), lambda idx: kto_batch(eval_rows, eval_labels, idx, pad, cfg.max_length), compute,
+        )) if eval_rows else None,
+    )
+    if dist.is_main:
+        save_pretrained_atomic(model, tokenizer, out / "model")
+    return finish(out, cfg, {"examples": len(rows), "desirable": n_good, **result}, dist)
