@@ -59,12 +59,12 @@ def test_every_objective_learns_the_held_out_preference(name, base_model, data_d
 
 @pytest.mark.parametrize("name", ["simpo", "orpo"])
 def test_reference_free_objectives_load_no_reference(name, base_model, data_dir, tmp_path, monkeypatch):
-    import alignlab.stages.dpo as dpo_stage
+    from alignlab.models import FrozenCopy
 
     def forbidden(*args, **kwargs):
         raise AssertionError("a reference-free objective must not load a reference")
 
-    monkeypatch.setattr(dpo_stage.FrozenCopy, "from_pretrained", forbidden)
+    monkeypatch.setattr(FrozenCopy, "from_pretrained", forbidden)
     metrics = dpo(base_model, data_dir, tmp_path / name, steps=2, **FAMILY[name])
     assert metrics["reference"] == "none" and not (tmp_path / name / "cache").exists()
 

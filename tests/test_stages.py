@@ -309,12 +309,12 @@ def test_dpo_live_reference_gives_the_same_first_loss(base_model, data_dir, tmp_
 
 
 def test_dpo_lora_with_adapter_disabled_reference(pretrained_model, data_dir, tmp_path, monkeypatch):
-    import alignlab.stages.dpo as dpo_stage
+    from alignlab.models import FrozenCopy
 
     def no_second_copy(*args, **kwargs):
         raise AssertionError("a LoRA policy's reference is the policy with its adapter off, not a copy")
 
-    monkeypatch.setattr(dpo_stage.FrozenCopy, "from_pretrained", no_second_copy)
+    monkeypatch.setattr(FrozenCopy, "from_pretrained", no_second_copy)
     out = tmp_path / "lora"
     metrics = dpo(pretrained_model, data_dir, out, lr=1e-2, ref_mode="live", lora={"r": 4, "alpha": 8})
     log = train_lines(out)

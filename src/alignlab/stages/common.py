@@ -117,3 +117,21 @@ def mean_over_batches(model, n: int, make_batch, compute, batch_size: int = 32) 
         for k, v in metrics.items():
             sums[k] = sums.get(k, 0.0) + v.float().mean().item() * len(idx)
     return {k: v / max(n, 1) for k, v in sums.items()}
+
+
+def load_policy(path: str, dtype: str, device, lora=None):
+    """The trainable causal LM, with LoRA adapters when `lora` settings are given."""
+    from alignlab.models import apply_lora, load_causal_lm
+
+    model = load_causal_lm(path, dtype=dtype, device=device)
+    return apply_lora(model, lora) if lora else model
+
+
+def frozen_reference(policy, policy_path: str, ref_path: str, lora, dtype: str, device):
+    """A LoRA policy on the reference's own weights is its own reference with the adapter off
+    (no second copy in memory); anything else gets a frozen copy loaded from `ref_path`."""
+    from alignlab.models import AdapterDisabled, FrozenCopy
+
+    if lora and ref_path == policy_path:
+        return AdapterDisabled(policy)
+    return FrozenCopy.from_pretrained(ref_path, dtype=dtype, device=device)

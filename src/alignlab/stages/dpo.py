@@ -23,11 +23,11 @@ from pydantic import Field, model_validator
 
 from alignlab.losses.preference import OBJECTIVES, PairLogps, PreferenceSettings, needs_reference
 from alignlab.losses.preference import preference_objective
-from alignlab.models import AdapterDisabled, FrozenCopy, LogpsCache, LoraSettings, apply_lora
-from alignlab.models import load_causal_lm, load_tokenizer, model_fingerprint, save_pretrained_atomic
+from alignlab.models import LogpsCache, LoraSettings, load_tokenizer, model_fingerprint
+from alignlab.models import save_pretrained_atomic
 from alignlab.ops import sequence_logps, token_logps
 from alignlab.stages.common import StageConfig, file_fingerprint, finish, mean_over_batches, per_normaliser
-from alignlab.stages.common import runtime, seed_everything
+from alignlab.stages.common import frozen_reference, load_policy, runtime, seed_everything
 from alignlab.stages.pairs import Pair, labels_of, load_pair_splits, pair_batch, pair_lengths
 from alignlab.train import StepFns, TrainSettings, train
 
@@ -148,17 +148,14 @@ def run(cfg: DPOConfig, out: Path) -> dict:
         raise ValueError(f"{cfg.data}: soft labels (`label` < 1) are supported by the sigmoid objective only")
     device, dist = runtime(cfg.train.device)
     seed_everything(cfg.train.seed)
-    model = load_causal_lm(cfg.model, dtype=cfg.dtype, device=device)
-    if cfg.lora:
-        model = apply_lora(model, cfg.lora)
+    model = load_policy(cfg.model, cfg.dtype, device, cfg.lora)
     ref_path = cfg.ref_model or cfg.model
     pad = tokenizer.pad_token_id
     out.mkdir(parents=True, exist_ok=True)
 
     live_ref, ref_train, ref_eval = None, {}, {}
     if cfg.reference == "live":
-        live_ref = AdapterDisabled(model) if cfg.lora and ref_path == cfg.model else \
-            FrozenCopy.from_pretrained(ref_path, dtype=cfg.dtype, device=device)
+        live_ref = frozen_reference(model, cfg.model, ref_path, cfg.lora, cfg.dtype, device)
     elif cfg.reference == "precompute":
         ref_train, ref_eval = _cached_reference(cfg, ref_path, model, pairs, eval_pairs, pad, device, out)
     extras = {"label": labels_of(train_ex), **ref_train}
@@ -205,10 +202,7 @@ def _cached_reference(cfg, ref_path, model, pairs, eval_pairs, pad, device, out)
     if cache.exists():
         tensors = cache.load()
     else:
-        if cfg.lora and ref_path == cfg.model:
-            ref = AdapterDisabled(model)
-        else:
-            ref = FrozenCopy.from_pretrained(ref_path, dtype=cfg.dtype, device=device)
+        ref = frozen_reference(model, cfg.model, ref_path, cfg.lora, cfg.dtype, device)
         tensors = _reference_logps(ref, pairs, pad, device)
         if eval_pairs:
             tensors.update({f"eval_{k}": v for k, v in _reference_logps(ref, eval_pairs, pad, device).items()})

@@ -18,11 +18,10 @@ from alignlab.data.collate import pad_rows
 from alignlab.data.tokenize import TokenizedRow, tokenize_example
 from alignlab.data.unpaired import UnpairedExample, load_unpaired
 from alignlab.losses.kto import kto_loss, kto_reference_point, kto_weight_ratio_ok
-from alignlab.models import AdapterDisabled, FrozenCopy, LoraSettings, apply_lora, load_causal_lm
-from alignlab.models import load_tokenizer, save_pretrained_atomic
+from alignlab.models import LoraSettings, load_tokenizer, save_pretrained_atomic
 from alignlab.ops import sequence_logps, token_logps
 from alignlab.stages.common import StageConfig, file_fingerprint, finish, mean_over_batches, per_normaliser
-from alignlab.stages.common import runtime, seed_everything
+from alignlab.stages.common import frozen_reference, load_policy, runtime, seed_everything
 from alignlab.train import StepFns, TrainSettings, train
 
 log = logging.getLogger(__name__)
@@ -106,12 +105,8 @@ def run(cfg: KTOConfig, out: Path) -> dict:
                     "the range the KTO paper recommends (%d desirable, %d undesirable)", n_good, len(rows) - n_good)
     device, dist = runtime(cfg.train.device)
     seed_everything(cfg.train.seed)
-    model = load_causal_lm(cfg.model, dtype=cfg.dtype, device=device)
-    if cfg.lora:
-        model = apply_lora(model, cfg.lora)
-    ref_path = cfg.ref_model or cfg.model
-    ref = AdapterDisabled(model) if cfg.lora and ref_path == cfg.model else \
-        FrozenCopy.from_pretrained(ref_path, dtype=cfg.dtype, device=device)
+    model = load_policy(cfg.model, cfg.dtype, device, cfg.lora)
+    ref = frozen_reference(model, cfg.model, cfg.ref_model or cfg.model, cfg.lora, cfg.dtype, device)
     pad = tokenizer.pad_token_id
     compute = kto_objective(cfg, ref)
     fns = StepFns(lambda idx: kto_batch(rows, labels, idx, pad, cfg.max_length),

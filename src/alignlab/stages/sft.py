@@ -12,9 +12,9 @@ from alignlab.data.collate import pad_rows
 from alignlab.data.formats import load_sft
 from alignlab.data.tokenize import TokenizedRow, tokenize_sft
 from alignlab.losses import sft_loss
-from alignlab.models import LoraSettings, apply_lora, load_causal_lm, load_tokenizer, save_pretrained_atomic
+from alignlab.models import LoraSettings, load_tokenizer, save_pretrained_atomic
 from alignlab.ops import token_logps
-from alignlab.stages.common import StageConfig, file_fingerprint, finish, runtime, seed_everything
+from alignlab.stages.common import StageConfig, file_fingerprint, finish, load_policy, runtime, seed_everything
 from alignlab.train import StepFns, TrainSettings, train
 
 
@@ -70,9 +70,7 @@ def run(cfg: SFTConfig, out: Path) -> dict:
         eval_rows, _ = tokenize_sft(load_sft(cfg.eval_data), tokenizer, cfg.max_length, cfg.max_prompt_length)
     device, dist = runtime(cfg.train.device)
     seed_everything(cfg.train.seed)
-    model = load_causal_lm(cfg.model, dtype=cfg.dtype, device=device)
-    if cfg.lora:
-        model = apply_lora(model, cfg.lora)
+    model = load_policy(cfg.model, cfg.dtype, device, cfg.lora)
     out.mkdir(parents=True, exist_ok=True)
     result = train(
         model, [len(r) for r in rows], sft_step_fns(rows, tokenizer.pad_token_id), cfg.train, out,
