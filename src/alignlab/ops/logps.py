@@ -93,8 +93,11 @@ def token_logps(
         raise ValueError(f"temperature must be > 0, got {temperature}")
     extra = {} if position_ids is None else {"position_ids": position_ids}
     logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **extra).logits
-    # The prediction at position t is for token t+1: drop the last position's logits (a view).
-    logps = _selective_log_softmax(logits[:, :-1], input_ids[:, 1:], temperature)
+    # The prediction at position t is for token t+1. Scoring the full, contiguous logits against
+    # the ids shifted left (the last position picks a dummy id and is dropped) avoids the slow
+    # row-by-row path a strided `logits[:, :-1]` view would take, and copies nothing.
+    targets = torch.cat([input_ids[:, 1:], input_ids[:, :1]], dim=1)
+    logps = _selective_log_softmax(logits, targets, temperature)[:, :-1]
     mask = (attention_mask if loss_mask is None else loss_mask)[:, 1:]
     keep = mask if mask.dtype == torch.bool else mask != 0
     logps = torch.where(keep, logps, torch.zeros((), dtype=logps.dtype, device=logps.device))

@@ -114,14 +114,15 @@ def _live_ref_logps(ref, batch, lp: PairLogps) -> PairLogps:
 
 @torch.no_grad()
 def _reference_logps(ref, pairs: list[Pair], pad: int, device, batch_size: int = 32) -> dict[str, torch.Tensor]:
-    chosen, rejected = [], []
+    order = sorted(range(len(pairs)), key=lambda i: pair_lengths(pairs[i : i + 1])[0])  # less padding
+    chosen, rejected = torch.zeros(len(pairs)), torch.zeros(len(pairs))
     for start in range(0, len(pairs), batch_size):
-        idx = list(range(start, min(start + batch_size, len(pairs))))
+        idx = order[start : start + batch_size]
         b = {k: v.to(device) for k, v in pair_batch(pairs, idx, pad, {}).items()}
         lp = _live_ref_logps(ref, b, PairLogps(*[None] * 4))
-        chosen.append(lp.ref_chosen.float().cpu())
-        rejected.append(lp.ref_rejected.float().cpu())
-    return {"ref_chosen": torch.cat(chosen), "ref_rejected": torch.cat(rejected)}
+        chosen[idx] = lp.ref_chosen.float().cpu()
+        rejected[idx] = lp.ref_rejected.float().cpu()
+    return {"ref_chosen": chosen, "ref_rejected": rejected}
 
 
 def objective_fn(cfg: DPOConfig, live_ref, soft: bool):

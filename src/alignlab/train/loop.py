@@ -60,7 +60,10 @@ def _optimizer(model: nn.Module, s: TrainSettings) -> torch.optim.AdamW:
     decay = [p for p in params if p.dim() >= 2]  # no decay on biases and norm gains
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": s.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=s.lr, betas=s.adam_betas, eps=s.adam_eps)
+    try:  # the fused kernel (CPU and CUDA since torch 2.4) is several times faster than the loop
+        return torch.optim.AdamW(groups, lr=s.lr, betas=s.adam_betas, eps=s.adam_eps, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(groups, lr=s.lr, betas=s.adam_betas, eps=s.adam_eps)
 
 
 def train(

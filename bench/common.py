@@ -1,0 +1,650 @@
+"""What every benchmark shares: the assets, the measuring probes inside a run, and the driver.
+
+Assets (built once, deterministically, under bench/out/assets/): a byte-level BPE tokenizer and a
+randomly initialised GPT-2 (hidden 256, 4 layers, 4 heads), trained/built offline with
+`alignlab.models.build`, and JSONL data made from the built-in sentiment task's synthetic
+reviews: SFT prompt/completion rows and prompt/chosen/rejected pairs (chosen = the continuation
+VADER scores higher). Every row fits `max_length` (BOS + prompt + completion + EOS), so no tool
+truncates or drops anything and both see exactly the same tokens.
+
+The tokenizer's post-processor prepends BOS, as Llama-style tokenizers do: TRL tokenizes with
+special tokens and so gets the BOS from it, while alignlab tokenizes without them and prepends the
+BOS itself. Both therefore build identical rows; each run counts the real tokens its policy saw,
+and the driver flags any difference.
+
+A run ("child") is one tool doing one job in a fresh process: `python bench/X.py child ...`. It
+writes one JSON result. The driver runs the contenders alternately, several times, and reports
+medians and ratios.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+OUT = BENCH / "out"
+ASSETS = OUT / "assets"
+
+
+@dataclass(frozen=True)
+class Spec:
+    """The model and data every benchmark uses (changing it rebuilds the assets)."""
+
+    vocab_size: int = 2048  # the corpus has fewer distinct pieces; the tokenizer ends near 1.8k
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    max_positions: int = 256
+    max_length: int = 128
+    max_prompt_length: int = 32
+    seed: int = 0
+
+
+SPEC = Spec()
+
+
+# ---------------------------------------------------------------------------------------------
+# Assets
+
+
+def model_dir() -> Path:
+    return ASSETS / "model"
+
+
+def build_model(spec: Spec = SPEC) -> Path:
+    """Tokenizer + random GPT-2 saved in HF format under assets/model (kept if already built)."""
+    target = model_dir()
+    stamp = ASSETS / "spec.json"
+    if target.is_dir() and stamp.exists() and json.loads(stamp.read_text()) == asdict(spec):
+        return target
+    from tokenizers.processors import TemplateProcessing
+
+    from alignlab.models.build import new_causal_lm, train_bpe_tokenizer
+    from alignlab.tasks.sentiment import SentimentTask
+
+    tokenizer = train_bpe_tokenizer(SentimentTask().corpus(3000, spec.seed), spec.vocab_size)
+    bos = tokenizer.bos_token_id
+    tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
+        single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", bos)]
+    )
+    tokenizer.model_max_length = spec.max_positions
+    model = new_causal_lm(tokenizer, "gpt2", spec.hidden_size, spec.num_layers, spec.num_heads,
+                          spec.max_positions, seed=spec.seed)
+    target.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    stamp.write_text(json.dumps(asdict(spec)))
+    for old in ASSETS.glob("*.jsonl"):  # data depends on the tokenizer: rebuild it too
+        old.unlink()
+    return target
+
+
+def _row_length(tokenizer, prompt: str, completion: str) -> int:
+    """Tokens of BOS + prompt + completion + EOS, as both tools build the row."""
+    ids = tokenizer([prompt, completion], add_special_tokens=False)["input_ids"]
+    return 2 + len(ids[0]) + len(ids[1])
+
+
+def _fit(tokenizer, prompt: str, pieces: list[str], max_length: int) -> str:
+    """The longest prefix of `pieces` (whole reviews) whose row still fits `max_length`."""
+    while len(pieces) > 1 and _row_length(tokenizer, prompt, "".join(pieces)) > max_length:
+        pieces = pieces[:-1]
+    text = "".join(pieces)
+    if _row_length(tokenizer, prompt, text) > max_length:
+        raise ValueError("a single review does not fit max_length; raise Spec.max_length")
+    return text
+
+
+def _continuations(n: int, seed: int, tokenizer, spec: Spec) -> list[tuple[str, str]]:
+    """`n` (prompt, completion) pairs: a review cut after 2-8 words, continued by 0-3 more reviews,
+    so rows range from ~15 to `max_length` tokens (realistic padding inside a batch)."""
+    import random
+
+    from alignlab.tasks.sentiment import SentimentTask
+
+    task = SentimentTask()
+    heads = task.sft_examples(n, seed)
+    extra = task.corpus(3 * n, seed + 1)
+    rng = random.Random(seed)
+    out = []
+    for i, ex in enumerate(heads):
+        pieces = [ex["completion"]] + [" " + r for r in extra[3 * i : 3 * i + rng.randint(0, 3)]]
+        out.append((ex["prompt"], _fit(tokenizer, ex["prompt"], pieces, spec.max_length)))
+    return out
+
+
+def data_file(kind: str, n: int, spec: Spec = SPEC) -> Path:
+    """assets/{kind}-{n}.jsonl with `n` rows: kind "sft" (prompt/completion) or "pairs"
+    (prompt/chosen/rejected). Deterministic; built on first use."""
+    path = ASSETS / f"{kind}-{n}.jsonl"
+    if path.exists():
+        return path
+    from transformers import AutoTokenizer
+
+    from alignlab.tasks.sentiment import SentimentTask
+
+    tokenizer = AutoTokenizer.from_pretrained(build_model(spec))
+    if kind == "sft":
+        rows = [{"prompt": p, "completion": c} for p, c in _continuations(n, spec.seed + 10, tokenizer, spec)]
+    elif kind == "pairs":
+        first = _continuations(n, spec.seed + 20, tokenizer, spec)
+        # the second response continues the same prompt with another review's ending
+        second = _continuations(n, spec.seed + 30, tokenizer, spec)
+        gold = SentimentTask().gold_reward
+        rows = []
+        for (prompt, a), (_, b) in zip(first, second):
+            b = _fit(tokenizer, prompt, [b], spec.max_length)
+            sa, sb = gold([prompt, prompt], [a, b])
+            chosen, rejected = (a, b) if sa >= sb else (b, a)
+            rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+    else:
+        raise ValueError(f"unknown data kind {kind!r}")
+    ASSETS.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.replace(path)
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def alignlab_batches(kind: str, path: Path, batch_size: int, seed: int, group_by_length: bool) -> list[list[int]]:
+    """The example indices of each of alignlab's first-epoch batches, computed with alignlab's own
+    tokenization and batch sampler (what `alignlab.train.loop.train` draws for epoch 0)."""
+    from alignlab.data.collate import length_grouped_batches
+    from alignlab.data.formats import load_preferences, load_sft
+    from alignlab.data.tokenize import tokenize_preferences, tokenize_sft
+    from alignlab.models import load_tokenizer
+    from alignlab.stages.pairs import pair_lengths
+
+    tokenizer = load_tokenizer(model_dir())
+    if kind == "sft":
+        rows, _ = tokenize_sft(load_sft(path), tokenizer, SPEC.max_length, SPEC.max_prompt_length)
+        lengths = [len(r) for r in rows]
+    else:
+        pairs, _ = tokenize_preferences(load_preferences(path), tokenizer, SPEC.max_length, SPEC.max_prompt_length)
+        lengths = pair_lengths(pairs)
+    return length_grouped_batches(lengths, batch_size, seed=seed, epoch=0, shuffle=True,
+                                  group_multiplier=32 if group_by_length else 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inside a run
+
+
+def child_setup(threads: int) -> None:
+    """Same threads for every tool; no hub access; quiet progress bars."""
+    import torch
+
+    torch.set_num_threads(threads)
+    os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+def rss_mb() -> float:
+    """Current resident set size of this process (MiB), from /proc."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def peak_rss_mb() -> float:
+    """High-water resident set size of this process so far (MiB; ru_maxrss is KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class Probe:
+    """Counts what the policy model computes and when each optimizer step ends.
+
+    A forward pre-hook on the policy records rows, padded positions (input_ids.numel()) and real
+    tokens (attention_mask.sum()) of every training forward; a global optimizer post-hook records
+    the end time of every optimizer step, whatever the tool's optimizer class.
+    """
+
+    def __init__(self):
+        self.forwards = 0
+        self.rows = 0
+        self.padded_tokens = 0
+        self.real_tokens = 0
+        self.step_ends: list[float] = []
+        self.optimizer = ""
+        self._handles = []
+
+    def attach(self, model) -> "Probe":
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
+        def on_forward(_module, args, kwargs):
+            ids = kwargs.get("input_ids", args[0] if args else None)
+            mask = kwargs.get("attention_mask")
+            if ids is None:
+                return
+            self.forwards += 1
+            self.rows += ids.shape[0]
+            self.padded_tokens += ids.numel()
+            self.real_tokens += int(mask.sum()) if mask is not None else ids.numel()
+
+        def on_step(optimizer, _args, _kwargs):
+            self.step_ends.append(time.perf_counter())
+            if not self.optimizer:
+                d = optimizer.defaults
+                self.optimizer = f"{type(optimizer).__name__}(fused={d.get('fused')}, foreach={d.get('foreach')})"
+
+        self._handles.append(model.register_forward_pre_hook(on_forward, with_kwargs=True))
+        self._handles.append(register_optimizer_step_post_hook(on_step))
+        return self
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def figures(self, start: float) -> dict:
+        ends = self.step_ends
+        gaps = [b - a for a, b in zip(ends, ends[1:])]
+        return {
+            "optimizer_steps": len(ends),
+            "optimizer": self.optimizer,
+            "forwards": self.forwards,
+            "rows": self.rows,
+            "padded_tokens": self.padded_tokens,
+            "real_tokens": self.real_tokens,
+            "first_step_s": (ends[0] - start) if ends else None,
+            # median time of one step once running: excludes the first step and any fixed set-up
+            "steady_step_s": statistics.median(gaps) if gaps else None,
+        }
+
+
+def child_parser(description: str):
+    """Arguments every child run takes (the driver passes the first three)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("role", choices=["child"])
+    parser.add_argument("--result", required=True, help="where to write the JSON result")
+    parser.add_argument("--workdir", required=True, help="scratch directory of this run")
+    parser.add_argument("--threads", type=int, required=True)
+    parser.add_argument("--tool", required=True)
+    parser.add_argument("--steps", type=int, required=True)
+    parser.add_argument("--batch", type=int, required=True)
+    parser.add_argument("--lr", type=float, required=True)
+    parser.add_argument("--order", choices=["alignlab", "own"], default="alignlab",
+                        help="TRL only: feed alignlab's batches in order (sequential sampler), or TRL's own random sampler")
+    return parser
+
+
+def losses_from_log(log_path: Path) -> list[float]:
+    """Per-step training losses from an alignlab stage's log.jsonl."""
+    rows = [json.loads(x) for x in log_path.read_text().splitlines() if x.strip()]
+    return [r["loss"] for r in rows if "loss" in r and "step" in r]
+
+
+def run_alignlab_stage(stage, cfg, out: Path) -> dict:
+    """Run an alignlab stage (`stage.run(cfg, out)`) with its call of the training loop timed.
+
+    The stage module's `train` (alignlab.train.train) is wrapped: the clock starts when the stage
+    calls it and stops when it returns, so tokenization, model loading, reference precompute and
+    the final model save lie outside; the loop's own set-up, its per-step log and progress, and the
+    end-of-training checkpoint it always writes lie inside. When the stage has a
+    `_cached_reference` (DPO precompute), that call is timed separately as the precompute.
+    """
+    probe = Probe()
+    timing: dict = {}
+    real_train = stage.train
+
+    def timed_train(model, *args, **kwargs):
+        timing["rss_before_train_mb"] = rss_mb()
+        timing["peak_rss_before_train_mb"] = peak_rss_mb()
+        probe.attach(model)
+        start = time.perf_counter()
+        try:
+            return real_train(model, *args, **kwargs)
+        finally:
+            timing["train_s"] = time.perf_counter() - start
+            timing.update(probe.figures(start))
+            probe.detach()
+
+    stage.train = timed_train
+    real_reference = getattr(stage, "_cached_reference", None)
+    if real_reference is not None:
+        def timed_reference(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return real_reference(*args, **kwargs)
+            finally:
+                timing["precompute_s"] = time.perf_counter() - start
+
+        stage._cached_reference = timed_reference
+    try:
+        stage.run(cfg, out)
+    finally:
+        stage.train = real_train
+        if real_reference is not None:
+            stage._cached_reference = real_reference
+    losses = losses_from_log(out / "log.jsonl")
+    timing.update({"losses": losses, "loss_first": losses[0], "loss_last": losses[-1]})
+    return timing
+
+
+def alignlab_train_settings(a, group_by_length: bool = True):
+    """The alignlab TrainSettings of a run: no warmup, linear decay, clip 1.0, no periodic
+    checkpoints (save_every None) and no evaluation, a log line every step."""
+    from alignlab.train import TrainSettings
+
+    return TrainSettings(lr=a.lr, batch_size=a.batch, max_steps=a.steps, warmup_ratio=0.0, schedule="linear",
+                         max_grad_norm=1.0, weight_decay=0.0, seed=0, device="cpu", precision="fp32",
+                         log_every=1, eval_every=None, save_every=None, group_by_length=group_by_length)
+
+
+def trl_training_args(a, workdir: str) -> dict:
+    """TrainingArguments shared by the TRL runs, matched to alignlab's settings.
+
+    Set against TRL's defaults: fp32 (TRL's configs default to bf16=True), no gradient
+    checkpointing (TRL defaults it to True; alignlab has none, and it trades speed for memory),
+    no warmup, linear decay, clip 1.0, weight decay 0, no saving, no evaluation, no reporting, a
+    log line every step. The optimizer is left at the transformers default ("adamw_torch_fused").
+    """
+    return dict(
+        output_dir=str(Path(workdir) / "trl"), per_device_train_batch_size=a.batch, max_steps=a.steps,
+        learning_rate=a.lr, lr_scheduler_type="linear", warmup_steps=0, max_grad_norm=1.0, weight_decay=0.0,
+        bf16=False, fp16=False, gradient_checkpointing=False, use_cpu=True, seed=0, data_seed=0,
+        report_to="none", save_strategy="no", eval_strategy="no", logging_steps=1, disable_tqdm=True,
+        dataloader_num_workers=0, remove_unused_columns=True,
+        train_sampling_strategy="sequential" if a.order == "alignlab" else "random",
+    )
+
+
+def in_order(records: list[dict], batches: list[list[int]]) -> list[dict]:
+    """The records laid out in the order of `batches`, for a sequential sampler."""
+    return [records[i] for batch in batches for i in batch]
+
+
+def run_trl(trainer, model) -> dict:
+    """Time `trainer.train()` (nothing subtracted) with the probe on `model`; collect losses."""
+    from transformers import TrainerCallback
+
+    losses: list[float] = []
+
+    class LossRecorder(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                losses.append(float(logs["loss"]))
+
+    trainer.add_callback(LossRecorder())
+    probe = Probe()
+    result = {"rss_before_train_mb": rss_mb(), "peak_rss_before_train_mb": peak_rss_mb()}
+    probe.attach(model)
+    start = time.perf_counter()
+    trainer.train()
+    result["train_s"] = time.perf_counter() - start
+    result.update(probe.figures(start))
+    probe.detach()
+    result.update({"losses": losses, "loss_first": losses[0] if losses else None,
+                   "loss_last": losses[-1] if losses else None})
+    return result
+
+
+def write_result(path: str, result: dict) -> None:
+    result.setdefault("peak_rss_mb", peak_rss_mb())
+    Path(path).write_text(json.dumps(result, indent=1, default=float))
+
+
+# ---------------------------------------------------------------------------------------------
+# The driver
+
+
+def _busy_cpu_s() -> float:
+    """CPU seconds the whole machine has spent busy since boot (from /proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_child(script: str, args: list[str], threads: int, timeout: float = 900) -> dict:
+    """Run `python bench/<script> child <args>` in a fresh process; return its JSON result."""
+    env = dict(os.environ)
+    env.update({
+        "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+        "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+        "TQDM_DISABLE": "1", "CI": "true", "TOKENIZERS_PARALLELISM": "false",
+        "TRANSFORMERS_VERBOSITY": "error", "PYTHONWARNINGS": "ignore",
+    })
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        result_path = Path(tmp) / "result.json"
+        # a fresh HF datasets cache per run: TRL caches precomputed reference log-probs there
+        env["HF_DATASETS_CACHE"] = str(Path(tmp) / "hf-datasets")
+        cmd = [sys.executable, str(BENCH / script), "child", "--result", str(result_path),
+               "--workdir", tmp, "--threads", str(threads), *args]
+        busy, mine, wall = _busy_cpu_s(), _children_cpu_s(), time.perf_counter()
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        busy, mine, wall = _busy_cpu_s() - busy, _children_cpu_s() - mine, time.perf_counter() - wall
+        if proc.returncode != 0 or not result_path.exists():
+            raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+        result = json.loads(result_path.read_text())
+        # CPU the rest of the machine used meanwhile, in cores: a busy neighbour skews the timings
+        result["other_cores"] = max(0.0, busy - mine) / wall
+        result["process_s"] = wall
+        return result
+
+
+def wait_for_quiet(max_wait: float = 180.0, threshold: float = 0.3) -> float:
+    """Wait (up to `max_wait` s) until the rest of the machine uses under `threshold` cores,
+    measured over 2 s; returns what it last measured. A shared machine is no benchmark machine,
+    but this keeps a neighbour's test run from landing in the middle of one contender's runs."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        busy = _busy_cpu_s()
+        time.sleep(2.0)
+        load = (_busy_cpu_s() - busy) / 2.0
+        if load < threshold or time.monotonic() > deadline:
+            return load
+        print(f"  waiting: other processes use {load:.2f} cores", file=sys.stderr, flush=True)
+        time.sleep(5.0)
+
+
+def alternate(contenders: dict[str, tuple[str, list[str]]], repeats: int, threads: int) -> dict[str, list[dict]]:
+    """Run every contender `repeats` times, interleaved (A B C, C B A, A B C, ...) so slow drift of
+    the machine hits all of them alike. Returns each contender's list of results."""
+    runs: dict[str, list[dict]] = {name: [] for name in contenders}
+    names = list(contenders)
+    for rep in range(repeats):
+        order = names if rep % 2 == 0 else names[::-1]
+        for name in order:
+            script, args = contenders[name]
+            wait_for_quiet(float(os.environ.get("BENCH_QUIET_WAIT", "180")))
+            t0 = time.perf_counter()
+            result = run_child(script, args, threads)
+            print(f"  [{rep + 1}/{repeats}] {name}: train {result['train_s']:.2f} s "
+                  f"(process {time.perf_counter() - t0:.1f} s, other processes used "
+                  f"{result['other_cores']:.2f} cores)", file=sys.stderr, flush=True)
+            runs[name].append(result)
+    return runs
+
+
+def median_of(runs: list[dict], key: str) -> float | None:
+    values = [r[key] for r in runs if r.get(key) is not None]
+    return statistics.median(values) if values else None
+
+
+def summarise(runs: list[dict], examples: int) -> dict:
+    """Medians over the repeats of one contender (plus the values of its first run that do not
+    vary between repeats: losses and token counts)."""
+    train_s = median_of(runs, "train_s")
+    pre = median_of(runs, "precompute_s")
+    first = runs[0]
+    return {
+        "repeats": len(runs),
+        "train_s": train_s,
+        "train_s_all": [r["train_s"] for r in runs],
+        "precompute_s": pre,
+        "examples_per_s": examples / train_s,
+        "examples_per_s_with_precompute": examples / (train_s + (pre or 0.0)),
+        "steady_step_s": median_of(runs, "steady_step_s"),
+        "first_step_s": median_of(runs, "first_step_s"),
+        "peak_rss_mb": median_of(runs, "peak_rss_mb"),
+        "rss_before_train_mb": median_of(runs, "rss_before_train_mb"),
+        "padded_tokens": first.get("padded_tokens"),
+        "real_tokens": first.get("real_tokens"),
+        "padded_tokens_per_s": first.get("padded_tokens", 0) / train_s,
+        "loss_first": first.get("loss_first"),
+        "loss_last": first.get("loss_last"),
+        "losses": first.get("losses"),
+        "optimizer_steps": first.get("optimizer_steps"),
+        "optimizer": first.get("optimizer"),
+        "max_other_cores": max(r.get("other_cores", 0.0) for r in runs),
+        "notes": first.get("notes", ""),
+        "settings": first.get("settings", {}),
+    }
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
+
+
+def comparison(name: str, unit: str, examples: int, contenders: dict, ours: str, theirs: str,
+               plain: str | None, extra: dict) -> dict:
+    s = {k: contenders[k] for k in ([ours, theirs] + ([plain] if plain else []))}
+    a, t = s[ours], s[theirs]
+    ratios = [
+        f"throughput {ours}/{theirs} = {fmt(ratio(a['examples_per_s'], t['examples_per_s']))} "
+        f"(train time only; >1: alignlab faster)",
+        f"steady step time {theirs}/{ours} = {fmt(ratio(t['steady_step_s'], a['steady_step_s']))} "
+        f"(>1: alignlab's step faster)",
+        f"peak RSS {ours}/{theirs} = {fmt(ratio(a['peak_rss_mb'], t['peak_rss_mb']))}",
+    ]
+    if a.get("precompute_s") or t.get("precompute_s"):
+        ratios.insert(1, f"throughput incl. precompute {ours}/{theirs} = "
+                      f"{fmt(ratio(a['examples_per_s_with_precompute'], t['examples_per_s_with_precompute']))}")
+    warnings = []
+    if a["real_tokens"] != t["real_tokens"]:
+        warnings.append(f"real tokens differ: {ours} {a['real_tokens']} vs {theirs} {t['real_tokens']}")
+    busy = {k: v["max_other_cores"] for k, v in s.items() if v.get("max_other_cores", 0) > 0.25}
+    if busy:
+        warnings.append("other processes used CPU during some runs (cores, worst run): "
+                        + ", ".join(f"{k} {v:.2f}" for k, v in busy.items()) + "; timings are less trustworthy")
+    if plain:
+        p = s[plain]
+        ratios.append(f"{ours} throughput as a fraction of the plain loop = "
+                      f"{fmt(ratio(a['examples_per_s'], p['examples_per_s']))} "
+                      f"(steady step: {fmt(ratio(p['steady_step_s'], a['steady_step_s']))})")
+        if p["padded_tokens"] != a["padded_tokens"]:
+            warnings.append(f"padded tokens differ: {ours} {a['padded_tokens']} vs {plain} {p['padded_tokens']}")
+    return {"unit": unit, "examples": examples, "contenders": s, "ratios": ratios, "warnings": warnings, **extra}
+
+
+def save_json(name: str, payload: dict) -> Path:
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=1, default=float) + "\n")
+    return path
+
+
+def fmt(x, digits: int = 2) -> str:
+    if x is None:
+        return "—"
+    if isinstance(x, float):
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def table_rows(name: str, payload: dict) -> list[str]:
+    """Markdown rows of one benchmark's JSON: one row per contender."""
+    rows = []
+    unit = payload["unit"]
+    for label, s in payload["contenders"].items():
+        rows.append(
+            f"| {name} | {label} | {fmt(s['train_s'])} | {fmt(s['examples_per_s'], 1)} {unit}/s | "
+            f"{fmt(s['precompute_s'])} | {fmt(s['examples_per_s_with_precompute'], 1)} | "
+            f"{fmt(s['steady_step_s'], 3)} | {fmt(s['padded_tokens_per_s'], 0)} | {fmt(s['peak_rss_mb'], 0)} | "
+            f"{fmt(s['loss_first'], 4)} → {fmt(s['loss_last'], 4)} |"
+        )
+    return rows
+
+
+TABLE_HEAD = [
+    "| job | contender | train s (median) | throughput | precompute s | throughput incl. precompute | "
+    "steady s/step | padded tok/s | peak RSS MiB | loss first → last |",
+    "|---|---|---|---|---|---|---|---|---|---|",
+]
+
+
+def print_payload(name: str, payload: dict) -> None:
+    print("\n".join(TABLE_HEAD + table_rows(name, payload)))
+    for line in payload.get("ratios", []):
+        print(f"- {line}")
+
+
+def main_table() -> None:
+    """Print one table of every benchmark result in bench/out/ (what run.sh ends with)."""
+    order = ["dpo_defaults", "dpo_matched", "dpo_live", "sft", "reward"]
+    files = sorted(OUT.glob("*.json"), key=lambda p: (order.index(p.stem) if p.stem in order else 99, p.stem))
+    lines, notes = list(TABLE_HEAD), []
+    meta = None
+    for path in files:
+        payload = json.loads(path.read_text())
+        if "contenders" not in payload:
+            continue
+        meta = meta or payload.get("machine")
+        lines += table_rows(path.stem, payload)
+        notes += [f"{path.stem}: {r}" for r in payload.get("ratios", [])]
+        notes += [f"{path.stem}: {w}" for w in payload.get("warnings", [])]
+    if meta:
+        print(f"Machine: {meta}\n")
+    print("\n".join(lines))
+    print()
+    for note in notes:
+        print(f"- {note}")
+
+
+def machine() -> str:
+    import platform
+
+    import torch
+    import transformers
+
+    try:
+        import trl
+        trl_version = trl.__version__
+    except ImportError:
+        trl_version = "absent"
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+            f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl_version}; "
+            f"alignlab at {_source_state()}")
+
+
+def _source_state() -> str:
+    """The commit the benchmarked alignlab source is at, and whether src/ had uncommitted edits."""
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=BENCH.parent, capture_output=True, text=True,
+                                  timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown commit"
+    edited = [line for line in git("status", "--porcelain", "--", "src").splitlines() if line.strip()]
+    return f"{commit}" + (f" + {len(edited)} uncommitted file(s) in src/" if edited else "")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["table"]:
+        main_table()
+    elif sys.argv[1:] == ["assets"]:
+        build_model()
+    else:
+        raise SystemExit("usage: python bench/common.py table|assets")

@@ -1,0 +1,143 @@
+"""DPO: alignlab's `dpo` stage against TRL's DPOTrainer (and the plain PyTorch loop), one command.
+
+    bench/.venv-trl/bin/python bench/dpo.py [--steps 20] [--batch 8] [--repeats 3] [--threads 2]
+
+Same model, pairs, batch size (pairs per step), max length, steps, learning rate, beta, fp32,
+CPU, threads. Each run is a fresh process. Contenders:
+
+- alignlab            the `dpo` stage at its defaults: reference log-probs precomputed (and cached
+                      on disk) before training, length-grouped batches
+- alignlab-live       `ref_mode: live` (a frozen reference copy runs every step)
+- trl-defaults        DPOTrainer at its defaults: live reference model, its own random sampler
+- trl-precompute      precompute_ref_log_probs=True (batch 32, as alignlab's), fed alignlab's
+                      batches in alignlab's order (sequential sampler): identical work
+- trl-live            live reference, fed alignlab's batches: identical work to alignlab-live
+- plain               bench/plain_loop.py on alignlab's batches with precomputed reference
+
+Three comparisons are written: dpo_defaults (alignlab vs trl-defaults), dpo_matched (alignlab
+vs trl-precompute, both precomputing, identical batches), dpo_live (alignlab-live vs trl-live).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+
+BETA = 0.1
+PRECOMPUTE_BATCH = 32  # alignlab's reference precompute batch; TRL's is set to match
+
+
+def alignlab_child(a) -> dict:
+    import alignlab.stages.dpo as stage
+
+    cfg = stage.DPOConfig(
+        model=str(common.model_dir()), data=str(common.data_file("pairs", a.steps * a.batch)),
+        eval_fraction=0.0, beta=BETA, ref_mode=a.ref, max_length=common.SPEC.max_length,
+        max_prompt_length=common.SPEC.max_prompt_length, dtype="float32",
+        train=common.alignlab_train_settings(a),
+    )
+    result = common.run_alignlab_stage(stage, cfg, Path(a.workdir) / "alignlab")
+    result["notes"] = f"ref_mode={a.ref}, group_by_length=True"
+    return result
+
+
+def trl_child(a) -> dict:
+    import time
+
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    path = common.data_file("pairs", a.steps * a.batch)
+    records = common.read_jsonl(path)
+    if a.order == "alignlab":
+        records = common.in_order(records, common.alignlab_batches("pairs", path, a.batch, seed=0, group_by_length=True))
+    dataset = Dataset.from_list(records)
+    tokenizer = AutoTokenizer.from_pretrained(common.model_dir())
+    model = AutoModelForCausalLM.from_pretrained(common.model_dir(), dtype=torch.float32)
+
+    # TRL precomputes inside DPOTrainer.__init__; time that call on its own
+    timing = {"precompute_s": None}
+    real_precompute = DPOTrainer._precompute_ref_logps
+
+    def timed_precompute(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return real_precompute(self, *args, **kwargs)
+        finally:
+            timing["precompute_s"] = (timing["precompute_s"] or 0.0) + time.perf_counter() - start
+
+    DPOTrainer._precompute_ref_logps = timed_precompute
+    args = DPOConfig(
+        **common.trl_training_args(a, a.workdir), beta=BETA, max_length=common.SPEC.max_length,
+        precompute_ref_log_probs=a.ref == "precompute",
+        precompute_ref_batch_size=PRECOMPUTE_BATCH if a.ref == "precompute" else None,
+    )
+    trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    result = common.run_trl(trainer, model)
+    result.update(timing)
+    result["notes"] = f"precompute_ref_log_probs={a.ref == 'precompute'}, sampler={args.train_sampling_strategy}"
+    return result
+
+
+def child(argv: list[str]) -> None:
+    parser = common.child_parser("one DPO run")
+    parser.add_argument("--ref", choices=["precompute", "live"], required=True)
+    a = parser.parse_args(argv)
+    common.child_setup(a.threads)
+    result = alignlab_child(a) if a.tool == "alignlab" else trl_child(a)
+    result["tool"] = a.tool
+    common.write_result(a.result, result)
+
+
+def driver(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-live", action="store_true", help="skip the live-reference comparison")
+    a = parser.parse_args(argv)
+    common.build_model()
+    common.data_file("pairs", a.steps * a.batch)
+    base = ["--steps", str(a.steps), "--batch", str(a.batch), "--lr", str(a.lr)]
+    contenders = {
+        "alignlab": ("dpo.py", base + ["--tool", "alignlab", "--ref", "precompute"]),
+        "trl-defaults": ("dpo.py", base + ["--tool", "trl", "--ref", "live", "--order", "own"]),
+        "trl-precompute": ("dpo.py", base + ["--tool", "trl", "--ref", "precompute", "--order", "alignlab"]),
+        "plain": ("plain_loop.py", base + ["--tool", "plain", "--job", "dpo"]),
+    }
+    if not a.no_live:
+        contenders["alignlab-live"] = ("dpo.py", base + ["--tool", "alignlab", "--ref", "live"])
+        contenders["trl-live"] = ("dpo.py", base + ["--tool", "trl", "--ref", "live", "--order", "alignlab"])
+    print(f"DPO: {a.steps} steps x {a.batch} pairs, {a.repeats} repeats, {a.threads} threads", file=sys.stderr)
+    runs = common.alternate(contenders, a.repeats, a.threads)
+    examples = a.steps * a.batch
+    summary = {k: common.summarise(v, examples) for k, v in runs.items()}
+    extra = {"machine": common.machine(), "settings": {**vars(a), "beta": BETA, "spec": common.SPEC.__dict__},
+             "runs": runs}
+    jobs = {
+        "dpo_defaults": ("alignlab", "trl-defaults", "plain"),
+        "dpo_matched": ("alignlab", "trl-precompute", "plain"),
+    }
+    if not a.no_live:
+        jobs["dpo_live"] = ("alignlab-live", "trl-live", None)
+    for name, (ours, theirs, plain) in jobs.items():
+        payload = common.comparison(name, "pairs", examples, summary, ours, theirs, plain, extra)
+        common.save_json(name, payload)
+        common.print_payload(name, payload)
+        print()
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["child"]:
+        child(sys.argv[1:])
+    else:
+        driver(sys.argv[1:])

@@ -1,0 +1,93 @@
+"""Reward modelling: alignlab's `reward_model` stage against TRL's RewardTrainer, one command.
+
+    bench/.venv-trl/bin/python bench/reward.py [--steps 20] [--batch 8] [--repeats 3] [--threads 2]
+
+Same backbone and freshly initialised one-output head (both load it with
+`alignlab.models.load_reward_model`, so the starting weights are identical), same pairs, batch
+size (pairs per step), max length, steps, learning rate, fp32, CPU, threads; Bradley-Terry loss,
+no margin, no reward centring. TRL is fed alignlab's batches in alignlab's order (sequential
+sampler), so both train on identical padded batches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+
+
+def alignlab_child(a) -> dict:
+    import alignlab.stages.reward_model as stage
+
+    cfg = stage.RewardModelConfig(
+        model=str(common.model_dir()), data=str(common.data_file("pairs", a.steps * a.batch)), eval_fraction=0.0,
+        max_length=common.SPEC.max_length, max_prompt_length=common.SPEC.max_prompt_length, dtype="float32",
+        train=common.alignlab_train_settings(a),
+    )
+    result = common.run_alignlab_stage(stage, cfg, Path(a.workdir) / "alignlab")
+    result["notes"] = "group_by_length=True"
+    return result
+
+
+def trl_child(a) -> dict:
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+    from trl import RewardConfig, RewardTrainer
+
+    from alignlab.models import load_reward_model
+
+    path = common.data_file("pairs", a.steps * a.batch)
+    records = common.read_jsonl(path)
+    if a.order == "alignlab":
+        records = common.in_order(records, common.alignlab_batches("pairs", path, a.batch, seed=0, group_by_length=True))
+    tokenizer = AutoTokenizer.from_pretrained(common.model_dir())
+    model = load_reward_model(common.model_dir(), tokenizer=tokenizer, dtype="float32")
+    args = RewardConfig(**common.trl_training_args(a, a.workdir), max_length=common.SPEC.max_length)
+    trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(records), processing_class=tokenizer)
+    result = common.run_trl(trainer, model)
+    result["notes"] = f"sampler={args.train_sampling_strategy}"
+    return result
+
+
+def child(argv: list[str]) -> None:
+    a = common.child_parser("one reward-model run").parse_args(argv)
+    common.child_setup(a.threads)
+    result = alignlab_child(a) if a.tool == "alignlab" else trl_child(a)
+    result["tool"] = a.tool
+    common.write_result(a.result, result)
+
+
+def driver(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    a = parser.parse_args(argv)
+    common.build_model()
+    common.data_file("pairs", a.steps * a.batch)
+    base = ["--steps", str(a.steps), "--batch", str(a.batch), "--lr", str(a.lr)]
+    contenders = {
+        "alignlab": ("reward.py", base + ["--tool", "alignlab"]),
+        "trl": ("reward.py", base + ["--tool", "trl", "--order", "alignlab"]),
+    }
+    print(f"Reward model: {a.steps} steps x {a.batch} pairs, {a.repeats} repeats, {a.threads} threads", file=sys.stderr)
+    runs = common.alternate(contenders, a.repeats, a.threads)
+    examples = a.steps * a.batch
+    summary = {k: common.summarise(v, examples) for k, v in runs.items()}
+    extra = {"machine": common.machine(), "settings": {**vars(a), "spec": common.SPEC.__dict__}, "runs": runs}
+    payload = common.comparison("reward", "pairs", examples, summary, "alignlab", "trl", None, extra)
+    common.save_json("reward", payload)
+    common.print_payload("reward", payload)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["child"]:
+        child(sys.argv[1:])
+    else:
+        driver(sys.argv[1:])

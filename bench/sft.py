@@ -1,0 +1,93 @@
+"""SFT: alignlab's `sft` stage against TRL's SFTTrainer (and the plain PyTorch loop), one command.
+
+    bench/.venv-trl/bin/python bench/sft.py [--steps 20] [--batch 16] [--repeats 3] [--threads 2]
+
+Same model, prompt/completion rows, batch size, max length, steps, learning rate, fp32, CPU,
+threads; loss on completion tokens only in both (TRL: completion_only_loss=True), no packing in
+either. TRL is fed alignlab's batches in alignlab's order (sequential sampler), so both train on
+identical padded batches; the plain loop runs the same batches too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+
+
+def alignlab_child(a) -> dict:
+    import alignlab.stages.sft as stage
+
+    cfg = stage.SFTConfig(
+        model=str(common.model_dir()), data=str(common.data_file("sft", a.steps * a.batch)),
+        max_length=common.SPEC.max_length, max_prompt_length=common.SPEC.max_prompt_length, dtype="float32",
+        train=common.alignlab_train_settings(a),
+    )
+    result = common.run_alignlab_stage(stage, cfg, Path(a.workdir) / "alignlab")
+    result["notes"] = "group_by_length=True"
+    return result
+
+
+def trl_child(a) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    path = common.data_file("sft", a.steps * a.batch)
+    records = common.read_jsonl(path)
+    if a.order == "alignlab":
+        records = common.in_order(records, common.alignlab_batches("sft", path, a.batch, seed=0, group_by_length=True))
+    tokenizer = AutoTokenizer.from_pretrained(common.model_dir())
+    model = AutoModelForCausalLM.from_pretrained(common.model_dir(), dtype=torch.float32)
+    args = SFTConfig(**common.trl_training_args(a, a.workdir), max_length=common.SPEC.max_length,
+                     completion_only_loss=True, packing=False)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(records), processing_class=tokenizer)
+    result = common.run_trl(trainer, model)
+    result["notes"] = f"completion_only_loss=True, packing=False, sampler={args.train_sampling_strategy}"
+    return result
+
+
+def child(argv: list[str]) -> None:
+    a = common.child_parser("one SFT run").parse_args(argv)
+    common.child_setup(a.threads)
+    result = alignlab_child(a) if a.tool == "alignlab" else trl_child(a)
+    result["tool"] = a.tool
+    common.write_result(a.result, result)
+
+
+def driver(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    a = parser.parse_args(argv)
+    common.build_model()
+    common.data_file("sft", a.steps * a.batch)
+    base = ["--steps", str(a.steps), "--batch", str(a.batch), "--lr", str(a.lr)]
+    contenders = {
+        "alignlab": ("sft.py", base + ["--tool", "alignlab"]),
+        "trl": ("sft.py", base + ["--tool", "trl", "--order", "alignlab"]),
+        "plain": ("plain_loop.py", base + ["--tool", "plain", "--job", "sft"]),
+    }
+    print(f"SFT: {a.steps} steps x {a.batch} rows, {a.repeats} repeats, {a.threads} threads", file=sys.stderr)
+    runs = common.alternate(contenders, a.repeats, a.threads)
+    examples = a.steps * a.batch
+    summary = {k: common.summarise(v, examples) for k, v in runs.items()}
+    extra = {"machine": common.machine(), "settings": {**vars(a), "spec": common.SPEC.__dict__}, "runs": runs}
+    payload = common.comparison("sft", "rows", examples, summary, "alignlab", "trl", "plain", extra)
+    common.save_json("sft", payload)
+    common.print_payload("sft", payload)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["child"]:
+        child(sys.argv[1:])
+    else:
+        driver(sys.argv[1:])
