@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 import re
 import statistics
-from collections import defaultdict
 
 import pytest
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
