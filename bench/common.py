@@ -19,6 +19,7 @@ medians and ratios.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import resource
@@ -648,3 +649,22 @@ if __name__ == "__main__":
         build_model()
     else:
         raise SystemExit("usage: python bench/common.py table|assets")
+
+
+def child_main(a, alignlab_child, trl_child) -> None:
+    """One measured run in this (fresh) process: set threads, run the tool, write its result."""
+    child_setup(a.threads)
+    result = alignlab_child(a) if a.tool == "alignlab" else trl_child(a)
+    result["tool"] = a.tool
+    write_result(a.result, result)
+
+
+def driver_parser(description: str, batch: int, lr: float) -> argparse.ArgumentParser:
+    """The options every job's driver takes: sizes, learning rate, repeats, threads."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=batch)
+    parser.add_argument("--lr", type=float, default=lr)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    return parser

@@ -20,7 +20,6 @@ vs trl-precompute, both precomputing, identical batches), dpo_live (alignlab-liv
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -89,20 +88,11 @@ def trl_child(a) -> dict:
 def child(argv: list[str]) -> None:
     parser = common.child_parser("one DPO run")
     parser.add_argument("--ref", choices=["precompute", "live"], required=True)
-    a = parser.parse_args(argv)
-    common.child_setup(a.threads)
-    result = alignlab_child(a) if a.tool == "alignlab" else trl_child(a)
-    result["tool"] = a.tool
-    common.write_result(a.result, result)
+    common.child_main(parser.parse_args(argv), alignlab_child, trl_child)
 
 
 def driver(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=5e-5)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
+    parser = common.driver_parser(__doc__.split("\n")[0], batch=8, lr=5e-5)
     parser.add_argument("--no-live", action="store_true", help="skip the live-reference comparison")
     a = parser.parse_args(argv)
     common.build_model()

@@ -11,7 +11,6 @@ sampler), so both train on identical padded batches.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -54,21 +53,11 @@ def trl_child(a) -> dict:
 
 
 def child(argv: list[str]) -> None:
-    a = common.child_parser("one reward-model run").parse_args(argv)
-    common.child_setup(a.threads)
-    result = alignlab_child(a) if a.tool == "alignlab" else trl_child(a)
-    result["tool"] = a.tool
-    common.write_result(a.result, result)
+    common.child_main(common.child_parser("one reward-model run").parse_args(argv), alignlab_child, trl_child)
 
 
 def driver(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
-    a = parser.parse_args(argv)
+    a = common.driver_parser(__doc__.split("\n")[0], batch=8, lr=1e-4).parse_args(argv)
     common.build_model()
     common.data_file("pairs", a.steps * a.batch)
     base = ["--steps", str(a.steps), "--batch", str(a.batch), "--lr", str(a.lr)]
