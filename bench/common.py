@@ -668,3 +668,24 @@ def driver_parser(description: str, batch: int, lr: float) -> argparse.ArgumentP
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     return parser
+
+
+def trl_records(kind: str, a) -> list[dict]:
+    """The job's records for TRL; with `--order alignlab`, laid out in alignlab's epoch-0 batch order."""
+    path = data_file(kind, a.steps * a.batch)
+    records = read_jsonl(path)
+    if a.order == "alignlab":
+        records = in_order(records, alignlab_batches(kind, path, a.batch, seed=0, group_by_length=True))
+    return records
+
+
+def report_jobs(jobs: dict, unit: str, a, runs: dict, settings: dict | None = None) -> None:
+    """Summarise the runs, then save and print one comparison per job: name -> (ours, theirs, plain)."""
+    examples = a.steps * a.batch
+    summary = {k: summarise(v, examples) for k, v in runs.items()}
+    extra = {"machine": machine(), "settings": {**vars(a), **(settings or {}), "spec": SPEC.__dict__}, "runs": runs}
+    for name, (ours, theirs, plain) in jobs.items():
+        payload = comparison(name, unit, examples, summary, ours, theirs, plain, extra)
+        save_json(name, payload)
+        print_payload(name, payload)
+        print()

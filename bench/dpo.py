@@ -53,10 +53,7 @@ def trl_child(a) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
-    path = common.data_file("pairs", a.steps * a.batch)
-    records = common.read_jsonl(path)
-    if a.order == "alignlab":
-        records = common.in_order(records, common.alignlab_batches("pairs", path, a.batch, seed=0, group_by_length=True))
+    records = common.trl_records("pairs", a)
     dataset = Dataset.from_list(records)
     tokenizer = AutoTokenizer.from_pretrained(common.model_dir())
     model = AutoModelForCausalLM.from_pretrained(common.model_dir(), dtype=torch.float32)
@@ -109,21 +106,13 @@ def driver(argv: list[str]) -> None:
         contenders["trl-live"] = ("dpo.py", base + ["--tool", "trl", "--ref", "live", "--order", "alignlab"])
     print(f"DPO: {a.steps} steps x {a.batch} pairs, {a.repeats} repeats, {a.threads} threads", file=sys.stderr)
     runs = common.alternate(contenders, a.repeats, a.threads)
-    examples = a.steps * a.batch
-    summary = {k: common.summarise(v, examples) for k, v in runs.items()}
-    extra = {"machine": common.machine(), "settings": {**vars(a), "beta": BETA, "spec": common.SPEC.__dict__},
-             "runs": runs}
     jobs = {
         "dpo_defaults": ("alignlab", "trl-defaults", "plain"),
         "dpo_matched": ("alignlab", "trl-precompute", "plain"),
     }
     if not a.no_live:
         jobs["dpo_live"] = ("alignlab-live", "trl-live", None)
-    for name, (ours, theirs, plain) in jobs.items():
-        payload = common.comparison(name, "pairs", examples, summary, ours, theirs, plain, extra)
-        common.save_json(name, payload)
-        common.print_payload(name, payload)
-        print()
+    common.report_jobs(jobs, "pairs", a, runs, {"beta": BETA})
 
 
 if __name__ == "__main__":

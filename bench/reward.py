@@ -39,10 +39,7 @@ def trl_child(a) -> dict:
 
     from alignlab.models import load_reward_model
 
-    path = common.data_file("pairs", a.steps * a.batch)
-    records = common.read_jsonl(path)
-    if a.order == "alignlab":
-        records = common.in_order(records, common.alignlab_batches("pairs", path, a.batch, seed=0, group_by_length=True))
+    records = common.trl_records("pairs", a)
     tokenizer = AutoTokenizer.from_pretrained(common.model_dir())
     model = load_reward_model(common.model_dir(), tokenizer=tokenizer, dtype="float32")
     args = RewardConfig(**common.trl_training_args(a, a.workdir), max_length=common.SPEC.max_length)
@@ -67,12 +64,7 @@ def driver(argv: list[str]) -> None:
     }
     print(f"Reward model: {a.steps} steps x {a.batch} pairs, {a.repeats} repeats, {a.threads} threads", file=sys.stderr)
     runs = common.alternate(contenders, a.repeats, a.threads)
-    examples = a.steps * a.batch
-    summary = {k: common.summarise(v, examples) for k, v in runs.items()}
-    extra = {"machine": common.machine(), "settings": {**vars(a), "spec": common.SPEC.__dict__}, "runs": runs}
-    payload = common.comparison("reward", "pairs", examples, summary, "alignlab", "trl", None, extra)
-    common.save_json("reward", payload)
-    common.print_payload("reward", payload)
+    common.report_jobs({"reward": ("alignlab", "trl", None)}, "pairs", a, runs)
 
 
 if __name__ == "__main__":

@@ -37,10 +37,7 @@ def trl_child(a) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    path = common.data_file("sft", a.steps * a.batch)
-    records = common.read_jsonl(path)
-    if a.order == "alignlab":
-        records = common.in_order(records, common.alignlab_batches("sft", path, a.batch, seed=0, group_by_length=True))
+    records = common.trl_records("sft", a)
     tokenizer = AutoTokenizer.from_pretrained(common.model_dir())
     model = AutoModelForCausalLM.from_pretrained(common.model_dir(), dtype=torch.float32)
     args = SFTConfig(**common.trl_training_args(a, a.workdir), max_length=common.SPEC.max_length,
@@ -67,12 +64,7 @@ def driver(argv: list[str]) -> None:
     }
     print(f"SFT: {a.steps} steps x {a.batch} rows, {a.repeats} repeats, {a.threads} threads", file=sys.stderr)
     runs = common.alternate(contenders, a.repeats, a.threads)
-    examples = a.steps * a.batch
-    summary = {k: common.summarise(v, examples) for k, v in runs.items()}
-    extra = {"machine": common.machine(), "settings": {**vars(a), "spec": common.SPEC.__dict__}, "runs": runs}
-    payload = common.comparison("sft", "rows", examples, summary, "alignlab", "trl", "plain", extra)
-    common.save_json("sft", payload)
-    common.print_payload("sft", payload)
+    common.report_jobs({"sft": ("alignlab", "trl", "plain")}, "rows", a, runs)
 
 
 if __name__ == "__main__":
