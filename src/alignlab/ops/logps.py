@@ -93,6 +93,14 @@ def token_logps(
         raise ValueError(f"temperature must be > 0, got {temperature}")
     extra = {} if position_ids is None else {"position_ids": position_ids}
     logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **extra).logits
+    return logps_from_logits(logits, input_ids, attention_mask, loss_mask, temperature)
+
+
+def logps_from_logits(
+    logits: Tensor, input_ids: Tensor, attention_mask: Tensor, loss_mask: Tensor | None = None,
+    temperature: float = 1.0,
+) -> tuple[Tensor, Tensor]:
+    """`token_logps` for logits already computed (e.g. by a forward that also returned hidden states)."""
     # The prediction at position t is for token t+1. Scoring the full, contiguous logits against
     # the ids shifted left (the last position picks a dummy id and is dropped) avoids the slow
     # row-by-row path a strided `logits[:, :-1]` view would take, and copies nothing.

@@ -67,6 +67,21 @@ def _line_of(node: yaml.Node | None, path: tuple) -> int | None:
     return line
 
 
+def data_location(data: Any, loc: tuple) -> tuple:
+    """Pydantic's error location with the tags of tagged unions (e.g. `term`, `gold`) left out,
+    so it names keys as they are written in the YAML (`reward.0.bogus`)."""
+    kept, node = [], data
+    for i, part in enumerate(loc):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        elif isinstance(node, (dict, list)) and i < len(loc) - 1:
+            continue  # a union tag: not a key of the data (the last part may be a missing key)
+        kept.append(part)
+    return tuple(kept)
+
+
 def describe_error(err: dict) -> str:
     """One pydantic error as `key: message`, with unknown keys called what they are."""
     key = ".".join(map(str, err["loc"])) or "settings"
@@ -136,7 +151,8 @@ def load_recipe(path: str | Path, run_dir: Path | None = None) -> tuple[str, Pat
             config = config_cls.model_validate(settings)
         except ValidationError as e:
             err = e.errors()[0]
-            loc = tuple(err["loc"])
+            loc = data_location(settings, tuple(err["loc"]))
+            err = {**err, "loc": loc}
             line = _line_of(root, ("stages", stage_name, *loc))
             raise RecipeError(f"{path}: line {line}: stage {stage_name!r}: {describe_error(err)}") from None
         planned.append(PlannedStage(stage_name, kind, config, run, refs))

@@ -14,10 +14,11 @@ class StageType:
     module: str
     config: str
     summary: str
+    function: str = "run"
 
     def load(self) -> tuple[type[StageConfig], Callable]:
         mod = import_module(f"alignlab.stages.{self.module}")
-        return getattr(mod, self.config), mod.run
+        return getattr(mod, self.config), getattr(mod, self.function)
 
 
 STAGES: dict[str, StageType] = {
@@ -29,7 +30,15 @@ STAGES: dict[str, StageType] = {
     "dpo": StageType("dpo", "DPOConfig", "offline preference optimisation: DPO, cDPO, robust, hinge, IPO, SimPO, ORPO, RPO"),
     "preference": StageType("dpo", "DPOConfig", "the dpo stage under its family name"),
     "kto": StageType("kto", "KTOConfig", "KTO on unpaired desirable/undesirable labels"),
+    "ppo": StageType("ppo", "PPOConfig", "PPO with a value function, GAE and a KL penalty (fixed or adaptive)"),
+    "grpo": StageType("policy_gradient", "GRPOConfig", "GRPO: group-normalised advantages, clipping, k3 KL", "run_grpo"),
+    "rloo": StageType("policy_gradient", "RLOOConfig", "RLOO: k samples, leave-one-out baseline", "run_rloo"),
+    "online_dpo": StageType("online_preference", "OnlineDPOConfig", "online DPO: pairs sampled from the policy, ranked by a reward source", "run_online_dpo"),
+    "spin": StageType("online_preference", "SPINConfig", "SPIN self-play: demonstrations preferred over the policy's own samples", "run_spin"),
+    "best_of_n": StageType("best_of_n", "BestOfNConfig", "best of N samples by a proxy reward: gold/proxy per N and the analytic KL"),
+    "rejection_sampling": StageType("rejection_sampling", "RejectionSamplingConfig", "rounds of: sample N, keep the best per prompt, SFT on it"),
     "evaluate": StageType("evaluate", "EvaluateConfig", "gold/proxy reward, KL, length, distinct-n of models' samples"),
+    "frontier": StageType("frontier", "FrontierConfig", "reward–KL frontier and overoptimisation plots"),
     "report": StageType("report", "ReportConfig", "markdown + plot comparing evaluated models"),
 }
 

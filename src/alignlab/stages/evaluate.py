@@ -28,6 +28,10 @@ from alignlab.tasks import get_task
 
 class EvaluateConfig(StageConfig):
     models: dict[str, str] = Field(description="name -> model path, e.g. {sft: '@sft', dpo: '@dpo'}")
+    snapshots: dict[str, str] = Field(
+        default_factory=dict,
+        description="name -> a directory of policy snapshots (e.g. '@ppo/snapshots'); each is evaluated as name@<subdir>",
+    )
     prompts: str
     reference: str | None = Field(None, description="model the KL is measured against")
     task: str | None = Field(None, description="built-in task giving the gold reward")
@@ -61,9 +65,21 @@ def _proxy_rewards(rm, rows: list[TokenizedRow], pad: int, batch_size: int) -> l
     return out
 
 
+def all_models(cfg: EvaluateConfig) -> dict[str, str]:
+    """The named models plus every snapshot found under the snapshot directories, in order."""
+    models = dict(cfg.models)
+    for name, root in cfg.snapshots.items():
+        found = sorted(p for p in Path(root).iterdir() if (p / "config.json").exists()) if Path(root).is_dir() else []
+        if not found:
+            raise ValueError(f"snapshots {name!r}: no saved models under {root}")
+        models.update({f"{name}@{p.name}": str(p) for p in found})
+    return models
+
+
 def run(cfg: EvaluateConfig, out: Path) -> dict:
     prompts = load_prompts(cfg.prompts)[: cfg.n_prompts]
-    first = next(iter(cfg.models.values()))
+    models = all_models(cfg)
+    first = next(iter(models.values()))
     tokenizer = load_tokenizer(first)
     prompt_ids = tokenize_prompts(prompts, tokenizer, cfg.max_prompt_length)
     device, _ = runtime("auto")
@@ -76,7 +92,7 @@ def run(cfg: EvaluateConfig, out: Path) -> dict:
     rm = load_reward_model(cfg.reward_model, device=device) if cfg.reward_model else None
 
     results, samples = {}, []
-    for name, path in cfg.models.items():
+    for name, path in models.items():
         seed_everything(cfg.seed)
         model = load_causal_lm(path, device=device)
         completions = generate(model, repeated, cfg.sampling, pad_id=pad, eos_id=eos, seed=cfg.seed)
@@ -103,5 +119,5 @@ def run(cfg: EvaluateConfig, out: Path) -> dict:
                             **{key: values[i] for key, values in per_sample.items()}})
         del model
     write_jsonl(out / "data" / "samples.jsonl", samples)
-    return finish(out, cfg, {"models": results, "model_paths": cfg.models, "prompts": len(prompts),
+    return finish(out, cfg, {"models": results, "model_paths": models, "prompts": len(prompts),
                              "samples_per_prompt": k})

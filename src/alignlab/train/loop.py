@@ -27,6 +27,7 @@ from torch import nn
 from alignlab.data.collate import length_grouped_batches
 from alignlab.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from alignlab.train.distributed import Dist, all_reduce_sum, barrier
+from alignlab.train.optim import make_optimizer
 from alignlab.train.progress import Progress, StepLog
 from alignlab.train.schedule import make_scheduler
 from alignlab.train.settings import TrainSettings
@@ -53,17 +54,6 @@ class StepFns:
 def _fingerprint(lengths: list[int], settings: TrainSettings, extra: str) -> str:
     payload = json.dumps([lengths, settings.model_dump(exclude={"log_every", "eval_every", "save_every", "device"}), extra])
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
-def _optimizer(model: nn.Module, s: TrainSettings) -> torch.optim.AdamW:
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]  # no decay on biases and norm gains
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": s.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    try:  # the fused kernel (CPU and CUDA since torch 2.4) is several times faster than the loop
-        return torch.optim.AdamW(groups, lr=s.lr, betas=s.adam_betas, eps=s.adam_eps, fused=True)
-    except (RuntimeError, TypeError):
-        return torch.optim.AdamW(groups, lr=s.lr, betas=s.adam_betas, eps=s.adam_eps)
 
 
 def train(
@@ -93,7 +83,7 @@ def train(
     warmup = s.warmup_steps if s.warmup_steps is not None else int(s.warmup_ratio * total)
     micro = s.micro_batch_size or s.batch_size
 
-    optimizer = _optimizer(model, s)
+    optimizer = make_optimizer(model.parameters(), s)
     scheduler = make_scheduler(optimizer, total, warmup, s.schedule)
     ckpt_root = out_dir / "checkpoints"
     key = _fingerprint(lengths, s, data_key)

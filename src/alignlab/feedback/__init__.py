@@ -1,0 +1,54 @@
+"""Feedback: reward sources for online RL (reward model, gold task scorer, user function, rule terms)."""
+
+from alignlab.feedback.reward_config import (
+    CallableTerm,
+    GoldTerm,
+    LengthPenaltyTerm,
+    MissingEOSTerm,
+    RewardModelTerm,
+    RewardSpec,
+    RewardTerm,
+    build_reward,
+    parse_reward_spec,
+    single_reward_model_path,
+)
+from alignlab.feedback.rewards import (
+    CallableSource,
+    GoldSource,
+    RewardError,
+    RewardModelSource,
+    RewardOutputError,
+    RewardSource,
+    ScoreResult,
+    ScoringBatch,
+    WeightedSum,
+    describe_reward,
+    score_safely,
+)
+from alignlab.feedback.rules import LengthPenalty, MissingEOSPenalty
+
+__all__ = [
+    "CallableSource",
+    "CallableTerm",
+    "GoldSource",
+    "GoldTerm",
+    "LengthPenalty",
+    "LengthPenaltyTerm",
+    "MissingEOSPenalty",
+    "MissingEOSTerm",
+    "RewardError",
+    "RewardModelSource",
+    "RewardModelTerm",
+    "RewardOutputError",
+    "RewardSource",
+    "RewardSpec",
+    "RewardTerm",
+    "ScoreResult",
+    "ScoringBatch",
+    "WeightedSum",
+    "build_reward",
+    "describe_reward",
+    "parse_reward_spec",
+    "score_safely",
+    "single_reward_model_path",
+]

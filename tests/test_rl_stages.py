@@ -1,0 +1,162 @@
+"""PPO, GRPO and RLOO end to end on a tiny model: the toy reward goes up, faults are handled,
+the KL bound stops a run, and a run killed midway resumes to the same weights."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from alignlab.models import load_causal_lm, load_tokenizer
+from alignlab.rollout import SamplingSettings, sample
+from alignlab.train.online import KLBoundError
+
+PROMPTS = ["the film was", "a dull and", "i loved the", "not the worst", "the acting was", "hello world",
+           "the cast", "a plot that"]
+
+# The toy reward: the share of characters of the completion that are the letter "e". A random
+# tiny model emits "e" at some base rate; every method should learn to emit more of it.
+TOY_REWARD = """
+def score(prompts, completions):
+    return [c.count("e") / max(len(c), 1) for c in completions]
+
+def flaky(prompts, completions):
+    out = []
+    for c in completions:
+        if "o" in c[:3]:
+            raise ValueError("cannot score this one")
+        out.append(c.count("e") / max(len(c), 1))
+    return out
+"""
+
+
+@pytest.fixture()
+def rl_setup(tmp_path, tiny_model_dir, monkeypatch):
+    (tmp_path / "toy_reward_mod.py").write_text(textwrap.dedent(TOY_REWARD))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("toy_reward_mod", None)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    return tmp_path, str(tiny_model_dir), str(prompts)
+
+
+def _sample_reward(model_path: str, prompts_path: str, n: int = 8) -> float:
+    """Mean toy reward of fresh samples: n per prompt, fixed seed."""
+    tokenizer = load_tokenizer(model_path)
+    model = load_causal_lm(model_path)
+    ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS for _ in range(n)]
+    r = sample(model, ids, SamplingSettings(max_new_tokens=12, batch_size=64), pad_id=tokenizer.pad_token_id,
+               eos_id=tokenizer.eos_token_id, seed=99)
+    texts = tokenizer.batch_decode(r.completion_ids, skip_special_tokens=True)
+    return sum(t.count("e") / max(len(t), 1) for t in texts) / len(texts)
+
+
+def _train(**overrides):
+    base = {"iterations": 12, "prompts_per_iteration": 8, "minibatch_size": 16, "lr": 3e-3, "save_every": 4,
+            "seed": 0, "device": "cpu"}
+    return {**base, **overrides}
+
+
+def _log(out):
+    return [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("critic", ["separate", "shared"])
+def test_ppo_raises_the_toy_reward(rl_setup, critic):
+    from alignlab.stages.ppo import PPOConfig, run
+
+    tmp, model, prompts = rl_setup
+    cfg = PPOConfig(model=model, prompts=prompts, reward={"type": "callable", "function": "toy_reward_mod:score"},
+                    critic=critic, kl={"beta": 0.01}, vf_coef=0.5, update_epochs=4,
+                    sampling={"max_new_tokens": 12}, train=_train(iterations=20, minibatch_size=8, lr=1e-2))
+    out = tmp / f"ppo-{critic}"
+    metrics = run(cfg, out)
+    before, after = _sample_reward(model, prompts), _sample_reward(str(out / "model"), prompts)
+    assert after > before + 0.03, (before, after)
+    log = _log(out)
+    assert len(log) == 20 and all(k in log[-1] for k in ("kl", "entropy", "policy/clip_fraction", "policy/approx_kl",
+                                                          "value/explained_variance", "sampler/mean_ratio"))
+    assert abs(log[0]["sampler/mean_ratio"] - 1) < 1e-3  # sampler and trainer agree on the log-probs
+    assert metrics["iterations"] == 20
+    if critic == "separate":
+        assert (out / "critic" / "config.json").exists()
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "rloo"])
+def test_group_methods_raise_the_toy_reward(rl_setup, algorithm):
+    from alignlab.stages.policy_gradient import GRPOConfig, RLOOConfig, run_grpo, run_rloo
+
+    tmp, model, prompts = rl_setup
+    config, run = (GRPOConfig, run_grpo) if algorithm == "grpo" else (RLOOConfig, run_rloo)
+    lr = 1e-2 if algorithm == "grpo" else 3e-3  # RLOO's sequence-sum loss has larger gradients
+    cfg = config(model=model, prompts=prompts, reward={"type": "callable", "function": "toy_reward_mod:score"},
+                 samples_per_prompt=4, beta=0.01, sampling={"max_new_tokens": 12},
+                 train=_train(iterations=20, prompts_per_iteration=4, minibatch_size=16, lr=lr))
+    out = tmp / algorithm
+    run(cfg, out)
+    before, after = _sample_reward(model, prompts), _sample_reward(str(out / "model"), prompts)
+    assert after > before + 0.03, (before, after)
+    assert "kl" in _log(out)[-1]
+
+
+def test_a_reward_that_fails_on_some_samples_drops_them_and_goes_on(rl_setup):
+    from alignlab.stages.policy_gradient import GRPOConfig, run_grpo
+
+    tmp, model, prompts = rl_setup
+    cfg = GRPOConfig(model=model, prompts=prompts, reward={"type": "callable", "function": "toy_reward_mod:flaky"},
+                     samples_per_prompt=2, sampling={"max_new_tokens": 8}, train=_train(iterations=3, prompts_per_iteration=8))
+    run_grpo(cfg, tmp / "flaky")
+    log = _log(tmp / "flaky")
+    assert len(log) == 3 and sum(x["dropped_samples"] for x in log) > 0
+    assert all(x["samples"] + x["dropped_samples"] == 16 for x in log)
+
+
+def test_kl_past_the_bound_stops_and_keeps_the_last_good_checkpoint(rl_setup):
+    from alignlab.stages.policy_gradient import GRPOConfig, run_grpo
+
+    tmp, model, prompts = rl_setup
+    cfg = GRPOConfig(model=model, prompts=prompts, reward={"type": "callable", "function": "toy_reward_mod:score"},
+                     samples_per_prompt=4, beta=0.0, sampling={"max_new_tokens": 12},
+                     train=_train(iterations=40, lr=3e-3, save_every=1, max_kl=2.0, prompts_per_iteration=4))
+    out = tmp / "exploding"
+    with pytest.raises(KLBoundError, match="max_kl"):
+        run_grpo(cfg, out)
+    assert not (out / "model").exists()
+    log = _log(out)
+    assert len(log) >= 2 and all(x["kl"] <= 2.0 for x in log)  # every update was made on rollouts within the bound
+    ckpt = json.loads((out / "checkpoints" / (out / "checkpoints" / "latest").read_text() / "meta.json").read_text())
+    assert ckpt["iteration"] == len(log) - 1  # the last policy whose rollouts were within the bound
+
+
+def test_a_killed_run_resumes_to_the_same_weights(rl_setup, monkeypatch):
+    import alignlab.stages.ppo as ppo
+    from alignlab.stages.ppo import PPOConfig, run
+
+    tmp, model, prompts = rl_setup
+    cfg = PPOConfig(model=model, prompts=prompts, reward={"type": "callable", "function": "toy_reward_mod:score"},
+                    kl={"beta": 0.05, "target": 1.0, "horizon": 100}, update_epochs=2, sampling={"max_new_tokens": 8},
+                    train=_train(iterations=6, save_every=2, minibatch_size=4))
+    run(cfg, tmp / "whole")
+
+    real, calls = ppo.sample_and_score, {"n": 0}
+
+    def dies_at_iteration_five(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt  # the kill lands between checkpoints
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ppo, "sample_and_score", dies_at_iteration_five)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, tmp / "killed")
+    assert not (tmp / "killed" / "model").exists()
+    monkeypatch.setattr(ppo, "sample_and_score", real)
+    resumed = run(cfg, tmp / "killed")
+    whole = load_causal_lm(tmp / "whole" / "model").state_dict()
+    again = load_causal_lm(tmp / "killed" / "model").state_dict()
+    assert all(torch.equal(whole[k], again[k]) for k in whole)
+    assert resumed["final_beta"] == json.loads((tmp / "whole" / "metrics.json").read_text())["final_beta"]
+    assert len(_log(tmp / "killed")) == 6

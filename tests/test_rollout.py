@@ -1,0 +1,226 @@
+"""The rollout engine: sampler log-probs equal the trainer's, EOS/length handling, determinism,
+batch layout, padding independence, and the vLLM import guard."""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import random
+import sys
+
+import pytest
+import torch
+
+from alignlab.models.build import new_causal_lm
+from alignlab.ops import token_logps
+from alignlab.rollout import (
+    LocalSampler,
+    Rollouts,
+    Sampler,
+    SamplingSettings,
+    generate,
+    logp_mismatch,
+    sample,
+    to_batch,
+)
+
+
+@pytest.fixture(scope="module")
+def policy(tiny_tokenizer):
+    return new_causal_lm(tiny_tokenizer, "gpt2", hidden_size=32, num_layers=2, num_heads=2, max_positions=64).eval()
+
+
+@pytest.fixture(scope="module")
+def eos_prone_policy(policy, tiny_tokenizer):
+    """The policy with its final-norm bias pushed towards EOS (tied embeddings): p(EOS) ~ 0.1-0.2 a step."""
+    model = copy.deepcopy(policy)
+    eos_row = model.transformer.wte.weight[tiny_tokenizer.eos_token_id].detach()
+    with torch.no_grad():
+        model.transformer.ln_f.bias += 4.0 * eos_row / eos_row.pow(2).sum()
+    return model
+
+
+@pytest.fixture(scope="module")
+def prompts(tiny_tokenizer):
+    rng = random.Random(0)
+    first_plain_id = 3  # 0-2 are <pad>, <s>, </s>
+    return [[rng.randrange(first_plain_id, len(tiny_tokenizer)) for _ in range(rng.randint(1, 9))] for _ in range(10)]
+
+
+def ids_of(tokenizer):
+    return {"pad_id": tokenizer.pad_token_id, "eos_id": tokenizer.eos_token_id}
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        SamplingSettings(max_new_tokens=8, temperature=1.0, top_k=20, top_p=0.9, batch_size=4),
+        SamplingSettings(max_new_tokens=8, temperature=0.7, top_k=20, top_p=0.9, batch_size=4),
+        SamplingSettings(max_new_tokens=8, temperature=0.7, batch_size=4),
+    ],
+    ids=["T1-topk-topp", "T0.7-topk-topp", "T0.7-unfiltered"],
+)
+def test_sampler_logps_equal_trainer_logps_of_the_untruncated_tempered_distribution(
+    policy, tiny_tokenizer, prompts, settings
+):
+    rollouts = sample(policy, prompts, settings, **ids_of(tiny_tokenizer), seed=1)
+    batch = to_batch(rollouts, tiny_tokenizer.pad_token_id)
+    with torch.no_grad():
+        trainer, mask = token_logps(
+            policy, batch["input_ids"], batch["attention_mask"], batch["loss_mask"], settings.temperature
+        )
+    keep = mask.bool()
+    assert keep.sum() == sum(len(c) for c in rollouts.completion_ids)
+    assert (batch["sampler_logps"][keep] - trainer[keep]).abs().max() <= 1e-5
+    assert torch.all(batch["sampler_logps"][~keep] == 0)
+    figures = logp_mismatch(batch["sampler_logps"], trainer, mask)
+    assert figures["mean_abs_diff"] <= 1e-5 and figures["max_abs_diff"] <= 1e-5
+    assert figures["mean_ratio"] == pytest.approx(1.0, abs=1e-5)
+    if settings.top_k:  # the filters cut most of the vocabulary, so truncated log-probs would be larger
+        assert max(lp for row in rollouts.logps for lp in row) < 0
+
+
+def test_top_k_zero_means_no_truncation(policy, tiny_tokenizer, prompts):
+    # transformers falls back to a top-k of 50 when top_k is None; 0 must really mean "all tokens".
+    settings = SamplingSettings(max_new_tokens=8, temperature=50.0, batch_size=16)
+    rollouts = sample(policy, prompts, settings, **ids_of(tiny_tokenizer), seed=0)
+    batch = to_batch(rollouts, tiny_tokenizer.pad_token_id)
+    with torch.no_grad():
+        logits = policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    drawn = batch["input_ids"][:, 1:]
+    ranks = (logits > logits.gather(-1, drawn[..., None])).sum(-1)  # 0: the most likely token
+    assert (ranks[batch["loss_mask"][:, 1:].bool()] >= 50).any()
+
+
+def test_eos_ends_a_row_and_sets_finished(eos_prone_policy, tiny_tokenizer, prompts):
+    settings = SamplingSettings(max_new_tokens=12, batch_size=4)
+    eos = tiny_tokenizer.eos_token_id
+    rollouts = sample(eos_prone_policy, prompts * 3, settings, **ids_of(tiny_tokenizer), seed=0)
+    assert any(rollouts.finished) and not all(rollouts.finished)
+    for ids, logps, finished in zip(rollouts.completion_ids, rollouts.logps, rollouts.finished):
+        assert 1 <= len(ids) <= settings.max_new_tokens and len(logps) == len(ids)
+        assert eos not in ids[:-1] and tiny_tokenizer.pad_token_id not in ids
+        assert finished == (ids[-1] == eos)
+        if not finished:
+            assert len(ids) == settings.max_new_tokens
+    assert to_batch(rollouts, tiny_tokenizer.pad_token_id)["finished"].tolist() == rollouts.finished
+
+
+def test_max_new_tokens_is_respected(policy, tiny_tokenizer, prompts):
+    for max_new in (1, 5):
+        rollouts = sample(policy, prompts, SamplingSettings(max_new_tokens=max_new), **ids_of(tiny_tokenizer))
+        assert all(1 <= len(c) <= max_new for c in rollouts.completion_ids)
+        assert all(len(c) == max_new for c, f in zip(rollouts.completion_ids, rollouts.finished) if not f)
+
+
+def test_same_seed_same_samples_and_the_callers_random_stream_is_untouched(policy, tiny_tokenizer, prompts):
+    settings = SamplingSettings(max_new_tokens=6, batch_size=3)
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    first = sample(policy, prompts, settings, **ids_of(tiny_tokenizer), seed=7)
+    assert torch.equal(torch.rand(3), expected_next)  # sampling neither shifted nor reseeded it
+    again = sample(policy, prompts, settings, **ids_of(tiny_tokenizer), seed=7)
+    other = sample(policy, prompts, settings, **ids_of(tiny_tokenizer), seed=8)
+    assert first == again
+    assert first.completion_ids != other.completion_ids
+
+
+def test_policy_mode_is_restored(tiny_tokenizer, prompts, policy):
+    model = copy.deepcopy(policy).train()
+    sample(model, prompts[:2], SamplingSettings(max_new_tokens=2), **ids_of(tiny_tokenizer))
+    assert model.training
+
+
+def test_top_k_one_is_greedy_argmax(policy, tiny_tokenizer, prompts):
+    settings = SamplingSettings(max_new_tokens=6, top_k=1, batch_size=4)
+    rollouts = sample(policy, prompts, settings, **ids_of(tiny_tokenizer), seed=3)
+    batch = to_batch(rollouts, tiny_tokenizer.pad_token_id)
+    with torch.no_grad():
+        logits = policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    keep = batch["loss_mask"][:, 1:].bool()
+    assert torch.equal(logits.argmax(-1)[keep], batch["input_ids"][:, 1:][keep])
+    assert rollouts == sample(policy, prompts, settings, **ids_of(tiny_tokenizer), seed=99)  # seed-free
+
+
+def test_a_rows_greedy_completion_does_not_depend_on_its_batch(policy, tiny_tokenizer, prompts):
+    settings = SamplingSettings(max_new_tokens=6, top_k=1, batch_size=len(prompts))
+    together = sample(policy, prompts, settings, **ids_of(tiny_tokenizer))  # left-padded to 9 tokens
+    for i, prompt in enumerate(prompts):
+        alone = sample(policy, [prompt], settings, **ids_of(tiny_tokenizer))
+        assert alone.completion_ids[0] == together.completion_ids[i]
+        assert alone.logps[0] == pytest.approx(together.logps[i], abs=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_left_padding_with_position_ids_gives_single_row_logps(tiny_tokenizer, prompts, arch):
+    model = new_causal_lm(tiny_tokenizer, arch, hidden_size=32, num_layers=2, num_heads=2, max_positions=64).eval()
+    rollouts = sample(model, prompts, SamplingSettings(max_new_tokens=5), **ids_of(tiny_tokenizer), seed=2)
+    rows = [p + c for p, c in zip(rollouts.prompt_ids, rollouts.completion_ids)]
+    width = max(map(len, rows))
+    ids = torch.tensor([[tiny_tokenizer.pad_token_id] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    positions = (mask.cumsum(-1) - 1).clamp_min(0)
+    with torch.no_grad():
+        padded, _ = token_logps(model, ids, mask, position_ids=positions)
+        for row, (r, completion) in enumerate(zip(rows, rollouts.completion_ids)):
+            alone, _ = token_logps(model, torch.tensor([r]), torch.ones(1, len(r), dtype=torch.long))
+            n = len(completion)
+            assert torch.allclose(padded[row, -n:], alone[0, -n:], atol=1e-5)
+            assert torch.allclose(padded[row, -n:], torch.tensor(rollouts.logps[row]), atol=1e-5)
+
+
+def test_generate_returns_the_completions_of_sample(policy, tiny_tokenizer, prompts):
+    settings = SamplingSettings(max_new_tokens=5, temperature=0.8, top_p=0.95, batch_size=4)
+    completions = generate(policy, prompts, settings, **ids_of(tiny_tokenizer), seed=4)
+    assert completions == sample(policy, prompts, settings, **ids_of(tiny_tokenizer), seed=4).completion_ids
+    sampler = LocalSampler(policy, **ids_of(tiny_tokenizer))
+    assert isinstance(sampler, Sampler)
+    assert sampler.sample(prompts, settings, seed=4).completion_ids == completions
+
+
+def test_empty_prompt_is_refused(policy, tiny_tokenizer):
+    with pytest.raises(ValueError, match="prompt 1 is empty"):
+        sample(policy, [[5], []], SamplingSettings(), **ids_of(tiny_tokenizer))
+
+
+def test_to_batch_right_pads_and_aligns_sampler_logps_with_token_logps():
+    rollouts = Rollouts(
+        prompt_ids=[[5, 6, 7], [8]],
+        completion_ids=[[9, 2], [10, 11, 12]],
+        logps=[[-0.5, -1.5], [-0.1, -0.2, -0.3]],
+        finished=[True, False],
+    )
+    batch = to_batch(rollouts, pad_id=0)
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 9, 2], [8, 10, 11, 12, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]]
+    assert batch["loss_mask"].tolist() == [[0, 0, 0, 1, 1], [0, 1, 1, 1, 0]]
+    # Position t scores input_ids[:, t+1], as token_logps does.
+    assert torch.allclose(batch["sampler_logps"], torch.tensor([[0, 0, -0.5, -1.5], [-0.1, -0.2, -0.3, 0]]))
+    assert batch["finished"].tolist() == [True, False]
+    assert torch.equal(batch["sampler_logps"] != 0, batch["loss_mask"][:, 1:].bool())
+
+
+def test_rollouts_reject_rows_that_disagree():
+    with pytest.raises(ValueError, match="row 0: 2 completion ids but 1 log-probs"):
+        Rollouts([[1]], [[2, 3]], [[-0.1]], [False])
+    with pytest.raises(ValueError, match="disagree on the number of rows"):
+        Rollouts([[1], [2]], [[3]], [[-0.1]], [False])
+
+
+def test_logp_mismatch_reports_gap_and_ratio_on_masked_tokens_only():
+    trainer = torch.tensor([[-1.0, -2.0, -3.0], [-0.5, -0.5, -0.5]])
+    sampler = trainer - torch.tensor([[0.1, 0.1, 50.0], [0.3, 0.1, 0.1]])  # the 50 sits outside the mask
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    figures = logp_mismatch(sampler, trainer, mask)
+    assert figures["mean_abs_diff"] == pytest.approx(0.14, abs=1e-6)
+    assert figures["max_abs_diff"] == pytest.approx(0.3, abs=1e-6)
+    expected_ratio = (4 * torch.tensor(0.1).exp() + torch.tensor(0.3).exp()) / 5
+    assert figures["mean_ratio"] == pytest.approx(expected_ratio.item(), abs=1e-6)
+
+
+def test_vllm_backend_imports_without_vllm_and_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # `import vllm` now fails even where it is installed
+    module = importlib.reload(importlib.import_module("alignlab.rollout.vllm_backend"))
+    with pytest.raises(ImportError, match=r"pip install alignlab\[vllm\]"):
+        module.VLLMSampler("any/model")
