@@ -91,14 +91,13 @@ def test_group_methods_raise_the_toy_reward(rl_setup, algorithm):
 
     tmp, model, prompts = rl_setup
     config, run = (GRPOConfig, run_grpo) if algorithm == "grpo" else (RLOOConfig, run_rloo)
-    lr = 1e-2 if algorithm == "grpo" else 3e-3  # RLOO's sequence-sum loss has larger gradients
     cfg = config(model=model, prompts=prompts, reward={"type": "callable", "function": "toy_reward_mod:score"},
                  samples_per_prompt=4, beta=0.01, sampling={"max_new_tokens": 12},
-                 train=_train(iterations=20, prompts_per_iteration=4, minibatch_size=16, lr=lr))
+                 train=_train(iterations=20, prompts_per_iteration=4, minibatch_size=16, lr=1e-2))
     out = tmp / algorithm
     run(cfg, out)
     before, after = _sample_reward(model, prompts), _sample_reward(str(out / "model"), prompts)
-    assert after > before + 0.03, (before, after)
+    assert after > before + 0.1, (before, after)
     assert "kl" in _log(out)[-1]
 
 
