@@ -156,6 +156,22 @@ def data_file(kind: str, n: int, spec: Spec = SPEC) -> Path:
     return path
 
 
+def prompts_file(n: int, spec: Spec = SPEC) -> Path:
+    """assets/prompts-{n}.jsonl: `n` review openings of 2-8 words ({"prompt": ...}), the sentiment
+    task's training prompts, for the online RL jobs. Deterministic; built on first use."""
+    path = ASSETS / f"prompts-{n}.jsonl"
+    if path.exists():
+        return path
+    from alignlab.tasks.sentiment import SentimentTask
+
+    rows = [{"prompt": p} for p in SentimentTask().prompts("train", n, spec.seed + 40)]
+    ASSETS.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.replace(path)
+    return path
+
+
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
@@ -584,6 +600,26 @@ TABLE_HEAD = [
 ]
 
 
+RL_TABLE_HEAD = [
+    "| job | contender | train s (median) | throughput | steady s/step | rollout s/step | update s/step | "
+    "peak RSS MiB | mean reward, first 3 → last 3 steps |",
+    "|---|---|---|---|---|---|---|---|---|",
+]
+
+
+def rl_table_rows(name: str, payload: dict) -> list[str]:
+    """Markdown rows of one online-RL job's JSON (bench/rl.py): one row per contender."""
+    rows = []
+    unit = payload["unit"]
+    for label, s in payload["contenders"].items():
+        rows.append(
+            f"| {name} | {label} | {fmt(s['train_s'])} | {fmt(s['examples_per_s'], 1)} {unit}/s | "
+            f"{fmt(s['steady_step_s'], 3)} | {fmt(s.get('rollout_step_s'), 3)} | {fmt(s.get('update_step_s'), 3)} | "
+            f"{fmt(s['peak_rss_mb'], 0)} | {fmt(s.get('reward_first'), 4)} → {fmt(s.get('reward_last'), 4)} |"
+        )
+    return rows
+
+
 def print_payload(name: str, payload: dict) -> None:
     print("\n".join(TABLE_HEAD + table_rows(name, payload)))
     for line in payload.get("ratios", []):
@@ -595,19 +631,26 @@ def main_table() -> None:
     order = ["dpo_defaults", "dpo_matched", "dpo_live", "sft", "reward"]
     files = sorted(OUT.glob("*.json"), key=lambda p: (order.index(p.stem) if p.stem in order else 99, p.stem))
     lines, notes = list(TABLE_HEAD), []
+    rl_lines = []  # online RL jobs (bench/rl.py) have their own columns, in a second table
     meta = None
     for path in files:
         payload = json.loads(path.read_text())
         if "contenders" not in payload:
             continue
         meta = meta or payload.get("machine")
-        lines += table_rows(path.stem, payload)
+        if payload.get("kind") == "rl":
+            rl_lines += rl_table_rows(path.stem, payload)
+        else:
+            lines += table_rows(path.stem, payload)
         notes += [f"{path.stem}: {r}" for r in payload.get("ratios", [])]
         notes += [f"{path.stem}: {w}" for w in payload.get("warnings", [])]
     if meta:
         print(f"Machine: {meta}\n")
     print("\n".join(lines))
     print()
+    if rl_lines:
+        print("\n".join(RL_TABLE_HEAD + rl_lines))
+        print()
     for note in notes:
         print(f"- {note}")
 

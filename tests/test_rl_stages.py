@@ -159,3 +159,33 @@ def test_a_killed_run_resumes_to_the_same_weights(rl_setup, monkeypatch):
     assert all(torch.equal(whole[k], again[k]) for k in whole)
     assert resumed["final_beta"] == json.loads((tmp / "whole" / "metrics.json").read_text())["final_beta"]
     assert len(_log(tmp / "killed")) == 6
+
+
+def test_ppo_with_lora_keeps_one_model_in_memory(rl_setup, monkeypatch):
+    """LoRA + shared critic: the reference is the policy with its adapter off (no copy is loaded),
+    the value head sits on the policy's trunk, and training still raises the reward."""
+    import alignlab.models.reference as reference
+    from alignlab.stages.ppo import PPOConfig, run
+
+    def no_copies(*args, **kwargs):
+        raise AssertionError("a frozen copy was loaded in LoRA mode")
+
+    tmp, model, prompts = rl_setup
+    # LoRA leaves the (tied) embeddings alone, and a random model's logits are ~uniform whatever its
+    # hidden states, so scale the embeddings up: then the adapted layers can move the distribution.
+    sharp = load_causal_lm(model)
+    with torch.no_grad():
+        sharp.get_input_embeddings().weight.mul_(20)
+    sharp.save_pretrained(tmp / "sharp")
+    load_tokenizer(model).save_pretrained(tmp / "sharp")
+    model = str(tmp / "sharp")
+    monkeypatch.setattr(reference.FrozenCopy, "from_pretrained", classmethod(no_copies))
+    cfg = PPOConfig(model=model, prompts=prompts, reward={"type": "callable", "function": "toy_reward_mod:score"},
+                    critic="shared", lora={"r": 8, "alpha": 16}, kl={"beta": 0.01}, vf_coef=0.5, update_epochs=4,
+                    sampling={"max_new_tokens": 12}, train=_train(iterations=20, minibatch_size=8, lr=3e-3))
+    out = tmp / "ppo-lora"
+    run(cfg, out)
+    log = _log(out)
+    assert log[0]["kl"] == pytest.approx(0.0, abs=1e-5)  # adapter starts at zero: policy == reference
+    assert _sample_reward(str(out / "model"), prompts) > _sample_reward(model, prompts) + 0.03
+    assert not (out / "critic").exists()

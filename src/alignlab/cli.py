@@ -35,11 +35,12 @@ def run(
     recipe: Path = typer.Argument(..., help="recipe YAML file"),
     out: Optional[Path] = typer.Option(None, help="run directory (default runs/<recipe name>)"),
     redo: Optional[str] = typer.Option(None, help="run this stage and all later ones again"),
+    until: Optional[str] = typer.Option(None, help="stop after this stage"),
 ) -> None:
     """Run a recipe: finished stages are skipped, an unfinished one resumes from its checkpoint."""
     from alignlab.pipeline.runner import run_recipe
 
-    _guarded(lambda: run_recipe(recipe, out, redo))
+    _guarded(lambda: run_recipe(recipe, out, redo, until))
 
 
 def parse_overrides(args: list[str]) -> dict:

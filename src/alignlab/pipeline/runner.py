@@ -15,15 +15,20 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def run_recipe(path: str | Path, out: str | Path | None = None, redo: str | None = None) -> dict[str, dict]:
-    """Validate the whole recipe, then run it; returns each stage's metrics."""
+def run_recipe(
+    path: str | Path, out: str | Path | None = None, redo: str | None = None, until: str | None = None
+) -> dict[str, dict]:
+    """Validate the whole recipe, then run it (up to stage `until`); returns each stage's metrics."""
     name, run_dir, stages = load_recipe(path, Path(out) if out else None)
     names = [s.name for s in stages]
+    for flag, stage_name in (("--redo", redo), ("--until", until)):
+        if stage_name is not None and stage_name not in names:
+            raise RecipeError(f"{flag} {stage_name!r}: no such stage (stages: {', '.join(names)})")
     if redo is not None:
-        if redo not in names:
-            raise RecipeError(f"--redo {redo!r}: no such stage (stages: {', '.join(names)})")
         for stage in stages[names.index(redo) :]:
             shutil.rmtree(run_dir / stage.name, ignore_errors=True)
+    if until is not None:
+        stages = stages[: names.index(until) + 1]
     _check_finished_match(stages, run_dir)
     results: dict[str, dict] = {}
     for i, stage in enumerate(stages, 1):
@@ -38,7 +43,7 @@ def run_recipe(path: str | Path, out: str | Path | None = None, redo: str | None
         seconds = time.perf_counter() - start
         record_wall_time(out_dir, seconds)
         _say(f"[{i}/{len(stages)}] {stage.name}: done in {seconds:.1f} s")
-    _say(f"recipe {name}: all {len(stages)} stages finished in {run_dir}")
+    _say(f"recipe {name}: {'all ' if until is None else ''}{len(stages)} stages finished in {run_dir}")
     return results
 
 
