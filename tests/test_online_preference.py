@@ -97,7 +97,12 @@ def test_pair_rows_survive_the_loops_shuffle_and_share_one_forward(tiny_model_di
     """Rows are whole pairs under run_online's row selection and trim; the loss at a fresh
     reference is ln 2 and its log-probs equal separate forwards of chosen and rejected."""
     from alignlab.ops import sequence_logps, token_logps
-    from alignlab.stages.online_preference import OnlineDPOConfig, flat_pairs, pair_loss_fn, pair_tensors
+    from alignlab.stages.online_preference import (
+        OnlineDPOConfig,
+        flat_pairs,
+        pair_loss_fn,
+        pair_tensors,
+    )
     from alignlab.train.online import _rows, _trim
 
     prompts, chosen, rejected = [[1, 5, 6], [1, 7]], [[8, 9, 2], [10, 2]], [[11, 2], [12, 13, 14, 15, 2]]
@@ -199,7 +204,7 @@ def test_spin_raises_the_likelihood_of_the_demonstrations(setup, reference):
 
 
 def test_a_killed_online_dpo_run_resumes_to_the_same_weights(setup, monkeypatch):
-    from alignlab.stages import online_preference
+    from alignlab.stages import online_common
     from alignlab.stages.online_preference import OnlineDPOConfig, run_online_dpo
 
     tmp, model, prompts, _ = setup
@@ -207,7 +212,7 @@ def test_a_killed_online_dpo_run_resumes_to_the_same_weights(setup, monkeypatch)
                           train=_train(iterations=6, save_every=2, prompts_per_iteration=4, minibatch_size=2))
     run_online_dpo(cfg, tmp / "whole")
 
-    real, calls = online_preference.sample_and_score, []
+    real, calls = online_common.sample_and_score, []
 
     def dies_in_iteration_six(*args, **kwargs):
         calls.append(kwargs["seed"])
@@ -215,12 +220,12 @@ def test_a_killed_online_dpo_run_resumes_to_the_same_weights(setup, monkeypatch)
             raise KeyboardInterrupt  # the kill lands after the checkpoint taken in iteration 5
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(online_preference, "sample_and_score", dies_in_iteration_six)
+    monkeypatch.setattr(online_common, "sample_and_score", dies_in_iteration_six)
     with pytest.raises(KeyboardInterrupt):
         run_online_dpo(cfg, tmp / "killed")
     assert not (tmp / "killed" / "model").exists()
     calls.clear()
-    monkeypatch.setattr(online_preference, "sample_and_score", lambda *a, **k: calls.append(k["seed"]) or real(*a, **k))
+    monkeypatch.setattr(online_common, "sample_and_score", lambda *a, **k: calls.append(k["seed"]) or real(*a, **k))
     run_online_dpo(cfg, tmp / "killed")
     assert calls == [4, 5]  # resumed at the checkpoint (iteration 5 re-collected with its seed), not from scratch
     whole = load_causal_lm(tmp / "whole" / "model").state_dict()

@@ -87,7 +87,12 @@ def test_ppo_raises_the_toy_reward(rl_setup, critic):
 
 @pytest.mark.parametrize("algorithm", ["grpo", "rloo"])
 def test_group_methods_raise_the_toy_reward(rl_setup, algorithm):
-    from alignlab.stages.policy_gradient import GRPOConfig, RLOOConfig, run_grpo, run_rloo
+    from alignlab.stages.policy_gradient import (
+        GRPOConfig,
+        RLOOConfig,
+        run_grpo,
+        run_rloo,
+    )
 
     tmp, model, prompts = rl_setup
     config, run = (GRPOConfig, run_grpo) if algorithm == "grpo" else (RLOOConfig, run_rloo)
@@ -131,7 +136,7 @@ def test_kl_past_the_bound_stops_and_keeps_the_last_good_checkpoint(rl_setup):
 
 
 def test_a_killed_run_resumes_to_the_same_weights(rl_setup, monkeypatch):
-    import alignlab.stages.ppo as ppo
+    import alignlab.stages.online_common as online_common
     from alignlab.stages.ppo import PPOConfig, run
 
     tmp, model, prompts = rl_setup
@@ -140,7 +145,7 @@ def test_a_killed_run_resumes_to_the_same_weights(rl_setup, monkeypatch):
                     train=_train(iterations=6, save_every=2, minibatch_size=4))
     run(cfg, tmp / "whole")
 
-    real, calls = ppo.sample_and_score, {"n": 0}
+    real, calls = online_common.sample_and_score, {"n": 0}
 
     def dies_at_iteration_five(*args, **kwargs):
         calls["n"] += 1
@@ -148,11 +153,11 @@ def test_a_killed_run_resumes_to_the_same_weights(rl_setup, monkeypatch):
             raise KeyboardInterrupt  # the kill lands between checkpoints
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(ppo, "sample_and_score", dies_at_iteration_five)
+    monkeypatch.setattr(online_common, "sample_and_score", dies_at_iteration_five)
     with pytest.raises(KeyboardInterrupt):
         run(cfg, tmp / "killed")
     assert not (tmp / "killed" / "model").exists()
-    monkeypatch.setattr(ppo, "sample_and_score", real)
+    monkeypatch.setattr(online_common, "sample_and_score", real)
     resumed = run(cfg, tmp / "killed")
     whole = load_causal_lm(tmp / "whole" / "model").state_dict()
     again = load_causal_lm(tmp / "killed" / "model").state_dict()

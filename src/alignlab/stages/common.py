@@ -79,6 +79,14 @@ def wall_time(out: Path) -> float | None:
     return json.loads(path.read_text()).get("wall_seconds") if path.exists() else None
 
 
+def stage_metrics(stage_dir: str | Path) -> dict:
+    """A finished stage's metrics.json (an earlier stage's figures, read by report stages)."""
+    path = Path(stage_dir) / METRICS
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: is {stage_dir} a finished stage directory?")
+    return json.loads(path.read_text())
+
+
 def done_hash(out: Path) -> str | None:
     path = out / DONE
     return json.loads(path.read_text())["config_hash"] if path.exists() else None

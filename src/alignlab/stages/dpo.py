@@ -21,14 +21,39 @@ from typing import Literal
 import torch
 from pydantic import Field, model_validator
 
-from alignlab.losses.preference import OBJECTIVES, PairLogps, PreferenceSettings, needs_reference
-from alignlab.losses.preference import preference_objective
-from alignlab.models import LogpsCache, LoraSettings, load_tokenizer, model_fingerprint
-from alignlab.models import save_pretrained_atomic
+from alignlab.losses.preference import (
+    OBJECTIVES,
+    PairLogps,
+    PreferenceSettings,
+    needs_reference,
+    preference_objective,
+)
+from alignlab.models import (
+    LogpsCache,
+    LoraSettings,
+    load_tokenizer,
+    model_fingerprint,
+    save_pretrained_atomic,
+)
 from alignlab.ops import sequence_logps, token_logps
-from alignlab.stages.common import StageConfig, file_fingerprint, finish, mean_over_batches, per_normaliser
-from alignlab.stages.common import frozen_reference, load_policy, runtime, seed_everything
-from alignlab.stages.pairs import Pair, labels_of, load_pair_splits, pair_batch, pair_lengths
+from alignlab.stages.common import (
+    StageConfig,
+    file_fingerprint,
+    finish,
+    frozen_reference,
+    load_policy,
+    mean_over_batches,
+    per_normaliser,
+    runtime,
+    seed_everything,
+)
+from alignlab.stages.pairs import (
+    Pair,
+    labels_of,
+    load_pair_splits,
+    pair_batch,
+    pair_lengths,
+)
 from alignlab.train import StepFns, TrainSettings, train
 
 ObjectiveName = Literal["sigmoid", "robust", "hinge", "ipo", "simpo", "orpo", "nll"]

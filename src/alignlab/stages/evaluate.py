@@ -19,7 +19,12 @@ from alignlab.data.formats import load_prompts
 from alignlab.data.readers import write_jsonl
 from alignlab.data.tokenize import TokenizedRow, tokenize_prompts
 from alignlab.eval.metrics import distinct_n, mean_and_se
-from alignlab.models import load_causal_lm, load_reward_model, load_tokenizer, reward_scores
+from alignlab.models import (
+    load_causal_lm,
+    load_reward_model,
+    load_tokenizer,
+    reward_scores,
+)
 from alignlab.ops import sequence_logps, token_logps
 from alignlab.rollout import SamplingSettings, generate
 from alignlab.stages.common import StageConfig, finish, runtime, seed_everything

@@ -9,14 +9,13 @@ proxy and gold reward are plotted against √KL.
 from __future__ import annotations
 
 import fnmatch
-import json
 from pathlib import Path
 
 from pydantic import Field
 
 from alignlab.eval.frontier import plot_frontier, plot_overoptimisation
 from alignlab.eval.report import _fmt
-from alignlab.stages.common import StageConfig, finish
+from alignlab.stages.common import StageConfig, finish, stage_metrics
 from alignlab.train.checkpoint import write_text_atomic
 
 
@@ -29,11 +28,6 @@ class FrontierConfig(StageConfig):
     title: str = "reward–KL frontier"
 
 
-def _metrics(stage_dir: str) -> dict:
-    path = Path(stage_dir) / "metrics.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: is {stage_dir} a finished stage directory?")
-    return json.loads(path.read_text())
 
 
 def _point(name: str, m: dict) -> dict:
@@ -42,7 +36,7 @@ def _point(name: str, m: dict) -> dict:
 
 
 def run(cfg: FrontierConfig, out: Path) -> dict:
-    models = _metrics(cfg.evaluate)["models"]
+    models = stage_metrics(cfg.evaluate)["models"]
     if cfg.baseline not in models:
         raise ValueError(f"baseline {cfg.baseline!r} is not among the evaluated models: {', '.join(models)}")
     methods: dict[str, list[dict]] = {}
@@ -55,7 +49,7 @@ def run(cfg: FrontierConfig, out: Path) -> dict:
         methods["best-of-N"] = [
             {"model": f"best-of-{p['n']}", "kl": p["kl_bound"], "gold": p["gold_mean"], "gold_se": p["gold_se"],
              "proxy": p.get("proxy_mean", float("nan")), "length": p.get("length_mean", float("nan"))}
-            for p in _metrics(cfg.best_of_n)["points"]
+            for p in stage_metrics(cfg.best_of_n)["points"]
         ]
     base = _point(cfg.baseline, models[cfg.baseline])
     plot_frontier(methods, base, out / "frontier.png", cfg.title)

@@ -20,8 +20,17 @@ from alignlab.data.unpaired import UnpairedExample, load_unpaired
 from alignlab.losses.kto import kto_loss, kto_reference_point, kto_weight_ratio_ok
 from alignlab.models import LoraSettings, load_tokenizer, save_pretrained_atomic
 from alignlab.ops import sequence_logps, token_logps
-from alignlab.stages.common import StageConfig, file_fingerprint, finish, mean_over_batches, per_normaliser
-from alignlab.stages.common import frozen_reference, load_policy, runtime, seed_everything
+from alignlab.stages.common import (
+    StageConfig,
+    file_fingerprint,
+    finish,
+    frozen_reference,
+    load_policy,
+    mean_over_batches,
+    per_normaliser,
+    runtime,
+    seed_everything,
+)
 from alignlab.train import StepFns, TrainSettings, train
 
 log = logging.getLogger(__name__)

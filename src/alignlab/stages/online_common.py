@@ -32,6 +32,11 @@ class OnlineConfig(StageConfig):
     train: OnlineSettings = OnlineSettings()
 
 
+def iteration_seed(seed: int, iteration: int) -> int:
+    """The sampling seed of one iteration: a resumed run draws the same samples again."""
+    return seed * 100_003 + iteration
+
+
 class PromptStream:
     """Prompts for each iteration: seeded shuffles of the whole set, one after another."""
 
@@ -114,3 +119,51 @@ def rollout_batch(scored: ScoredRollouts, pad_id: int) -> dict[str, Tensor]:
 def mismatch_figures(sampler_logps: Tensor, trainer_logps: Tensor, mask: Tensor) -> dict[str, float]:
     """How far the sampler's log-probs are from the trainer's on the same tokens (≈0 / ratio ≈1 is healthy)."""
     return {f"sampler/{k}": float(v) for k, v in logp_mismatch(sampler_logps, trainer_logps, mask).items()}
+
+
+@dataclass
+class OnlineRun:
+    """What every reward-driven online stage sets up first: tokenizer, prompts, device, reward
+    source, the trainable policy (dropout off) and the stream of prompts per iteration."""
+
+    cfg: OnlineConfig
+    settings: OnlineSettings
+    tokenizer: object
+    prompt_texts: list[str]
+    prompt_ids: list[list[int]]
+    device: torch.device
+    reward: object
+    policy: torch.nn.Module
+    stream: PromptStream
+
+    @classmethod
+    def start(cls, cfg: OnlineConfig, **settings_update) -> "OnlineRun":
+        from alignlab.feedback import build_reward
+        from alignlab.models import disable_dropout, load_tokenizer
+        from alignlab.stages.common import load_policy, runtime, seed_everything
+
+        tokenizer = load_tokenizer(cfg.model)
+        texts, ids = load_prompt_ids(cfg.prompts, tokenizer, cfg.max_prompt_length)
+        settings = cfg.train.model_copy(update=settings_update)
+        device, _ = runtime(settings.device)
+        seed_everything(settings.seed)
+        reward = build_reward(cfg.reward, tokenizer, device)  # a bad reward fails before the model loads
+        policy = load_policy(cfg.model, cfg.dtype, device, getattr(cfg, "lora", None))
+        disable_dropout(policy)
+        stream = PromptStream(len(ids), settings.prompts_per_iteration, settings.seed)
+        return cls(cfg, settings, tokenizer, texts, ids, device, reward, policy, stream)
+
+    def reference(self):
+        """The frozen KL anchor (the policy with its adapter off under LoRA, else a loaded copy)."""
+        from alignlab.stages.common import frozen_reference
+
+        cfg = self.cfg
+        return frozen_reference(self.policy, cfg.model, cfg.ref_model or cfg.model, getattr(cfg, "lora", None),
+                                cfg.dtype, self.device)
+
+    def sample(self, iteration: int, k: int) -> ScoredRollouts:
+        """k scored samples per prompt of this iteration, from the current policy."""
+        idx = self.stream.indices(iteration)
+        return sample_and_score(self.policy, self.tokenizer, [self.prompt_texts[i] for i in idx],
+                                [self.prompt_ids[i] for i in idx], k, self.cfg.sampling, self.reward,
+                                self.cfg.on_reward_error, seed=iteration_seed(self.settings.seed, iteration))

@@ -50,16 +50,32 @@ from torch import Tensor
 from alignlab.data.errors import DataError, Source
 from alignlab.data.formats import load_sft
 from alignlab.data.tokenize import tokenize_sft
-from alignlab.feedback import build_reward
-from alignlab.losses.preference import PairLogps, PreferenceSettings, preference_objective
+from alignlab.losses.preference import (
+    PairLogps,
+    PreferenceSettings,
+    preference_objective,
+)
 from alignlab.models import LoraSettings, load_tokenizer, save_pretrained_atomic
 from alignlab.models.load import disable_dropout
 from alignlab.ops import masked_sum, sequence_logps, token_logps
 from alignlab.rollout import SamplingSettings, sample
-from alignlab.stages.common import StageConfig, file_fingerprint, finish, frozen_reference, load_policy
-from alignlab.stages.common import runtime, seed_everything
-from alignlab.stages.online_common import OnlineConfig, PromptStream, batched_logps, load_prompt_ids
-from alignlab.stages.online_common import rollout_batch, sample_and_score
+from alignlab.stages.common import (
+    StageConfig,
+    file_fingerprint,
+    finish,
+    frozen_reference,
+    load_policy,
+    runtime,
+    seed_everything,
+)
+from alignlab.stages.online_common import (
+    OnlineConfig,
+    OnlineRun,
+    PromptStream,
+    batched_logps,
+    iteration_seed,
+    rollout_batch,
+)
 from alignlab.train.online import Experience, OnlineSettings, OnlineStage, run_online
 
 # The preference objectives of losses/preference.py that compare against a reference.
@@ -202,23 +218,14 @@ def _finish_stage(policy, tokenizer, stage: OnlineStage, settings: OnlineSetting
 
 
 def run_online_dpo(cfg: OnlineDPOConfig, out: Path) -> dict:
-    tokenizer = load_tokenizer(cfg.model)
-    prompt_texts, prompt_ids = load_prompt_ids(cfg.prompts, tokenizer, cfg.max_prompt_length)
-    settings = cfg.train
-    device, _ = runtime(settings.device)
-    seed_everything(settings.seed)
-    reward = build_reward(cfg.reward, tokenizer, device)
-    policy = load_policy(cfg.model, cfg.dtype, device, cfg.lora)
-    disable_dropout(policy)
-    reference = frozen_reference(policy, cfg.model, cfg.ref_model or cfg.model, cfg.lora, cfg.dtype, device)
+    job = OnlineRun.start(cfg)
+    tokenizer, settings, device, policy = job.tokenizer, job.settings, job.device, job.policy
+    reference = job.reference()
     temperature, pad = cfg.sampling.temperature, tokenizer.pad_token_id
     micro = settings.micro_batch_size or settings.minibatch_size
-    stream = PromptStream(len(prompt_ids), settings.prompts_per_iteration, settings.seed)
 
     def collect(iteration: int):
-        idx = stream.indices(iteration)
-        scored = sample_and_score(policy, tokenizer, [prompt_texts[i] for i in idx], [prompt_ids[i] for i in idx], 2,
-                                  cfg.sampling, reward, cfg.on_reward_error, seed=settings.seed * 100_003 + iteration)
+        scored = job.sample(iteration, 2)
         # one reference pass over every kept sample: the pairs' reference log-probs and the KL figure
         batch = rollout_batch(scored, pad)
         mask = batch["loss_mask"][:, 1:]
@@ -244,7 +251,7 @@ def run_online_dpo(cfg: OnlineDPOConfig, out: Path) -> dict:
 
     stage = OnlineStage(collect, pair_loss_fn(policy, cfg, temperature, device))
     return _finish_stage(policy, tokenizer, stage, settings, out, device, cfg, file_fingerprint(cfg.prompts),
-                         "online_dpo", {"prompts": len(prompt_ids), "objective": cfg.loss})
+                         "online_dpo", {"prompts": len(job.prompt_ids), "objective": cfg.loss})
 
 
 # --------------------------------------------------------------------------- SPIN
@@ -297,7 +304,7 @@ def run_spin(cfg: SPINConfig, out: Path) -> dict:
     def collect(iteration: int):
         chosen_demos = [demos[i] for i in stream.indices(iteration)]
         drawn = sample(policy, [d.prompt_ids for d in chosen_demos], cfg.sampling, pad_id=pad,
-                       eos_id=tokenizer.eos_token_id, seed=settings.seed * 100_003 + iteration)
+                       eos_id=tokenizer.eos_token_id, seed=iteration_seed(settings.seed, iteration))
         keep = [j for j, d in enumerate(chosen_demos) if drawn.completion_ids[j] != d.completion_ids]
         experience = pair_tensors([chosen_demos[j].prompt_ids for j in keep],
                                   [chosen_demos[j].completion_ids for j in keep],

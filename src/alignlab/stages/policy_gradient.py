@@ -20,16 +20,25 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from alignlab.feedback import build_reward
 from alignlab.losses.policy_gradient import AGGREGATIONS, clipped_policy_loss, grpo_loss
-from alignlab.models import LoraSettings, load_tokenizer, save_pretrained_atomic
-from alignlab.models.load import disable_dropout
+from alignlab.models import LoraSettings, save_pretrained_atomic
 from alignlab.ops import masked_mean, masked_sum
-from alignlab.ops.advantages import group_normalised_advantages, leave_one_out_advantages
+from alignlab.ops.advantages import (
+    group_normalised_advantages,
+    leave_one_out_advantages,
+)
 from alignlab.ops.logps import token_logps
-from alignlab.stages.common import file_fingerprint, finish, frozen_reference, load_policy, runtime, seed_everything
-from alignlab.stages.online_common import OnlineConfig, PromptStream, batched_logps, load_prompt_ids
-from alignlab.stages.online_common import mismatch_figures, rollout_batch, sample_and_score
+from alignlab.stages.common import (
+    file_fingerprint,
+    finish,
+)
+from alignlab.stages.online_common import (
+    OnlineConfig,
+    OnlineRun,
+    batched_logps,
+    mismatch_figures,
+    rollout_batch,
+)
 from alignlab.train.online import OnlineStage, run_online
 
 Aggregation = Literal[AGGREGATIONS]
@@ -56,29 +65,20 @@ class RLOOConfig(GroupConfig):
 
 
 def run_group(cfg: GroupConfig, out: Path, algorithm: str) -> dict:
-    tokenizer = load_tokenizer(cfg.model)
-    prompt_texts, prompt_ids = load_prompt_ids(cfg.prompts, tokenizer, cfg.max_prompt_length)
-    settings = cfg.train.model_copy(update={"update_epochs": cfg.update_epochs})
-    device, _ = runtime(settings.device)
-    seed_everything(settings.seed)
-    reward = build_reward(cfg.reward, tokenizer, device)
-    policy = load_policy(cfg.model, cfg.dtype, device, cfg.lora)
-    disable_dropout(policy)
+    job = OnlineRun.start(cfg, update_epochs=cfg.update_epochs)
+    tokenizer, settings, device, policy = job.tokenizer, job.settings, job.device, job.policy
     need_ref = cfg.beta > 0 or cfg.track_kl or settings.max_kl is not None
-    reference = frozen_reference(policy, cfg.model, cfg.ref_model or cfg.model, cfg.lora, cfg.dtype, device) if need_ref else None
+    reference = job.reference() if need_ref else None
     k, temperature, pad = cfg.samples_per_prompt, cfg.sampling.temperature, tokenizer.pad_token_id
     samples = settings.prompts_per_iteration * k
     on_policy = settings.update_epochs == 1 and settings.minibatch_size >= samples
     micro = settings.micro_batch_size or settings.minibatch_size
-    stream = PromptStream(len(prompt_ids), settings.prompts_per_iteration, settings.seed)
 
     def logps_of(model_fn):
         return lambda b: model_fn(b["input_ids"], b["attention_mask"], b["loss_mask"], temperature)[0]
 
     def collect(iteration: int):
-        idx = stream.indices(iteration)
-        scored = sample_and_score(policy, tokenizer, [prompt_texts[i] for i in idx], [prompt_ids[i] for i in idx], k,
-                                  cfg.sampling, reward, cfg.on_reward_error, seed=settings.seed * 100_003 + iteration)
+        scored = job.sample(iteration, k)
         batch = rollout_batch(scored, pad)
         mask = batch["loss_mask"][:, 1:]
         figures = {"reward": float(scored.scores.mean()), **scored.figures}
@@ -122,7 +122,7 @@ def run_group(cfg: GroupConfig, out: Path, algorithm: str) -> dict:
                         data_key=file_fingerprint(cfg.prompts), name=algorithm,
                         save_snapshot=lambda d: save_pretrained_atomic(policy, tokenizer, d))
     save_pretrained_atomic(policy, tokenizer, out / "model")
-    return finish(out, cfg, {"prompts": len(prompt_ids), "samples_per_iteration": samples, **result})
+    return finish(out, cfg, {"prompts": len(job.prompt_ids), "samples_per_iteration": samples, **result})
 
 
 def run_grpo(cfg: GRPOConfig, out: Path) -> dict:

@@ -15,21 +15,27 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import torch
 from pydantic import Field
 
-from alignlab.feedback import build_reward, single_reward_model_path
+from alignlab.feedback import single_reward_model_path
 from alignlab.losses.policy_gradient import ppo_loss
-from alignlab.models import LoraSettings, load_tokenizer, save_pretrained_atomic
-from alignlab.models.load import disable_dropout
+from alignlab.models import LoraSettings, save_pretrained_atomic
 from alignlab.models.value import ValueHead, critic_values, hidden_size, load_critic
 from alignlab.ops import masked_mean, masked_sum, masked_whiten
 from alignlab.ops.advantages import explained_variance, gae, kl_penalised_rewards
 from alignlab.ops.logps import logps_from_logits, token_logps
-from alignlab.stages.common import StageConfig, file_fingerprint, finish, frozen_reference, load_policy
-from alignlab.stages.common import runtime, seed_everything
-from alignlab.stages.online_common import OnlineConfig, PromptStream, batched_logps, load_prompt_ids
-from alignlab.stages.online_common import mismatch_figures, rollout_batch, sample_and_score
+from alignlab.stages.common import (
+    StageConfig,
+    file_fingerprint,
+    finish,
+)
+from alignlab.stages.online_common import (
+    OnlineConfig,
+    OnlineRun,
+    batched_logps,
+    mismatch_figures,
+    rollout_batch,
+)
 from alignlab.train.kl_control import make_kl_controller
 from alignlab.train.online import OnlineStage, run_online
 
@@ -68,15 +74,9 @@ def _policy_forward(policy, head, batch, temperature):
 
 
 def run(cfg: PPOConfig, out: Path) -> dict:
-    tokenizer = load_tokenizer(cfg.model)
-    prompt_texts, prompt_ids = load_prompt_ids(cfg.prompts, tokenizer, cfg.max_prompt_length)
-    settings = cfg.train.model_copy(update={"update_epochs": cfg.update_epochs})
-    device, _ = runtime(settings.device)
-    seed_everything(settings.seed)
-    reward = build_reward(cfg.reward, tokenizer, device)
-    policy = load_policy(cfg.model, cfg.dtype, device, cfg.lora)
-    disable_dropout(policy)
-    reference = frozen_reference(policy, cfg.model, cfg.ref_model or cfg.model, cfg.lora, cfg.dtype, device)
+    job = OnlineRun.start(cfg, update_epochs=cfg.update_epochs)
+    tokenizer, settings, device, policy = job.tokenizer, job.settings, job.device, job.policy
+    reference = job.reference()
     head, critic = None, None
     if cfg.critic == "shared":
         head = ValueHead(hidden_size(policy)).to(device)
@@ -85,7 +85,6 @@ def run(cfg: PPOConfig, out: Path) -> dict:
         critic = load_critic(critic_path, cfg.dtype, device, pad_token_id=tokenizer.pad_token_id)
     value_module = head if head is not None else critic
     kl_ctl = make_kl_controller(cfg.kl.beta, cfg.kl.target, cfg.kl.horizon)
-    stream = PromptStream(len(prompt_ids), settings.prompts_per_iteration, settings.seed)
     temperature, pad = cfg.sampling.temperature, tokenizer.pad_token_id
     micro = settings.micro_batch_size or settings.minibatch_size
 
@@ -95,9 +94,7 @@ def run(cfg: PPOConfig, out: Path) -> dict:
         return critic_values(critic, b["input_ids"], b["attention_mask"])
 
     def collect(iteration: int):
-        idx = stream.indices(iteration)
-        scored = sample_and_score(policy, tokenizer, [prompt_texts[i] for i in idx], [prompt_ids[i] for i in idx], 1,
-                                  cfg.sampling, reward, cfg.on_reward_error, seed=settings.seed * 100_003 + iteration)
+        scored = job.sample(iteration, 1)
         batch = rollout_batch(scored, pad)
         policy.eval()
         old = batched_logps(lambda b: _policy_forward(policy, head, b, temperature)[0], batch, device, micro)
@@ -143,4 +140,4 @@ def run(cfg: PPOConfig, out: Path) -> dict:
     save_pretrained_atomic(policy, tokenizer, out / "model")
     if critic is not None:
         save_pretrained_atomic(critic, tokenizer, out / "critic")
-    return finish(out, cfg, {"prompts": len(prompt_ids), "final_beta": kl_ctl.beta, **result})
+    return finish(out, cfg, {"prompts": len(job.prompt_ids), "final_beta": kl_ctl.beta, **result})

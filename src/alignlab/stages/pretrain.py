@@ -16,7 +16,13 @@ from alignlab.data.formats import SFTExample, load_sft
 from alignlab.data.tokenize import tokenize_sft
 from alignlab.models import save_pretrained_atomic
 from alignlab.models.build import new_causal_lm, train_bpe_tokenizer
-from alignlab.stages.common import StageConfig, config_hash, finish, runtime, seed_everything
+from alignlab.stages.common import (
+    StageConfig,
+    config_hash,
+    finish,
+    runtime,
+    seed_everything,
+)
 from alignlab.stages.sft import sft_step_fns
 from alignlab.tasks import get_task
 from alignlab.train import TrainSettings, train

@@ -58,7 +58,7 @@ from alignlab.stages.common import (
     seed_everything,
     write_json,
 )
-from alignlab.stages.online_common import PromptStream, load_prompt_ids
+from alignlab.stages.online_common import PromptStream, iteration_seed, load_prompt_ids
 from alignlab.stages.sft import sft_step_fns
 from alignlab.train import TrainSettings, train
 from alignlab.train.distributed import barrier
@@ -218,7 +218,7 @@ def run(cfg: RejectionSamplingConfig, out: Path) -> dict:
             reward = reward or build_reward(cfg.reward, tokenizer, device)
             idx = stream.indices(r) if cfg.prompts_per_round else list(range(len(prompt_ids)))
             selection, records = sample_and_select(cfg, policy, tokenizer, reward, [prompt_texts[i] for i in idx],
-                                                   [prompt_ids[i] for i in idx], seed=cfg.seed * 100_003 + r)
+                                                   [prompt_ids[i] for i in idx], seed=iteration_seed(cfg.seed, r))
             write_jsonl(round_dir / "data" / "selected.jsonl", records)
             write_json(round_dir / SELECTION, selection)  # after the records: its presence means both exist
         barrier(dist)

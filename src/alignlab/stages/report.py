@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from pydantic import Field
 
 from alignlab.eval.report import write_report
-from alignlab.stages.common import StageConfig, finish, wall_time
+from alignlab.stages.common import StageConfig, finish, stage_metrics, wall_time
 
 
 class ReportConfig(StageConfig):
@@ -18,15 +17,10 @@ class ReportConfig(StageConfig):
     title: str = "alignlab report"
 
 
-def _metrics(stage_dir: str) -> dict:
-    path = Path(stage_dir) / "metrics.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: is {stage_dir} a finished stage directory?")
-    return json.loads(path.read_text())
 
 
 def run(cfg: ReportConfig, out: Path) -> dict:
-    evaluate = _metrics(cfg.evaluate)
+    evaluate = stage_metrics(cfg.evaluate)
     models = evaluate["models"]
     for name, path in evaluate.get("model_paths", {}).items():
         seconds = wall_time(Path(path).parent)  # a model lives in <stage>/model
@@ -34,7 +28,7 @@ def run(cfg: ReportConfig, out: Path) -> dict:
             models[name]["wall_seconds"] = seconds
     extra = {}
     if cfg.reward_model:
-        rm = _metrics(cfg.reward_model)
+        rm = stage_metrics(cfg.reward_model)
         extra["reward model"] = {"held-out pairwise accuracy": rm.get("eval", {}).get("accuracy"),
                                  "held-out pairs": rm.get("eval_pairs"), "train pairs": rm.get("train_pairs")}
     path = write_report(cfg.title, models, extra, out, baseline=cfg.baseline)

@@ -12,10 +12,23 @@ import torch
 from pydantic import Field
 
 from alignlab.losses import bradley_terry_loss
-from alignlab.models import LoraSettings, apply_lora, load_reward_model, load_tokenizer, reward_scores
-from alignlab.models import save_pretrained_atomic
-from alignlab.stages.common import StageConfig, file_fingerprint, finish, mean_over_batches, per_normaliser
-from alignlab.stages.common import runtime, seed_everything
+from alignlab.models import (
+    LoraSettings,
+    apply_lora,
+    load_reward_model,
+    load_tokenizer,
+    reward_scores,
+    save_pretrained_atomic,
+)
+from alignlab.stages.common import (
+    StageConfig,
+    file_fingerprint,
+    finish,
+    mean_over_batches,
+    per_normaliser,
+    runtime,
+    seed_everything,
+)
 from alignlab.stages.pairs import labels_of, load_pair_splits, pair_batch, pair_lengths
 from alignlab.train import StepFns, TrainSettings, train
 

@@ -14,7 +14,14 @@ from alignlab.data.tokenize import TokenizedRow, tokenize_sft
 from alignlab.losses import sft_loss
 from alignlab.models import LoraSettings, load_tokenizer, save_pretrained_atomic
 from alignlab.ops import token_logps
-from alignlab.stages.common import StageConfig, file_fingerprint, finish, load_policy, runtime, seed_everything
+from alignlab.stages.common import (
+    StageConfig,
+    file_fingerprint,
+    finish,
+    load_policy,
+    runtime,
+    seed_everything,
+)
 from alignlab.train import StepFns, TrainSettings, train
 
 
