@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from alignlab.data.yaml_lines import data_location, yaml_line
 from alignlab.stages import STAGES
 from alignlab.stages.common import StageConfig
 
@@ -47,39 +48,6 @@ class PlannedStage:
     config: StageConfig
     run: Any
     depends_on: list[str]
-
-
-def _line_of(node: yaml.Node | None, path: tuple) -> int | None:
-    """1-based line of the YAML node at `path` (keys / list indexes), as deep as it exists."""
-    line = node.start_mark.line + 1 if node is not None else None
-    for part in path:
-        if isinstance(node, yaml.MappingNode):
-            match = [(k, v) for k, v in node.value if k.value == str(part)]
-            if not match:
-                break
-            node = match[0][1]
-            line = match[0][0].start_mark.line + 1
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-            node = node.value[part]
-            line = node.start_mark.line + 1
-        else:
-            break
-    return line
-
-
-def data_location(data: Any, loc: tuple) -> tuple:
-    """Pydantic's error location with the tags of tagged unions (e.g. `term`, `gold`) left out,
-    so it names keys as they are written in the YAML (`reward.0.bogus`)."""
-    kept, node = [], data
-    for i, part in enumerate(loc):
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
-            node = node[part]
-        elif isinstance(node, (dict, list)) and i < len(loc) - 1:
-            continue  # a union tag: not a key of the data (the last part may be a missing key)
-        kept.append(part)
-    return tuple(kept)
 
 
 def describe_error(err: dict) -> str:
@@ -127,7 +95,7 @@ def load_recipe(path: str | Path, run_dir: Path | None = None) -> tuple[str, Pat
         raise RecipeError(f"{path}: a recipe is a mapping with `name` and `stages`")
     for key in data:
         if key not in TOP_KEYS:
-            raise RecipeError(f"{path}: line {_line_of(root, (key,))}: unknown key {key!r} (expected {sorted(TOP_KEYS)})")
+            raise RecipeError(f"{path}: line {yaml_line(root, (key,))}: unknown key {key!r} (expected {sorted(TOP_KEYS)})")
     name = str(data.get("name") or path.stem)
     stages = data.get("stages")
     if not isinstance(stages, dict) or not stages:
@@ -135,7 +103,7 @@ def load_recipe(path: str | Path, run_dir: Path | None = None) -> tuple[str, Pat
     run_dir = run_dir or Path("runs") / name
     planned: list[PlannedStage] = []
     for stage_name, settings in stages.items():
-        where = f"{path}: line {_line_of(root, ('stages', stage_name))}: stage {stage_name!r}"
+        where = f"{path}: line {yaml_line(root, ('stages', stage_name))}: stage {stage_name!r}"
         settings = dict(settings or {})
         kind = settings.pop("type", stage_name)
         if kind not in STAGES:
@@ -145,7 +113,7 @@ def load_recipe(path: str | Path, run_dir: Path | None = None) -> tuple[str, Pat
             earlier = {p.name for p in planned}
             settings = resolve_refs(settings, run_dir, earlier, f"stage {stage_name!r}", refs)
         except BadReference as e:  # point at the key's own line, not the stage's
-            raise RecipeError(f"{path}: line {_line_of(root, ('stages', stage_name, *e.key))}: {e}") from None
+            raise RecipeError(f"{path}: line {yaml_line(root, ('stages', stage_name, *e.key))}: {e}") from None
         config_cls, run = STAGES[kind].load()
         try:
             config = config_cls.model_validate(settings)
@@ -153,7 +121,7 @@ def load_recipe(path: str | Path, run_dir: Path | None = None) -> tuple[str, Pat
             err = e.errors()[0]
             loc = data_location(settings, tuple(err["loc"]))
             err = {**err, "loc": loc}
-            line = _line_of(root, ("stages", stage_name, *loc))
+            line = yaml_line(root, ("stages", stage_name, *loc))
             raise RecipeError(f"{path}: line {line}: stage {stage_name!r}: {describe_error(err)}") from None
         planned.append(PlannedStage(stage_name, kind, config, run, refs))
     return name, run_dir, planned

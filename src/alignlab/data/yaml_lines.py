@@ -1,0 +1,40 @@
+"""Where a key sits in a YAML file, so a config error can name its line."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+
+def yaml_line(node: yaml.Node | None, path: tuple) -> int | None:
+    """1-based line of the YAML node at `path` (keys / list indexes), as deep as it exists."""
+    line = node.start_mark.line + 1 if node is not None else None
+    for part in path:
+        if isinstance(node, yaml.MappingNode):
+            match = [(k, v) for k, v in node.value if k.value == str(part)]
+            if not match:
+                break
+            node = match[0][1]
+            line = match[0][0].start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
+def data_location(data: Any, loc: tuple) -> tuple:
+    """Pydantic's error location with the tags of tagged unions (e.g. `term`, `gold`) left out,
+    so it names keys as they are written in the YAML (`reward.0.bogus`)."""
+    kept, node = [], data
+    for i, part in enumerate(loc):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        elif isinstance(node, (dict, list)) and i < len(loc) - 1:
+            continue  # a union tag: not a key of the data (the last part may be a missing key)
+        kept.append(part)
+    return tuple(kept)
