@@ -130,6 +130,24 @@ for _kind in STAGES:
     )(_stage_command(_kind))
 
 
+@app.command(name="serve-llm")
+def serve_llm(
+    model: str = typer.Argument(..., help="hub id or local directory of a causal LM"),
+    host: str = typer.Option("127.0.0.1"),
+    port: int = typer.Option(8000, help="0 picks a free port"),
+    device: Optional[str] = typer.Option(None, help="default: CUDA when present, else CPU"),
+    dtype: str = typer.Option("float32"),
+    batch_size: int = typer.Option(16),
+    model_name: Optional[str] = typer.Option(None, help="the name clients ask for (default: MODEL)"),
+    api_key_env: Optional[str] = typer.Option(None, help="require a Bearer key read from this environment variable"),
+) -> None:
+    """Serve a local model over an OpenAI-compatible HTTP API (/v1/completions with log-probs, /v1/chat/completions)."""
+    from alignlab.feedback.llm.server import serve
+
+    _guarded(lambda: serve(model, host=host, port=port, device=device, dtype=dtype, batch_size=batch_size,
+                           model_name=model_name, api_key_env=api_key_env))
+
+
 def _quiet_libraries() -> None:
     """Keep the terminal for alignlab's own progress: no per-file bars or load reports."""
     from transformers.utils import logging as hf_logging
