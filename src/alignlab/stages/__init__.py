@@ -37,6 +37,8 @@ STAGES: dict[str, StageType] = {
     "spin": StageType("online_preference", "SPINConfig", "SPIN self-play: demonstrations preferred over the policy's own samples", "run_spin"),
     "best_of_n": StageType("best_of_n", "BestOfNConfig", "best of N samples by a proxy reward: gold/proxy per N and the analytic KL"),
     "rejection_sampling": StageType("rejection_sampling", "RejectionSamplingConfig", "rounds of: sample N, keep the best per prompt, SFT on it"),
+    "sl_cai": StageType("sl_cai", "SLCAIConfig", "Constitutional AI, supervised: critique and revise the policy's answers to red-team prompts"),
+    "ai_labels": StageType("ai_labels", "AILabelsConfig", "RLAIF: soft preference labels from a feedback model's (A)/(B) log-probs under constitution principles"),
     "winrate": StageType("winrate", "WinRateConfig", "win rate of model A against model B, judged by a reward model, an LLM or people"),
     "hybrid_labels": StageType("hybrid_labels", "HybridLabelsConfig", "route AI soft labels by confidence to AI / people / both; merge and measure agreement"),
     "evaluate": StageType("evaluate", "EvaluateConfig", "gold/proxy reward, KL, length, distinct-n of models' samples"),
