@@ -201,8 +201,12 @@ def test_http_next_token_logprobs_match_local_through_the_real_server(llm, serve
         assert set(remote) == set(candidates)
         for candidate in candidates:
             assert remote[candidate] == pytest.approx(local[candidate], abs=1e-4)
-    (missing,) = client.next_token_logprobs([PROMPTS[0]], ["ZZZZ"])
-    assert isinstance(missing, LLMError) and "top 20" in missing.message
+    # candidates outside the top 20 are scored exactly by echoing prompt + candidate (max_tokens 0)
+    (far,) = client.next_token_logprobs([PROMPTS[0]], ["ZZZZ", "A"])
+    (local,) = llm.next_token_logprobs([PROMPTS[0]], ["ZZZZ", "A"])
+    assert not isinstance(far, LLMError), far
+    for candidate in ("ZZZZ", "A"):
+        assert far[candidate] == pytest.approx(local[candidate], abs=1e-4)
 
 
 def test_real_server_speaks_the_openai_format(served):

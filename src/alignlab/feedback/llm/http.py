@@ -10,9 +10,11 @@ llama.cpp's server, OpenAI itself, alignlab's own `alignlab.feedback.llm.server`
   without a leading space ("A" and " A"): which of the two the prompt's formatting makes the
   model produce is not knowable from outside, and both spell the same answer, so the candidate's
   log-prob is the log-sum-exp of the variants present (the probability that the next token is
-  either). A candidate with no variant among the returned alternatives makes that item an
-  `LLMError`: its log-prob is below the last listed one, and guessing a value would bias labels.
-  Candidates that take several tokens can only match a server token that spells them whole.
+  either). A candidate with no variant among the returned alternatives is then scored exactly:
+  prompt + candidate is sent with `echo: true, max_tokens: 0` (how vLLM and the legacy OpenAI API
+  return the log-probs of a given text) and the candidate's log-prob is the sum over the tokens
+  from the prompt's end on. Only when that fails too (a server without echo, or a token that
+  straddles the prompt's end) does the item become an `LLMError`: guessing would bias labels.
 
 The API key is read from the environment variable named by `api_key_env` at each call (never
 stored on the object) and sent as `Authorization: Bearer ...`; no key set means no header (local
@@ -134,7 +136,35 @@ class OpenAICompatibleLLM:
         def parse(data: Any) -> LogprobResult:
             return _candidate_logprobs(_first_top_logprobs(data), candidates, top_n)
 
-        return self._run("next_token_logprobs", "/completions", bodies, payloads, parse)
+        results = self._run("next_token_logprobs", "/completions", bodies, payloads, parse)
+        missing = [i for i, r in enumerate(results) if isinstance(r, LLMError) and r.details.get("cause") == "missing_logprob"]
+        if missing:  # a candidate outside the top alternatives: score it exactly by echoing the prompt
+            scored = self._echo_logprobs([prompts[i] for i in missing], candidates)
+            for i, value in zip(missing, scored):
+                if isinstance(value, LLMError):
+                    value = LLMError(f"{results[i].message}; scoring by echo failed too: {value.message}",
+                                     attempts=results[i].attempts, details=results[i].details)
+                results[i] = value
+        return results
+
+    def _echo_logprobs(self, prompts: Sequence[str], candidates: list[str]) -> list[LogprobResult]:
+        """log p(candidate | prompt) from the server's log-probs of the prompt tokens themselves
+        (`echo` with `max_tokens` 0: how vLLM and the legacy OpenAI API score a given text)."""
+        pairs = [(p, c) for p in prompts for c in candidates]
+        bodies = [{"model": self.model, "prompt": p + c, "max_tokens": 0, "echo": True, "logprobs": 0, "temperature": 0}
+                  for p, c in pairs]
+        values = self._run("echo_logprob", "/completions", bodies, bodies, _echoed_logprobs)
+        out: list[LogprobResult] = []
+        for start in range(0, len(pairs), len(candidates)):
+            found: dict[str, float] | LLMError = {}
+            for (prompt, candidate), data in zip(pairs[start : start + len(candidates)], values[start : start + len(candidates)]):
+                value = data if isinstance(data, LLMError) else _echoed_suffix_logprob(data, len(prompt), candidate)
+                if isinstance(value, LLMError):
+                    found = value
+                    break
+                found[candidate] = value
+            out.append(found)
+        return out
 
     # -----------------------------------------------------------------------------------------
 
@@ -282,6 +312,32 @@ def _candidate_logprobs(top: dict[str, float], candidates: list[str], top_n: int
         peak = max(values)
         found[candidate] = peak + math.log(sum(math.exp(v - peak) for v in values))
     return found
+
+
+def _echoed_logprobs(data: Any) -> dict:
+    """The echoed tokens, their character offsets and log-probs (a KeyError when absent: retried)."""
+    logprobs = data["choices"][0]["logprobs"]
+    offsets, values = logprobs["text_offset"], logprobs["token_logprobs"]
+    tokens = logprobs.get("tokens") or [""] * len(offsets)
+    if not (isinstance(offsets, list) and isinstance(values, list) and len(offsets) == len(values) == len(tokens)):
+        raise KeyError("choices[0].logprobs.text_offset/token_logprobs of the echo answer")
+    return {"text_offset": offsets, "token_logprobs": values, "tokens": tokens}
+
+
+def _echoed_suffix_logprob(echoed: dict, prompt_chars: int, candidate: str) -> LogprobResult:
+    """Sum of the echoed token log-probs from character `prompt_chars` on (the candidate's tokens)."""
+    offsets, values, tokens = echoed["text_offset"], echoed["token_logprobs"], echoed["tokens"]
+    total, seen = 0.0, False
+    for offset, token, value in zip(offsets, tokens, values):
+        if offset < prompt_chars < offset + len(token):
+            return LLMError(f"candidate {candidate!r} shares a token with the end of the prompt; it cannot be "
+                            "scored on its own", details={"cause": "missing_logprob", "candidate": candidate})
+        if offset >= prompt_chars and value is not None:
+            total, seen = total + float(value), True
+    if not seen:
+        return LLMError(f"the echo answer has no token for candidate {candidate!r}",
+                        details={"cause": "missing_logprob", "candidate": candidate})
+    return total
 
 
 def _excerpt(response: httpx.Response) -> str:

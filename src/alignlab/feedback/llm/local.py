@@ -320,6 +320,16 @@ class LocalLLM:
             finish_reason=finish, prompt_tokens=len(prompt_ids), completion_tokens=generated,
         )
 
+    @torch.no_grad()
+    def prompt_logprobs(self, text: str) -> tuple[list[int], list[float | None]]:
+        """The text's token ids and each token's log-prob given the tokens before it (None for the
+        first): what an OpenAI-compatible server returns for `echo` with `max_tokens` 0."""
+        ids = self.encode(text)[-self.context_length :]
+        row = torch.tensor([ids], device=self.device)
+        logits = self.model(input_ids=row).logits[0, :-1].float()
+        logps = logits.log_softmax(-1).gather(-1, row[0, 1:, None]).squeeze(-1)
+        return ids, [None, *logps.tolist()]
+
     def _candidate_ids(self, prompt: str, prompt_ids: list[int], candidate: str) -> list[int]:
         """The candidate's tokens after this prompt: from the joint tokenization when the prompt's
         tokens are a prefix of it, else the candidate tokenized on its own (see the module doc)."""

@@ -158,6 +158,11 @@ def make_app(
 
     async def completions(body: dict) -> dict:
         prompts = _prompts(body)
+        if body.get("echo"):  # scoring: the log-prob of every token of the prompt given what precedes it
+            choices = [{"index": i, "text": p, "finish_reason": "length", "logprobs": _echo_logprobs(llm, p)}
+                       for i, p in enumerate(prompts)]
+            return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
+                    "model": served, "choices": choices}
         settings = _settings(body, default_max_tokens=16)
         top = _int_field(body, "logprobs", 0, 0, max_logprobs) if body.get("logprobs") is not None else None
         results = _unwrap(await batcher.generate(prompts, settings, top or 0))
@@ -265,8 +270,8 @@ async def _json_body(request: Request) -> dict:
         raise RequestError("streaming is not supported", param="stream")
     if body.get("n", 1) != 1:
         raise RequestError("only n=1 is supported", param="n")
-    if body.get("echo"):
-        raise RequestError("echo is not supported", param="echo")
+    if body.get("echo") and body.get("max_tokens") != 0:
+        raise RequestError("echo is supported for scoring a text only (max_tokens 0)", param="echo")
     return body
 
 
@@ -387,6 +392,13 @@ def _legacy_logprobs(llm: LocalLLM, generation: Generation) -> dict:
         for token_id, logp, alternatives in zip(generation.token_ids, generation.token_logprobs, generation.top_logprobs)
     ]
     return {"tokens": tokens, "token_logprobs": generation.token_logprobs, "top_logprobs": top, "text_offset": offsets}
+
+
+def _echo_logprobs(llm: LocalLLM, text: str) -> dict:
+    ids, logps = llm.prompt_logprobs(text)
+    offsets = [len(llm.tokenizer.decode(ids[:k], skip_special_tokens=True)) for k in range(len(ids))]
+    return {"tokens": [_token_text(llm, t) for t in ids], "token_logprobs": logps, "top_logprobs": None,
+            "text_offset": offsets}
 
 
 def _chat_logprobs(llm: LocalLLM, generation: Generation) -> dict:
