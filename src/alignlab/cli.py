@@ -148,6 +148,15 @@ def serve_llm(
                            model_name=model_name, api_key_env=api_key_env))
 
 
+def _add_label_commands() -> None:
+    from alignlab.feedback.labelling.cli import label_app
+
+    app.add_typer(label_app, name="label", help="The human labelling app: serve items, manage tokens, export labels.")
+
+
+_add_label_commands()
+
+
 def _quiet_libraries() -> None:
     """Keep the terminal for alignlab's own progress: no per-file bars or load reports."""
     from transformers.utils import logging as hf_logging
