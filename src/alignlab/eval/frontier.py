@@ -28,7 +28,8 @@ def plot_frontier(methods: dict[str, list[Point]], baseline: Point | None, path:
                     marker="o", markersize=4, capsize=2, linewidth=1.2, label=method, color=plt.cm.tab10(i % 10))
     if baseline is not None:
         ax.scatter([baseline["kl"]], [baseline["gold"]], marker="*", s=140, color="black", zorder=5, label="start (SFT)")
-    ax.set_xlabel("KL(π ‖ π_ref), nats per sequence")
+    ax.set_xscale("symlog", linthresh=1.0)  # linear below 1 nat, logarithmic above: small and large KLs both readable
+    ax.set_xlabel("KL(π ‖ π_ref), nats per sequence (symmetric log scale)")
     ax.set_ylabel("gold reward (mean over held-out prompts)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
@@ -41,11 +42,11 @@ def plot_frontier(methods: dict[str, list[Point]], baseline: Point | None, path:
 
 
 def plot_overoptimisation(runs: dict[str, list[Point]], path: Path) -> Path:
-    """Per run: gold (solid) and proxy (dashed, right axis) reward against √KL along its snapshots."""
+    """Per run: gold (solid) and proxy (dashed, right axis) reward against √KL along its snapshots,
+    in training order (KL need not grow monotonically)."""
     fig, gold_ax = plt.subplots(figsize=(6.4, 4.2))
     proxy_ax = gold_ax.twinx()
     for i, (name, points) in enumerate(runs.items()):
-        points = sorted(points, key=lambda p: p["kl"])
         d = [math.sqrt(max(p["kl"], 0.0)) for p in points]
         color = plt.cm.tab10(i % 10)
         gold_ax.plot(d, [p["gold"] for p in points], marker="o", markersize=3, color=color, label=f"{name}: gold")

@@ -53,7 +53,8 @@ def run(cfg: FrontierConfig, out: Path) -> dict:
         ]
     base = _point(cfg.baseline, models[cfg.baseline])
     plot_frontier(methods, base, out / "frontier.png", cfg.title)
-    runs = {r: [_point(n, m) for n, m in models.items() if n.startswith(f"{r}@")] for r in cfg.overoptimisation}
+    runs = {r: sorted((_point(n, m) for n, m in models.items() if n.startswith(f"{r}@")), key=lambda p: p["model"])
+            for r in cfg.overoptimisation}  # snapshot names sort in training order
     missing = [r for r, points in runs.items() if not points]
     if missing:
         raise ValueError(f"overoptimisation: no evaluated snapshots for {missing}; add them to evaluate.snapshots")
@@ -74,7 +75,7 @@ def run(cfg: FrontierConfig, out: Path) -> dict:
                          f"| {p['gold'] - base['gold']:+.3f} | {_fmt(p['kl'], 2)} | {_fmt(p['proxy'], 2)} | {_fmt(p['length'], 1)} |")
     for r, points in runs.items():
         lines += ["", f"## Overoptimisation: {r}", "", "| snapshot | √KL | proxy | gold |", "|---|---|---|---|"]
-        for p in sorted(points, key=lambda p: p["kl"]):
+        for p in points:
             lines.append(f"| {p['model']} | {max(p['kl'], 0) ** 0.5:.2f} | {_fmt(p['proxy'], 3)} | {_fmt(p['gold'])} |")
     write_text_atomic(out / "frontier.md", "\n".join(lines) + "\n")
     return finish(out, cfg, {
