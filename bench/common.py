@@ -601,8 +601,8 @@ TABLE_HEAD = [
 
 
 RL_TABLE_HEAD = [
-    "| job | contender | train s (median) | throughput | steady s/step | rollout s/step | update s/step | "
-    "peak RSS MiB | mean reward, first 3 → last 3 steps |",
+    ("| job | contender | train s (median) | throughput | steady s/step | rollout s/step | update s/step | "
+     "peak RSS MiB | mean reward, first 3 → last 3 steps |"),
     "|---|---|---|---|---|---|---|---|---|",
 ]
 

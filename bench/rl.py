@@ -3,13 +3,19 @@
     bench/.venv-trl/bin/python bench/rl.py [--steps 15] [--prompts 16] [--k 4] [--repeats 3] [--threads 2]
 
 The job is the same for both tools. It uses the bench's tiny GPT-2 and review openings as prompts
-(`common.prompts_file`). The reward is `letter_e_share`, defined below: the share of the letter
-"e" in the completion. It is cheap, pure Python, and a random model can learn to raise it. Each
-optimizer step samples k completions for each of `--prompts` prompts, at most 32 new tokens,
-temperature 1, no top-k or top-p. It then makes exactly one on-policy optimizer step on all of
-them (TRL: steps_per_generation 1, num_iterations 1; alignlab: update_epochs 1, minibatch = every
-sample). Both tools get the same prompts at every step: TRL is fed them in the order alignlab's
-prompt stream draws them, with shuffle_dataset=False.
+(`common.prompts_file`). The reward is `letter_e_percent`, defined below: the percentage of the
+completion's characters that are the letter "e". It is cheap, pure Python, and a random model
+can learn to raise it. Each optimizer step samples k completions for each of `--prompts`
+prompts, at most 32 new tokens, temperature 1, no top-k or top-p. It then makes exactly one
+on-policy optimizer step on all of them (TRL: steps_per_generation 1, num_iterations 1;
+alignlab: update_epochs 1, minibatch = every sample). Both tools get the same prompts at every
+step: TRL is fed them in the order alignlab's prompt stream draws them, with
+shuffle_dataset=False. The completions differ, because each tool seeds its own sampling.
+
+The learning rate (default 3e-3, constant, AdamW, no warmup, clip 1.0, fp32) is higher than an
+LLM would use. At 1e-4 the reward of this random model barely moves in 15 steps (alignlab GRPO:
+first 3 steps 9.97, last 3 steps 10.5). At 1e-3 it rises to 13.8, and at 3e-3 to about 25–30,
+so the "same reward going up" check has a signal well above the sampling noise.
 
 - GRPO: β 0.04 (k3 KL to a frozen reference in the loss), std-scaled group advantages, clip 0.2,
   and the per-sequence mean of the token losses (TRL loss_type "grpo" = alignlab
@@ -19,8 +25,11 @@ prompt stream draws them, with shuffle_dataset=False.
 - RLOO: β 0.05, with the sequence's summed k1 KL subtracted from the reward in both tools, and a
   leave-one-out baseline without normalisation. TRL clips the sequence-level ratio exp(Σ log π −
   Σ log π_old), while alignlab clips per token and sums over the sequence ("sequence_sum"). With
-  one on-policy step every ratio is 1, so the value and gradient of both losses are the same:
-  −A·Σ_t ∇log π_t, averaged over the samples.
+  one on-policy step every ratio is 1, so both gradients are −A·Σ_t ∇log π_t, averaged over the
+  samples. Only the logged loss values differ: −A per sample in TRL, −A·length in alignlab. TRL
+  takes the KL from an extra no-grad forward of the policy (its "old" log-probs, always computed
+  in TRL 1.16). alignlab takes it from the sampler's log-probs of the same weights, which agree
+  up to float rounding, and skips that pass.
 
 What is timed (as in the other jobs): alignlab, the stage's call of its online loop
 (`run_online`: optimizer set-up, every collect→update iteration, the per-step log line, the
@@ -47,7 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 REPO = common.BENCH.parent
-REWARD_SPEC = "bench.rl:letter_e_share"  # how alignlab's `callable` reward term names the function below
+REWARD_SPEC = "bench.rl:letter_e_percent"  # how alignlab's `callable` reward term names the function below
 MAX_NEW_TOKENS = 32
 TEMPERATURE = 1.0
 CLIP = 0.2
@@ -55,17 +64,21 @@ BETA = {"grpo": 0.04, "rloo": 0.05}
 TREND_STEPS = 3  # reward trend: mean over the first 3 steps against the last 3
 
 
-def letter_e_share(prompts, completions, **_ignored) -> list[float]:
-    """The reward of both tools: the share of the letter "e" among a completion's characters.
+def letter_e_percent(prompts, completions, **_ignored) -> list[float]:
+    """The reward of both tools: the percentage of a completion's characters that are the letter "e".
 
-    An empty completion, with EOS drawn first, scores 0. TRL passes extra keyword arguments
-    (completion_ids, trainer_state, ...), which this reward ignores.
+    Percent (0-100) rather than a share (0-1), so that in RLOO, whose advantages are not
+    rescaled, differences in reward within a group (a few points) outweigh the KL penalty β·KL
+    (β 0.05 × a sequence KL of a few nats); on a 0-1 scale the penalty drowns them and the reward
+    stays flat. GRPO divides by the group's std, so the scale does not matter there. An empty
+    completion (EOS drawn first) scores 0. TRL passes extra keyword arguments (completion_ids,
+    trainer_state, ...), which this reward ignores.
     """
-    return [text.count("e") / len(text) if text else 0.0 for text in completions]
+    return [100.0 * text.count("e") / len(text) if text else 0.0 for text in completions]
 
 
 def prompt_order(a) -> list[str]:
-    """The prompts of every step, in the order alignlab's prompt stream draws them, 16 per step."""
+    """The prompts of every step, `a.prompts` per step, in the order alignlab's prompt stream draws them."""
     from alignlab.stages.online_common import PromptStream
 
     prompts = [r["prompt"] for r in common.read_jsonl(common.prompts_file(a.steps * a.prompts))]
@@ -106,14 +119,14 @@ def alignlab_child(a) -> dict:
         lr=a.lr, weight_decay=0.0, schedule=a.schedule, warmup_ratio=0.0, max_grad_norm=1.0, seed=0,
         precision="fp32", device="cpu", log_every=1, save_every=None,
     )
-    shared = dict(
-        model=str(common.model_dir()), prompts=str(common.prompts_file(a.steps * a.prompts)),
-        reward={"type": "callable", "function": REWARD_SPEC}, dtype="float32",
-        max_prompt_length=common.SPEC.max_prompt_length,
-        sampling=SamplingSettings(max_new_tokens=MAX_NEW_TOKENS, temperature=TEMPERATURE, top_k=0, top_p=1.0,
-                                  batch_size=a.prompts * a.k),
-        samples_per_prompt=a.k, update_epochs=1, clip_low=CLIP, beta=BETA[a.algo], train=settings,
-    )
+    shared = {
+        "model": str(common.model_dir()), "prompts": str(common.prompts_file(a.steps * a.prompts)),
+        "reward": {"type": "callable", "function": REWARD_SPEC}, "dtype": "float32",
+        "max_prompt_length": common.SPEC.max_prompt_length,
+        "sampling": SamplingSettings(max_new_tokens=MAX_NEW_TOKENS, temperature=TEMPERATURE, top_k=0, top_p=1.0,
+                                     batch_size=a.prompts * a.k),
+        "samples_per_prompt": a.k, "update_epochs": 1, "clip_low": CLIP, "beta": BETA[a.algo], "train": settings,
+    }
     if a.algo == "grpo":
         cfg = stage.GRPOConfig(**shared, scale_rewards=True, aggregation="sequence_mean")
         run = stage.run_grpo
@@ -159,10 +172,9 @@ def alignlab_child(a) -> dict:
 
 def trl_child(a) -> dict:
     import torch
+    import trl
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-
-    import trl
 
     tokenizer = AutoTokenizer.from_pretrained(common.model_dir())
     model = AutoModelForCausalLM.from_pretrained(common.model_dir(), dtype=torch.float32)
@@ -170,18 +182,19 @@ def trl_child(a) -> dict:
     base = common.trl_training_args(a, a.workdir)
     # GRPO/RLOO need the prompt column, and draw prompts with their own RepeatSampler
     base.update(lr_scheduler_type=a.schedule, remove_unused_columns=False)
-    shared = dict(
-        num_generations=a.k, steps_per_generation=1, num_iterations=1, max_completion_length=MAX_NEW_TOKENS,
-        temperature=TEMPERATURE, top_k=0, top_p=1.0, beta=BETA[a.algo], epsilon=CLIP, disable_dropout=True,
-        shuffle_dataset=False, log_completions=False,
-    )
+    shared = {
+        "num_generations": a.k, "steps_per_generation": 1, "num_iterations": 1,
+        "max_completion_length": MAX_NEW_TOKENS, "temperature": TEMPERATURE, "top_k": 0, "top_p": 1.0,
+        "beta": BETA[a.algo], "epsilon": CLIP, "disable_dropout": True, "shuffle_dataset": False,
+        "log_completions": False,
+    }
     if a.algo == "grpo":
         args = trl.GRPOConfig(**base, **shared, loss_type="grpo", scale_rewards="group", use_bias_correction_kl=False)
         trainer_class = trl.GRPOTrainer
     else:
         args = trl.RLOOConfig(**base, **shared, normalize_advantages=False)
         trainer_class = trl.RLOOTrainer
-    trainer = trainer_class(model=model, reward_funcs=letter_e_share, args=args,
+    trainer = trainer_class(model=model, reward_funcs=letter_e_percent, args=args,
                             train_dataset=Dataset.from_list(records), processing_class=tokenizer)
 
     per_step: dict[str, list] = {"rewards": [], "kl": [], "response_tokens": [], "rollout_s": []}
@@ -277,20 +290,21 @@ def rl_summary(runs: list[dict], examples: int) -> dict:
     return s
 
 
-def rl_comparison(name: str, examples: int, ours: dict, theirs: dict, labels: tuple[str, str], extra: dict) -> dict:
+def rl_comparison(examples: int, ours: dict, theirs: dict, labels: tuple[str, str], extra: dict) -> dict:
+    """The saved payload of one RL job: both contenders, the ratios and the warnings."""
     a_label, t_label = labels
     ratio = common.ratio
+    fmt = common.fmt
     ratios = [
-        f"samples/s {a_label}/{t_label} = {common.fmt(ratio(ours['examples_per_s'], theirs['examples_per_s']))} "
-        f"(median train times; >1: alignlab faster; the issue's target is >= 1.5)",
-        f"steady step time {t_label}/{a_label} = {common.fmt(ratio(theirs['steady_step_s'], ours['steady_step_s']))}",
-        f"rollout time per step {t_label}/{a_label} = "
-        f"{common.fmt(ratio(theirs['rollout_step_s'], ours['rollout_step_s']))}; update time per step "
-        f"{t_label}/{a_label} = {common.fmt(ratio(theirs['update_step_s'], ours['update_step_s']))}",
-        f"peak RSS {a_label}/{t_label} = {common.fmt(ratio(ours['peak_rss_mb'], theirs['peak_rss_mb']))}",
-        f"mean reward, first {TREND_STEPS} → last {TREND_STEPS} steps: {a_label} "
-        f"{common.fmt(ours['reward_first'], 4)} → {common.fmt(ours['reward_last'], 4)}, {t_label} "
-        f"{common.fmt(theirs['reward_first'], 4)} → {common.fmt(theirs['reward_last'], 4)}",
+        (f"samples/s {a_label}/{t_label} = {fmt(ratio(ours['examples_per_s'], theirs['examples_per_s']))} "
+         "(median train times; >1: alignlab faster; the issue's target is >= 1.5)"),
+        f"steady step time {t_label}/{a_label} = {fmt(ratio(theirs['steady_step_s'], ours['steady_step_s']))}",
+        (f"rollout time per step {t_label}/{a_label} = {fmt(ratio(theirs['rollout_step_s'], ours['rollout_step_s']))}; "
+         f"update time per step {t_label}/{a_label} = {fmt(ratio(theirs['update_step_s'], ours['update_step_s']))}"),
+        f"peak RSS {a_label}/{t_label} = {fmt(ratio(ours['peak_rss_mb'], theirs['peak_rss_mb']))}",
+        (f"mean reward, first {TREND_STEPS} → last {TREND_STEPS} steps: "
+         f"{a_label} {fmt(ours['reward_first'], 4)} → {fmt(ours['reward_last'], 4)}, "
+         f"{t_label} {fmt(theirs['reward_first'], 4)} → {fmt(theirs['reward_last'], 4)}"),
     ]
     warnings = []
     busy = {k: v["max_other_cores"] for k, v in ((a_label, ours), (t_label, theirs)) if v.get("max_other_cores", 0) > 0.25}
@@ -298,14 +312,16 @@ def rl_comparison(name: str, examples: int, ours: dict, theirs: dict, labels: tu
         warnings.append("other processes used CPU during some runs (cores, worst run): "
                         + ", ".join(f"{k} {v:.2f}" for k, v in busy.items()) + "; timings are less trustworthy")
     for label, s in ((a_label, ours), (t_label, theirs)):
-        if s["reward_first"] is not None and s["reward_last"] is not None and s["reward_last"] <= s["reward_first"]:
+        if len(s["rewards"]) < 2 * TREND_STEPS:
+            warnings.append(f"{label}: {len(s['rewards'])} steps are too few to tell a reward trend")
+        elif s["reward_last"] <= s["reward_first"]:
             warnings.append(f"{label}: the reward did not go up over the run")
     return {"kind": "rl", "unit": "completions", "examples": examples,
             "contenders": {a_label: ours, t_label: theirs}, "ratios": ratios, "warnings": warnings, **extra}
 
 
 def driver(argv: list[str]) -> None:
-    parser = common.driver_parser(__doc__.split("\n")[0], batch=0, lr=1e-3)
+    parser = common.driver_parser(__doc__.split("\n")[0], batch=0, lr=3e-3)
     parser.set_defaults(steps=15)
     parser.add_argument("--prompts", type=int, default=16, help="prompts per optimizer step")
     parser.add_argument("--k", type=int, default=4, help="completions per prompt")
@@ -331,7 +347,7 @@ def driver(argv: list[str]) -> None:
                           "beta": BETA, "reward": REWARD_SPEC, "spec": common.SPEC.__dict__}}
     for algo in algos:
         ours, theirs = f"alignlab-{algo}", f"trl-{algo}"
-        payload = rl_comparison(f"rl_{algo}", examples, rl_summary(runs[ours], examples),
+        payload = rl_comparison(examples, rl_summary(runs[ours], examples),
                                 rl_summary(runs[theirs], examples), (ours, theirs), extra)
         common.save_json(f"rl_{algo}", payload)
         print("\n".join(common.RL_TABLE_HEAD + common.rl_table_rows(f"rl_{algo}", payload)))
