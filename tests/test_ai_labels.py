@@ -277,25 +277,32 @@ def test_policy_pairs_labelled_then_train_the_reward_model(tiny_model_dir, tmp_p
     assert metrics["train_pairs"] == len(prefs)
 
 
-def test_over_http_missing_option_logprobs_are_reported_per_pair(llm, tiny_model_dir, tmp_path):
+def test_over_http_labels_match_the_local_model(llm, tiny_model_dir, tmp_path):
     """Over HTTP only the server's top-20 log-probs come back, and the random tiny model never puts
-    "A" or "B" among them: each pair is reported with its cause, and the stage stops with a clear
-    error instead of handing an empty training set to the next stage."""
+    "A" or "B" among them; the backend then scores the letters exactly by echo, so the labels
+    equal the ones the same model gives in-process."""
     from alignlab.feedback.llm.server import make_app, start_in_thread
     from alignlab.stages.ai_labels import AILabelsConfig, run
 
     (tmp_path / "tiny.yaml").write_text(CONSTITUTION)
+    pairs = str(_pairs_file(tmp_path, n=3))
     base_url, stop = start_in_thread(make_app(llm, "tiny"))
     try:
-        cfg = AILabelsConfig(
-            pairs=str(_pairs_file(tmp_path, n=3)), constitution=str(tmp_path / "tiny.yaml"),
+        remote = AILabelsConfig(
+            pairs=pairs, constitution=str(tmp_path / "tiny.yaml"),
             feedback={"type": "openai", "base_url": base_url, "model": "tiny", "api_key_env": None, "max_retries": 0},
         )
-        with pytest.raises(RuntimeError, match="no pair could be labelled"):
-            run(cfg, tmp_path / "http")
+        run(remote, tmp_path / "http")
     finally:
         stop()
-    labels = [json.loads(line) for line in (tmp_path / "http" / "data" / "labels.jsonl").read_text().splitlines()]
-    assert len(labels) == 3
-    assert all(r["error"]["details"]["cause"] == "missing_logprob" for r in labels)
-    assert not (tmp_path / "http" / "done.json").exists()
+    local = AILabelsConfig(pairs=pairs, constitution=str(tmp_path / "tiny.yaml"),
+                           feedback={"type": "local", "path": str(tiny_model_dir)})
+    run(local, tmp_path / "local")
+
+    def read(d):
+        return [json.loads(line) for line in (tmp_path / d / "data" / "labels.jsonl").read_text().splitlines()]
+
+    over_http, in_process = read("http"), read("local")
+    assert len(over_http) == 3 and all(r.get("error") is None for r in over_http)
+    for a, b in zip(over_http, in_process):
+        assert 0 < a["p_a"] < 1 and a["p_a"] == pytest.approx(b["p_a"], abs=1e-4)
