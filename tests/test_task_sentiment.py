@@ -186,6 +186,6 @@ def test_get_task_returns_the_sentiment_task():
 
 
 def test_get_task_rejects_an_unknown_name():
-    with pytest.raises(ValueError, match="known tasks: sentiment"):
+    with pytest.raises(ValueError, match="known tasks: arithmetic, sentiment"):
         get_task("sentimental")
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Callable
 
+from alignlab.tasks.arithmetic import ArithmeticTask
 from alignlab.tasks.base import Task
 from alignlab.tasks.sentiment import SentimentTask
 
 # Task name -> constructor. A new task registers here.
 TASKS: dict[str, Callable[[], Task]] = {
     "sentiment": SentimentTask,
+    "arithmetic": ArithmeticTask,
 }
 
 
@@ -23,4 +25,4 @@ def get_task(name: str) -> Task:
     return factory()
 
 
-__all__ = ["TASKS", "Task", "SentimentTask", "get_task"]
+__all__ = ["TASKS", "ArithmeticTask", "Task", "SentimentTask", "get_task"]
