@@ -41,6 +41,7 @@ STAGES: dict[str, StageType] = {
     "ai_labels": StageType("ai_labels", "AILabelsConfig", "RLAIF: soft preference labels from a feedback model's (A)/(B) log-probs under constitution principles"),
     "winrate": StageType("winrate", "WinRateConfig", "win rate of model A against model B, judged by a reward model, an LLM or people"),
     "hybrid_labels": StageType("hybrid_labels", "HybridLabelsConfig", "route AI soft labels by confidence to AI / people / both; merge and measure agreement"),
+    "prm": StageType("prm", "PRMConfig", "process reward model: a token classifier trained on each step's label (last step only: an ORM)"),
     "evaluate": StageType("evaluate", "EvaluateConfig", "gold/proxy reward, KL, length, distinct-n of models' samples"),
     "frontier": StageType("frontier", "FrontierConfig", "reward–KL frontier and overoptimisation plots"),
     "report": StageType("report", "ReportConfig", "markdown + plot comparing evaluated models"),
