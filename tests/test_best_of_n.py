@@ -5,11 +5,10 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import sys
-import textwrap
 
 import pytest
 from pydantic import ValidationError
+from user_modules import importable_module
 
 from alignlab.data.readers import write_jsonl
 from alignlab.stages.best_of_n import BestOfNConfig, best_of_n_kl, pick_best, run
@@ -35,12 +34,8 @@ PROMPTS = ["the film was", "i loved", "hello", "the acting was", "a dull", "not 
 
 @pytest.fixture(scope="module")
 def user_module(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("user_rewards")
-    (folder / f"{USER_MODULE}.py").write_text(textwrap.dedent(USER_CODE))
-    sys.path.insert(0, str(folder))
-    yield USER_MODULE
-    sys.path.remove(str(folder))
-    sys.modules.pop(USER_MODULE, None)
+    with importable_module(tmp_path_factory.mktemp("user_rewards"), USER_MODULE, USER_CODE) as name:
+        yield name
 
 
 # --- pure functions ---------------------------------------------------------------------------

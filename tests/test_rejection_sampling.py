@@ -7,14 +7,13 @@ import importlib
 import json
 import math
 import shutil
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 from pydantic import ValidationError
 from safetensors.torch import load_file
+from user_modules import importable_module
 
 from alignlab.data.readers import write_jsonl
 from alignlab.data.tokenize import tokenize_prompts
@@ -45,12 +44,8 @@ TRAIN = {"lr": 3e-2, "batch_size": 8, "epochs": 8, "schedule": "constant", "save
 
 @pytest.fixture(scope="module")
 def user_module(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("user_rewards")
-    (folder / f"{USER_MODULE}.py").write_text(textwrap.dedent(USER_CODE))
-    sys.path.insert(0, str(folder))
-    yield USER_MODULE
-    sys.path.remove(str(folder))
-    sys.modules.pop(USER_MODULE, None)
+    with importable_module(tmp_path_factory.mktemp("user_rewards"), USER_MODULE, USER_CODE) as name:
+        yield name
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
+from user_modules import importable_module
 
 from alignlab.feedback import (
     CallableSource,
@@ -69,12 +70,8 @@ NOT_A_FUNCTION = 3
 
 @pytest.fixture(scope="module")
 def user_module(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("user_rewards")
-    (folder / f"{USER_MODULE}.py").write_text(textwrap.dedent(USER_CODE))
-    sys.path.insert(0, str(folder))
-    yield USER_MODULE
-    sys.path.remove(str(folder))
-    sys.modules.pop(USER_MODULE, None)
+    with importable_module(tmp_path_factory.mktemp("user_rewards"), USER_MODULE, USER_CODE) as name:
+        yield name
 
 
 def text_batch(completions, prompts=None, finished=None, completion_ids=None):
