@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tiny_recipe import merge_settings
 
 from alignlab.pipeline.runner import run_recipe
 
@@ -25,17 +26,10 @@ SMALL = {  # the recipe's stages at test sizes; everything else is the recipe as
 }
 
 
-def _merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for key, value in extra.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
 def _write(tmp_path, feedback: dict | None) -> Path:
     recipe = yaml.safe_load(RECIPE.read_text())
     for stage, extra in SMALL.items():
-        recipe["stages"][stage] = _merge(recipe["stages"][stage], extra)
+        recipe["stages"][stage] = merge_settings(recipe["stages"][stage], extra)
     if feedback is not None:
         for stage in ("sl_cai", "ai_labels"):
             recipe["stages"][stage]["feedback"] = feedback

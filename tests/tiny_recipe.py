@@ -64,11 +64,11 @@ TINY_RECIPE: dict = {
 }
 
 
-def _merge(base: dict, extra: dict) -> dict:
+def merge_settings(base: dict, extra: dict) -> dict:
     """`extra` merged into `base` recursively (a dict merges into a dict, anything else replaces)."""
     out = dict(base)
     for key, value in extra.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = merge_settings(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
 
 
@@ -81,7 +81,7 @@ def tiny_recipe(**overrides) -> dict:
             if value is None:
                 del recipe["stages"][key]
             else:
-                recipe["stages"][key] = _merge(recipe["stages"][key], value)
+                recipe["stages"][key] = merge_settings(recipe["stages"][key], value)
         else:
             recipe[key] = value
     return recipe

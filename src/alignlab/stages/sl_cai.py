@@ -42,6 +42,7 @@ from alignlab.stages.common import (
     runtime,
     seed_everything,
 )
+from alignlab.stages.online_common import iteration_seed
 
 
 class SLCAIConfig(StageConfig):
@@ -81,7 +82,7 @@ class PolicyResponder:
         rows = [row for row in ids for _ in range(copies)]
         completions = generate(
             self._model, rows, self.sampling, pad_id=self.tokenizer.pad_token_id, eos_id=self.tokenizer.eos_token_id,
-            seed=self.seed * 100_003 + first_index,
+            seed=iteration_seed(self.seed, first_index),
         )
         return self.tokenizer.batch_decode(completions, skip_special_tokens=True)
 
