@@ -63,7 +63,7 @@ def hand_sample(model, prompts, settings, *, pad_id, eos_id, seed=0):
     from transformers import DynamicCache
 
     from alignlab.rollout.base import Rollouts
-    from alignlab.rollout.local import _cut_at_eos, left_pad
+    from alignlab.rollout.local import _cut_at_stop, left_pad
 
     generator = torch.Generator().manual_seed(seed)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
@@ -89,7 +89,7 @@ def hand_sample(model, prompts, settings, *, pad_id, eos_id, seed=0):
             positions = positions[:, -1:] + 1
         rows_ids, rows_logps = torch.cat(tokens, 1).tolist(), torch.cat(token_logps, 1).tolist()
         for row, i in enumerate(idx):
-            completions[i], logps[i] = _cut_at_eos(rows_ids[row], rows_logps[row], eos_id)
+            completions[i], logps[i] = _cut_at_stop(rows_ids[row], rows_logps[row], {eos_id})
     finished = [bool(c) and c[-1] == eos_id for c in completions]
     return Rollouts([list(p) for p in prompts], completions, logps, finished)
 

@@ -11,7 +11,8 @@ from pydantic import ValidationError
 from user_modules import importable_module
 
 from alignlab.data.readers import write_jsonl
-from alignlab.stages.best_of_n import BestOfNConfig, best_of_n_kl, pick_best, run
+from alignlab.search.select import pick_best
+from alignlab.stages.best_of_n import BestOfNConfig, best_of_n_kl, run
 
 NAN = float("nan")
 

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import pytest
 
+from alignlab.tasks import get_task
 from alignlab.tasks.arithmetic import (
+    MAX_OPERAND,
     MAX_OPERATIONS,
     MIN_OPERATIONS,
     ArithmeticTask,
     apply,
+    final_answer,
     first_error,
+    label_solution,
     label_steps,
     parse_problem,
     problem_split,
@@ -218,3 +222,31 @@ def test_gold_reward(task):
     assert task.gold_reward([], []) == []
     with pytest.raises(ValueError):
         task.gold_reward([PROMPT], [])
+
+
+def test_label_solution_adds_the_answer_line_as_the_last_step():
+    prompt = "Q: 2 + 3 * 4\n"
+    steps, labels = label_solution(prompt, "2 + 3 = 5\n5 * 4 = 20\nA: 20")
+    assert steps == ["2 + 3 = 5", "5 * 4 = 20", "A: 20"] and labels == [True, True, True]
+    # right steps, answer copied wrongly: only the answer line is wrong
+    assert label_solution(prompt, "2 + 3 = 5\n5 * 4 = 20\nA: 21")[1] == [True, True, False]
+    # cut off before the answer: steps only
+    assert label_solution(prompt, "2 + 3 = 5\n5 * 4 =") == (["2 + 3 = 5", "5 * 4 ="], [True, False])
+    assert final_answer("1 + 1 = 2\nA: 07\nA: 9") == "7"
+    assert final_answer("1 + 1 = 2\nA: seven") is None and final_answer("1 + 1 = 2") is None
+    task = ArithmeticTask()
+    assert task.is_final_step("A: 3") and not task.is_final_step("3 + 1 = 4")
+
+
+def test_smaller_worlds_are_configured_through_the_task_spec():
+    task = get_task({"name": "arithmetic", "max_operand": 9, "max_operations": 3})
+    for prompt in task.prompts("train", 200, seed=0):
+        operands, operators = parse_problem(prompt)
+        assert all(1 <= x <= 9 for x in operands) and 2 <= len(operators) <= 3
+    assert get_task("arithmetic").limits == (MAX_OPERAND, MAX_OPERATIONS)
+    with pytest.raises(ValueError, match="bad options"):
+        get_task({"name": "arithmetic", "max_digits": 2})
+    with pytest.raises(ValueError, match="unknown task"):
+        get_task({"max_operand": 9})
+    with pytest.raises(ValueError, match="max_operand"):
+        ArithmeticTask(max_operand=1)

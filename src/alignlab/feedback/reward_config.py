@@ -30,7 +30,7 @@ from alignlab.feedback.rewards import (
     check_function_spec,
 )
 from alignlab.feedback.rules import LengthPenalty, MissingEOSPenalty
-from alignlab.tasks import TASKS
+from alignlab.tasks import TaskSpec, get_task
 
 
 class _Term(BaseModel):
@@ -47,13 +47,12 @@ class RewardModelTerm(_Term):
 
 class GoldTerm(_Term):
     type: Literal["gold"]
-    task: str = Field(description="a built-in task name (alignlab.tasks.TASKS)")
+    task: TaskSpec = Field(description="a built-in task name (alignlab.tasks.TASKS), or {name: ..., options}")
 
     @field_validator("task")
     @classmethod
-    def _known_task(cls, value: str) -> str:
-        if value not in TASKS:
-            raise ValueError(f"unknown task {value!r}; known tasks: {', '.join(sorted(TASKS))}")
+    def _known_task(cls, value: TaskSpec) -> TaskSpec:
+        get_task(value)  # a ValueError naming the unknown task or option, at config time
         return value
 
 

@@ -39,7 +39,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from alignlab.models import load_reward_model, resolve_device, reward_scores
-from alignlab.tasks import get_task
+from alignlab.tasks import TaskSpec, get_task, task_name
 
 log = logging.getLogger(__name__)
 
@@ -216,9 +216,9 @@ def right_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
 class GoldSource:
     """A built-in task's true score (`Task.gold_reward(prompts, completions)`), e.g. VADER for sentiment."""
 
-    def __init__(self, task_name: str):
-        self.task = get_task(task_name)
-        self.name = f"gold:{task_name}"
+    def __init__(self, task: TaskSpec):
+        self.task = get_task(task)
+        self.name = f"gold:{task_name(task)}"
 
     def score(self, batch: ScoringBatch) -> list[float]:
         return as_score_list(self.task.gold_reward(list(batch.prompts), list(batch.completions)), self.name)

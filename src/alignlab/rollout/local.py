@@ -20,6 +20,7 @@ when one was produced (no padding).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import contextmanager
 
 import torch
@@ -59,10 +60,14 @@ def sample(
     pad_id: int,
     eos_id: int,
     seed: int = 0,
+    stop_ids: Sequence[int] = (),
 ) -> Rollouts:
     """Sample one completion per prompt (repeat a prompt to get several) with its log-probs.
 
-    Deterministic per seed; the caller's random state (CPU, and the model's GPU) is left as it was.
+    `stop_ids` are further tokens that end a row as EOS does (e.g. every token holding a newline,
+    to sample one reasoning step); the completion keeps the stop token. `finished` stays "ended
+    with EOS". Deterministic per seed; the caller's random state (CPU, and the model's GPU) is
+    left as it was.
     """
     for i, prompt in enumerate(prompts):
         if not prompt:
@@ -72,8 +77,10 @@ def sample(
         do_sample=True, temperature=settings.temperature,
         top_k=settings.top_k,  # 0 switches top-k off; None would mean transformers' default of 50
         top_p=settings.top_p, max_new_tokens=settings.max_new_tokens, pad_token_id=pad_id,
-        eos_token_id=eos_id, use_cache=True, output_logits=True, return_dict_in_generate=True,
+        eos_token_id=[eos_id, *stop_ids] if stop_ids else eos_id, use_cache=True,
+        output_logits=True, return_dict_in_generate=True,
     )
+    ends = {eos_id, *stop_ids}
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths share a batch
     completions: list[list[int]] = [[] for _ in prompts]
     logps: list[list[float]] = [[] for _ in prompts]
@@ -90,7 +97,7 @@ def sample(
                 drawn = out.sequences[:, ids.shape[1] :]
                 drawn_logps = _tempered_logps(out.logits, drawn, settings.temperature)
                 for row, i in enumerate(idx):
-                    completions[i], logps[i] = _cut_at_eos(drawn[row].tolist(), drawn_logps[row].tolist(), eos_id)
+                    completions[i], logps[i] = _cut_at_stop(drawn[row].tolist(), drawn_logps[row].tolist(), ends)
     finally:
         model.train(was_training)
     finished = [bool(c) and c[-1] == eos_id for c in completions]
@@ -145,6 +152,7 @@ def _seeded(device: torch.device, seed: int):
         yield
 
 
-def _cut_at_eos(ids: list[int], logps: list[float], eos_id: int) -> tuple[list[int], list[float]]:
-    end = ids.index(eos_id) + 1 if eos_id in ids else len(ids)
+def _cut_at_stop(ids: list[int], logps: list[float], ends: set[int]) -> tuple[list[int], list[float]]:
+    """The ids up to and including the first end token (generate pads the rest), and their log-probs."""
+    end = next((i + 1 for i, token in enumerate(ids) if token in ends), len(ids))
     return ids[:end], logps[:end]

@@ -42,6 +42,8 @@ STAGES: dict[str, StageType] = {
     "winrate": StageType("winrate", "WinRateConfig", "win rate of model A against model B, judged by a reward model, an LLM or people"),
     "hybrid_labels": StageType("hybrid_labels", "HybridLabelsConfig", "route AI soft labels by confidence to AI / people / both; merge and measure agreement"),
     "prm": StageType("prm", "PRMConfig", "process reward model: a token classifier trained on each step's label (last step only: an ORM)"),
+    "step_labels": StageType("step_labels", "StepLabelsConfig", "sample solutions and label every step and the final answer with a task's checker (PRM/ORM data)"),
+    "search": StageType("search", "SearchConfig", "majority vote, ORM and PRM best-of-N, PRM beam search: accuracy against N"),
     "evaluate": StageType("evaluate", "EvaluateConfig", "gold/proxy reward, KL, length, distinct-n of models' samples"),
     "frontier": StageType("frontier", "FrontierConfig", "reward–KL frontier and overoptimisation plots"),
     "report": StageType("report", "ReportConfig", "markdown + plot comparing evaluated models"),

@@ -39,6 +39,7 @@ from alignlab.feedback import (
 )
 from alignlab.models import load_causal_lm, load_tokenizer
 from alignlab.rollout import SamplingSettings, sample
+from alignlab.search.select import pick_best
 from alignlab.stages.common import StageConfig, finish, runtime, seed_everything
 from alignlab.stages.online_common import load_prompt_ids
 
@@ -76,24 +77,6 @@ def best_of_n_kl(n: int) -> float:
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
     return math.log(n) - (n - 1) / n
-
-
-def pick_best(scores_per_prompt: Sequence[Sequence[float]], n: int) -> list[int | None]:
-    """Per prompt, the index of the highest score among its first `n` scores.
-
-    A non-finite score (NaN for a failed sample, ±inf) never wins; ties go to the earlier sample;
-    a prompt whose first `n` scores are all non-finite gets None.
-    """
-    if n < 1:
-        raise ValueError(f"n must be at least 1, got {n}")
-    picked: list[int | None] = []
-    for p, scores in enumerate(scores_per_prompt):
-        if len(scores) < n:
-            raise ValueError(f"prompt {p} has {len(scores)} scores, fewer than n={n}")
-        valid = [(float(s), i) for i, s in enumerate(scores[:n]) if math.isfinite(float(s))]
-        # max over (score, -index) keeps the earliest of equal scores
-        picked.append(max(valid, key=lambda si: (si[0], -si[1]))[1] if valid else None)
-    return picked
 
 
 def _per_prompt(values: Sequence, k: int) -> list[list]:

@@ -28,7 +28,7 @@ from alignlab.models import (
 from alignlab.ops import sequence_logps, token_logps
 from alignlab.rollout import SamplingSettings, generate
 from alignlab.stages.common import StageConfig, finish, runtime, seed_everything
-from alignlab.tasks import get_task
+from alignlab.tasks import TaskSpec, get_task
 
 
 class EvaluateConfig(StageConfig):
@@ -39,7 +39,7 @@ class EvaluateConfig(StageConfig):
     )
     prompts: str
     reference: str | None = Field(None, description="model the KL is measured against")
-    task: str | None = Field(None, description="built-in task giving the gold reward")
+    task: TaskSpec | None = Field(None, description="built-in task giving the gold reward")
     reward_model: str | None = Field(None, description="reward model giving the proxy reward")
     n_prompts: int | None = Field(None, gt=0)
     samples_per_prompt: int = Field(1, gt=0)

@@ -24,12 +24,12 @@ from alignlab.stages.common import (
     seed_everything,
 )
 from alignlab.stages.sft import sft_step_fns
-from alignlab.tasks import get_task
+from alignlab.tasks import TaskSpec, get_task, task_name
 from alignlab.train import TrainSettings, train
 
 
 class PretrainConfig(StageConfig):
-    task: str | None = Field(None, description="built-in task whose corpus to generate")
+    task: TaskSpec | None = Field(None, description="built-in task whose corpus to generate")
     data: str | None = Field(None, description="or a text dataset (records with `text`)")
     corpus_size: int = Field(20000, gt=0)
     vocab_size: int = Field(1024, ge=300)
@@ -51,7 +51,7 @@ def _corpus(cfg: PretrainConfig) -> list[SFTExample]:
     if cfg.data:
         return load_sft(cfg.data)
     texts = get_task(cfg.task).corpus(cfg.corpus_size, seed=cfg.train.seed)
-    src = f"<task {cfg.task} corpus>"
+    src = f"<task {task_name(cfg.task)} corpus>"
     return [SFTExample(prompt="", completion=t, source=Source(src, i + 1, "row")) for i, t in enumerate(texts)]
 
 

@@ -47,7 +47,7 @@ from alignlab.data.tokenize import TokenizedRow
 from alignlab.feedback import RewardSpec, ScoringBatch, build_reward, score_safely
 from alignlab.models import LoraSettings, load_tokenizer, save_pretrained_atomic
 from alignlab.rollout import SamplingSettings, sample
-from alignlab.stages.best_of_n import pick_best
+from alignlab.search.select import pick_best
 from alignlab.stages.common import (
     DONE,
     StageConfig,

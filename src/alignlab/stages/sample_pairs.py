@@ -22,13 +22,13 @@ from alignlab.data.tokenize import tokenize_prompts
 from alignlab.models import load_causal_lm, load_tokenizer
 from alignlab.rollout import SamplingSettings, generate
 from alignlab.stages.common import StageConfig, finish, runtime, seed_everything
-from alignlab.tasks import get_task
+from alignlab.tasks import TaskSpec, get_task
 
 
 class SamplePairsConfig(StageConfig):
     model: str
     prompts: str
-    task: str = Field(description="built-in task whose gold reward labels the pairs")
+    task: TaskSpec = Field(description="built-in task whose gold reward labels the pairs")
     samples_per_prompt: int = Field(2, ge=2)
     sampling: SamplingSettings = SamplingSettings()
     label_noise: Literal["none", "bradley_terry"] = "none"

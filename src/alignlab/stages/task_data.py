@@ -8,11 +8,11 @@ from pydantic import Field
 
 from alignlab.data.readers import write_jsonl
 from alignlab.stages.common import StageConfig, finish
-from alignlab.tasks import get_task
+from alignlab.tasks import TaskSpec, get_task
 
 
 class TaskDataConfig(StageConfig):
-    task: str
+    task: TaskSpec
     sft_size: int = Field(2000, gt=0)
     train_prompts: int = Field(1000, gt=0)
     test_prompts: int = Field(200, gt=0)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, Union
 
 from alignlab.tasks.arithmetic import ArithmeticTask
 from alignlab.tasks.base import Task
@@ -15,14 +15,29 @@ TASKS: dict[str, Callable[[], Task]] = {
 }
 
 
-def get_task(name: str) -> Task:
-    """A fresh instance of the built-in task called `name`."""
+# A task as configs name it: its name, or a mapping {name: ..., <constructor options>}, e.g.
+# {name: arithmetic, max_operand: 9, max_operations: 3}.
+TaskSpec = Union[str, dict[str, Any]]
+
+
+def get_task(spec: TaskSpec) -> Task:
+    """A fresh instance of the built-in task `spec` names, built with the options it gives."""
+    options = dict(spec) if isinstance(spec, dict) else {"name": spec}
+    name = options.pop("name", None)
     try:
         factory = TASKS[name]
-    except KeyError:
+    except (KeyError, TypeError):
         known = ", ".join(sorted(TASKS))
         raise ValueError(f"unknown task {name!r}; known tasks: {known}") from None
-    return factory()
+    try:
+        return factory(**options)
+    except TypeError as error:
+        raise ValueError(f"task {name!r}: bad options {sorted(options)}: {error}") from None
 
 
-__all__ = ["TASKS", "ArithmeticTask", "Task", "SentimentTask", "get_task"]
+def task_name(spec: TaskSpec) -> str:
+    """The task's name, for reports."""
+    return spec if isinstance(spec, str) else str(spec.get("name"))
+
+
+__all__ = ["TASKS", "ArithmeticTask", "SentimentTask", "Task", "TaskSpec", "get_task", "task_name"]

@@ -56,21 +56,33 @@ class ArithmeticTask:
 
     name = "arithmetic"
 
-    def __init__(self, error_rate: float = 0.2, sft_error_rate: float = 0.0) -> None:
+    def __init__(
+        self,
+        error_rate: float = 0.2,
+        sft_error_rate: float = 0.0,
+        max_operand: int = MAX_OPERAND,
+        max_operations: int = MAX_OPERATIONS,
+    ) -> None:
         for label, rate in (("error_rate", error_rate), ("sft_error_rate", sft_error_rate)):
             if not 0.0 <= rate <= 1.0:
                 raise ValueError(f"{label} must be in [0, 1], got {rate}")
+        if max_operand < 2:
+            raise ValueError(f"max_operand must be at least 2, got {max_operand}")
+        if max_operations < MIN_OPERATIONS:
+            raise ValueError(f"max_operations must be at least {MIN_OPERATIONS}, got {max_operations}")
         self.error_rate = error_rate
         self.sft_error_rate = sft_error_rate
+        # Smaller worlds (e.g. operands 1-9, at most 3 operations) suit models small enough for a CPU.
+        self.limits = (max_operand, max_operations)
 
     def corpus(self, n: int, seed: int) -> list[str]:
         """`n` whole texts (prompt + solution); a share `error_rate` has one propagated wrong step."""
-        records = _worked_problems(n, derive_seed(seed, "corpus"), self.error_rate)
+        records = _worked_problems(n, derive_seed(seed, "corpus"), self.error_rate, self.limits)
         return [prompt + completion for prompt, completion in records]
 
     def sft_examples(self, n: int, seed: int) -> list[dict]:
         """`n` records {"prompt", "completion"}; a share `sft_error_rate` (default 0) is flawed."""
-        records = _worked_problems(n, derive_seed(seed, "sft"), self.sft_error_rate)
+        records = _worked_problems(n, derive_seed(seed, "sft"), self.sft_error_rate, self.limits)
         return [{"prompt": prompt, "completion": completion} for prompt, completion in records]
 
     def prompts(self, split: str, n: int, seed: int) -> list[str]:
@@ -81,7 +93,7 @@ class ArithmeticTask:
         check_split(split)
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
-        return _problems(n, random.Random(derive_seed(seed, f"prompts-{split}")), split)
+        return _problems(n, random.Random(derive_seed(seed, f"prompts-{split}")), split, self.limits)
 
     def gold_reward(self, prompts: list[str], completions: list[str]) -> list[float]:
         """1.0 where `verify_answer` holds for the completion of the matching prompt, else 0.0."""
@@ -91,6 +103,21 @@ class ArithmeticTask:
                 f"and {len(completions)} completions"
             )
         return [float(verify_answer(p, c)) for p, c in zip(prompts, completions)]
+
+
+    # The step-checkable part of a task, used by the step_labels and search stages.
+
+    def final_answer(self, completion: str) -> str | None:
+        """The answer a completion gives (see `final_answer`)."""
+        return final_answer(completion)
+
+    def is_final_step(self, step: str) -> bool:
+        """Whether a step line ends the solution: it is the answer line."""
+        return step.strip().startswith(ANSWER_PREFIX.strip())
+
+    def label_solution(self, prompt: str, completion: str) -> tuple[list[str], list[bool]]:
+        """The completion's steps and their labels, the answer line as the last step (see `label_solution`)."""
+        return label_solution(prompt, completion)
 
 
 # --- reading problems and solutions -----------------------------------------------------------
@@ -135,9 +162,8 @@ def split_steps(completion: str) -> tuple[list[str], str | None]:
 
 def verify_answer(prompt: str, completion: str) -> bool:
     """Whether the completion's answer line is exactly "A: <int>" with the true answer."""
-    _, answer_line = split_steps(completion)
-    match = _ANSWER_LINE.match(answer_line) if answer_line is not None else None
-    return match is not None and int(match.group(1)) == solve(prompt)[1]
+    answer = final_answer(completion)
+    return answer is not None and int(answer) == solve(prompt)[1]
 
 
 def label_steps(prompt: str, completion: str) -> list[bool]:
@@ -162,6 +188,28 @@ def label_steps(prompt: str, completion: str) -> list[bool]:
             and _parse_step(true_steps[index]) == _step_tuple(match)
         )
     return labels
+
+
+def final_answer(completion: str) -> str | None:
+    """The integer of the answer line "A: <int>" as written (normalised, e.g. "07" -> "7"), or
+    None when there is no answer line or it does not hold exactly one integer."""
+    _, answer_line = split_steps(completion)
+    match = _ANSWER_LINE.match(answer_line) if answer_line is not None else None
+    return str(int(match.group(1))) if match else None
+
+
+def label_solution(prompt: str, completion: str) -> tuple[list[str], list[bool]]:
+    """Steps and labels for process supervision: the step lines labelled by `label_steps`, then
+    the answer line (when there is one) labelled by `verify_answer`.
+
+    The answer line counts as a step because copying the last result wrongly is an error too;
+    a completion cut off before its answer line simply has no such step.
+    """
+    steps, answer_line = split_steps(completion)
+    labels = label_steps(prompt, completion)
+    if answer_line is None:
+        return steps, labels
+    return [*steps, answer_line], [*labels, verify_answer(prompt, completion)]
 
 
 def first_error(labels: list[bool]) -> int | None:
@@ -202,12 +250,13 @@ def derive_seed(seed: int, purpose: str) -> int:
 # --- generation -------------------------------------------------------------------------------
 
 
-def _problems(n: int, rng: random.Random, split: str) -> list[str]:
-    """`n` random prompts owned by `split`."""
+def _problems(n: int, rng: random.Random, split: str, limits: tuple[int, int]) -> list[str]:
+    """`n` random prompts owned by `split`, with operands up to limits[0] and up to limits[1] operations."""
+    max_operand, max_operations = limits
     chosen: list[str] = []
     while len(chosen) < n:
-        count = rng.randint(MIN_OPERATIONS, MAX_OPERATIONS)
-        operands = [rng.randint(MIN_OPERAND, MAX_OPERAND) for _ in range(count + 1)]
+        count = rng.randint(MIN_OPERATIONS, max_operations)
+        operands = [rng.randint(MIN_OPERAND, max_operand) for _ in range(count + 1)]
         operators = [rng.choice(OPERATORS) for _ in range(count)]
         tokens = [str(operands[0])]
         for operator, operand in zip(operators, operands[1:]):
@@ -218,9 +267,9 @@ def _problems(n: int, rng: random.Random, split: str) -> list[str]:
     return chosen
 
 
-def _worked_problems(n: int, seed: int, error_rate: float) -> list[tuple[str, str]]:
+def _worked_problems(n: int, seed: int, error_rate: float, limits: tuple[int, int]) -> list[tuple[str, str]]:
     """`n` (prompt, solution) pairs on train problems; each solution is flawed with `error_rate`."""
-    prompts = _problems(n, random.Random(derive_seed(seed, "problems")), "train")
+    prompts = _problems(n, random.Random(derive_seed(seed, "problems")), "train", limits)
     flaws = random.Random(derive_seed(seed, "flaws"))
     records = []
     for prompt in prompts:

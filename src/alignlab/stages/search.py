@@ -1,0 +1,196 @@
+"""Test-time search on a step-checkable task: which of N sampled solutions to trust, and PRM beam search.
+
+On held-out problems the policy samples max(N) solutions per problem once; then for every N the
+first N samples of each problem are reduced to one answer by
+
+- majority vote over final answers (self-consistency);
+- best-of-N by an outcome reward model (ORM: P(solution correct));
+- best-of-N by a process reward model (PRM: step scores aggregated by product, minimum or last);
+
+and, separately, by step-level beam search guided by the PRM (width B, K sampled next steps per
+beam, B·K = N). Accuracy is final-answer exact match by the task's verifier; "oracle" is the
+share of problems with at least one right answer among the N (pass@N, the ceiling of every
+selector). A sample without a final answer never wins a vote or a ranking. Figures follow
+Lightman et al. (2023), "Let's verify step by step", at toy scale.
+
+Writes metrics.json (points per method and N), table.md, accuracy_vs_n.png and
+data/samples.jsonl (every sample with its answer, correctness, scores and true step labels).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from alignlab.data.readers import write_jsonl
+from alignlab.eval.metrics import mean_and_se
+from alignlab.eval.search_plot import accuracy_table, plot_accuracy_vs_n
+from alignlab.models import load_causal_lm, load_tokenizer
+from alignlab.models.value import load_critic
+from alignlab.rollout import SamplingSettings, sample
+from alignlab.search.beam import beam_search
+from alignlab.search.select import pick_best
+from alignlab.search.step_sampler import StepSampler
+from alignlab.search.step_scores import StepScorer, aggregate
+from alignlab.search.vote import majority_vote
+from alignlab.stages.common import StageConfig, finish, runtime, seed_everything
+from alignlab.stages.online_common import load_prompt_ids
+from alignlab.stages.step_labels import step_checkable
+from alignlab.tasks import TaskSpec
+
+
+class BeamSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    expansions: int = Field(4, gt=0, description="K: next steps sampled per beam; width = N / K")
+    max_steps: int = Field(8, gt=0, description="a beam is cut after this many steps")
+    aggregate: Literal["prod", "min", "last"] = Field("last", description="how a partial solution is scored")
+    max_new_tokens: int = Field(24, gt=0, description="tokens per sampled step")
+
+
+class SearchConfig(StageConfig):
+    model: str = Field(description="the policy that proposes solutions")
+    prompts: str = Field(description="held-out problems")
+    task: TaskSpec = Field(description="a step-checkable task: its verifier scores and labels solutions")
+    n: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 16], min_length=1)
+    orm: str | None = Field(None, description="outcome reward model (the prm stage trained on outcomes)")
+    prm: str | None = Field(None, description="process reward model (the prm stage trained on steps)")
+    prm_aggregate: Literal["prod", "min", "last"] = "prod"
+    beam: BeamSettings | None = Field(None, description="PRM beam search (needs prm); absent: not run")
+    n_prompts: int | None = Field(None, gt=0)
+    sampling: SamplingSettings = SamplingSettings()
+    max_prompt_length: int = Field(128, gt=0)
+    max_length: int = Field(512, gt=0, description="longest prompt + solution a scorer reads")
+    seed: int = 1234
+
+    @field_validator("n")
+    @classmethod
+    def _positive_and_distinct(cls, values: list[int]) -> list[int]:
+        if any(v < 1 for v in values) or len(set(values)) != len(values):
+            raise ValueError(f"N values must be distinct and at least 1, got {values}")
+        return sorted(values)
+
+
+def _scorer(path: str, device, max_length: int) -> StepScorer:
+    tokenizer = load_tokenizer(path)
+    model = load_critic(path, device=device, pad_token_id=tokenizer.pad_token_id)
+    return StepScorer(model, tokenizer, max_length=max_length)
+
+
+def accuracy_point(n: int, picks: list[int | None], correct: list[list[bool]]) -> dict:
+    """Accuracy over all problems of the picked samples (no pick counts as wrong)."""
+    hits = [float(i is not None and correct[p][i]) for p, i in enumerate(picks)]
+    mean, se = mean_and_se(hits)
+    return {"n": n, "accuracy": mean, "accuracy_se": se, "no_pick": sum(i is None for i in picks)}
+
+
+def _answered_scores(scores: list[float], answers: list[str | None]) -> list[float]:
+    """A sample without a final answer is never picked: its score becomes NaN."""
+    return [s if a is not None else math.nan for s, a in zip(scores, answers)]
+
+
+def run(cfg: SearchConfig, out: Path) -> dict:
+    task = step_checkable(cfg.task)
+    if cfg.beam is not None and cfg.prm is None:
+        raise ValueError("beam search is guided by the PRM: give `prm` or drop `beam`")
+    tokenizer = load_tokenizer(cfg.model)
+    prompts, prompt_ids = load_prompt_ids(cfg.prompts, tokenizer, cfg.max_prompt_length)
+    prompts, prompt_ids = prompts[: cfg.n_prompts], prompt_ids[: cfg.n_prompts]
+    device, _ = runtime("auto")
+    seed_everything(cfg.seed)
+    policy = load_causal_lm(cfg.model, device=device)
+    k = max(cfg.n)
+    rollouts = sample(policy, [ids for ids in prompt_ids for _ in range(k)], cfg.sampling,
+                      pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id, seed=cfg.seed)
+    texts = tokenizer.batch_decode(rollouts.completion_ids, skip_special_tokens=True)
+    flat_prompts = [p for p in prompts for _ in range(k)]
+    labelled = [task.label_solution(p, t) for p, t in zip(flat_prompts, texts)]
+    answers = [task.final_answer(t) for t in texts]
+    correct = [g == 1.0 for g in task.gold_reward(flat_prompts, texts)]
+    per_prompt = lambda xs: [list(xs[i : i + k]) for i in range(0, len(xs), k)]  # noqa: E731
+
+    methods: dict[str, list[dict]] = {}
+    scores: dict[str, list[float]] = {}
+    if cfg.orm:
+        orm = _scorer(cfg.orm, device, cfg.max_length)
+        scores["orm"] = _answered_scores(orm.outcome_scores(flat_prompts, [s for s, _ in labelled]), answers)
+        del orm
+    prm = _scorer(cfg.prm, device, cfg.max_length) if cfg.prm else None
+    if prm is not None:
+        step_probs = prm.step_probs(flat_prompts, [s for s, _ in labelled])
+        scores["prm"] = _answered_scores([aggregate(p, cfg.prm_aggregate) for p in step_probs], answers)
+
+    by_prompt_correct = per_prompt(correct)
+    by_prompt_answers = per_prompt(answers)
+    methods["majority vote"] = [
+        accuracy_point(n, [majority_vote(a[:n]) for a in by_prompt_answers], by_prompt_correct) for n in cfg.n
+    ]
+    for name, values in scores.items():
+        label = f"{name.upper()} best-of-N" + (f" ({cfg.prm_aggregate})" if name == "prm" else "")
+        methods[label] = [accuracy_point(n, pick_best(per_prompt(values), n), by_prompt_correct) for n in cfg.n]
+    methods["oracle (pass@N)"] = [
+        {"n": n, **dict(zip(("accuracy", "accuracy_se"), mean_and_se([float(any(c[:n])) for c in by_prompt_correct])))}
+        for n in cfg.n
+    ]
+
+    beams_out = []
+    if cfg.beam is not None and prm is not None:
+        beam_points, beams_out = _beam_points(cfg, task, policy, tokenizer, prompts, prompt_ids, prm)
+        methods[f"PRM beam search ({cfg.beam.aggregate}, K={cfg.beam.expansions})"] = beam_points
+
+    records = []
+    for p, prompt in enumerate(prompts):
+        rows = range(p * k, (p + 1) * k)
+        records.append({"prompt": prompt, "samples": [
+            {"completion": texts[i], "answer": answers[i], "correct": correct[i], "steps": labelled[i][0],
+             "step_labels": labelled[i][1], **{name: _json_number(v[i]) for name, v in scores.items()}}
+            for i in rows
+        ], **({"beam": beams_out[p]} if beams_out else {})})
+    write_jsonl(out / "data" / "samples.jsonl", records)
+    (out / "table.md").write_text(accuracy_table(methods), encoding="utf-8")
+    plot_accuracy_vs_n(methods, out / "accuracy_vs_n.png", f"Search on held-out problems ({len(prompts)} problems)")
+    largest = {name: points[-1]["accuracy"] for name, points in methods.items() if points and points[-1]["n"] == k}
+    return finish(out, cfg, {
+        "methods": methods,
+        "prompts": len(prompts),
+        "samples_per_prompt": k,
+        "sample_accuracy": sum(correct) / max(len(correct), 1),
+        "answered_rate": sum(a is not None for a in answers) / max(len(answers), 1),
+        "accuracy_at_largest_n": largest,
+    })
+
+
+def _beam_points(cfg: SearchConfig, task, policy, tokenizer, prompts, prompt_ids, prm: StepScorer):
+    """Accuracy of PRM beam search at every N that K divides (width N / K), and each prompt's beams."""
+    beam = cfg.beam
+    settings = cfg.sampling.model_copy(update={"max_new_tokens": beam.max_new_tokens})
+    points, found = [], [{} for _ in prompts]
+    for n in cfg.n:
+        if n % beam.expansions:
+            continue
+        sampler = StepSampler(policy, tokenizer, prompt_ids, settings, seed=cfg.seed + n, is_final=task.is_final_step)
+
+        def score(prefixes):
+            probs = prm.step_probs([prompts[p] for p, _ in prefixes], [list(steps) for _, steps in prefixes])
+            return [aggregate(x, beam.aggregate) for x in probs]
+
+        result = beam_search(len(prompts), sampler, score, beam_width=n // beam.expansions,
+                             expansions=beam.expansions, max_steps=beam.max_steps)
+        solutions = ["\n".join(b.steps) for b in result.best]
+        hits = task.gold_reward(list(prompts), solutions)
+        mean, se = mean_and_se(hits)
+        points.append({"n": n, "accuracy": mean, "accuracy_se": se, "width": n // beam.expansions,
+                       "sampled_steps": result.sampled_steps, "rounds": result.rounds})
+        for p, (solution, hit) in enumerate(zip(solutions, hits)):
+            found[p][str(n)] = {"solution": solution, "correct": hit == 1.0, "score": _json_number(result.best[p].score)}
+    return points, found
+
+
+def _json_number(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+__all__ = ["BeamSettings", "SearchConfig", "accuracy_point", "run"]
