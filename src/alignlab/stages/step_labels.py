@@ -71,11 +71,13 @@ def run(cfg: StepLabelsConfig, out: Path) -> dict:
     texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
 
     rng = random.Random(cfg.seed)
-    held_out = set(rng.sample(range(len(prompts)), round(cfg.eval_fraction * len(prompts))))
+    # Split by problem text, not position: a prompt file may hold a problem more than once.
+    problems = list(dict.fromkeys(prompts))
+    held_out = set(rng.sample(problems, round(cfg.eval_fraction * len(problems))))
     files = {kind: {"train": [], "test": []} for kind in ("steps", "outcomes", "pairs")}
     counts = {"samples": 0, "dropped_empty": 0, "correct": 0, "with_wrong_step": 0, "steps": 0, "right_steps": 0}
     for p, prompt in enumerate(prompts):
-        split = "test" if p in held_out else "train"
+        split = "test" if prompt in held_out else "train"
         right, wrong = [], []
         for text in texts[p * k : (p + 1) * k]:
             steps, labels = task.label_solution(prompt, text)
@@ -102,7 +104,8 @@ def run(cfg: StepLabelsConfig, out: Path) -> dict:
     return finish(out, cfg, {
         **counts,
         "prompts": len(prompts),
-        "held_out_prompts": len(held_out),
+        "problems": len(problems),
+        "held_out_problems": len(held_out),
         "accuracy": counts["correct"] / samples,
         "share_with_wrong_step": counts["with_wrong_step"] / samples,
         "right_step_rate": counts["right_steps"] / max(counts["steps"], 1),

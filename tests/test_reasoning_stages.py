@@ -1,0 +1,148 @@
+"""The step_labels and search stages end to end on a tiny LM pretrained on a small arithmetic world."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from alignlab.data.stepwise import load_stepwise
+from alignlab.models.value import load_critic
+from alignlab.stages import search as search_stage
+from alignlab.stages.pretrain import PretrainConfig
+from alignlab.stages.pretrain import run as pretrain
+from alignlab.stages.search import BeamSettings, SearchConfig
+from alignlab.stages.step_labels import StepLabelsConfig
+from alignlab.stages.step_labels import run as step_labels
+from alignlab.stages.task_data import TaskDataConfig
+from alignlab.stages.task_data import run as task_data
+from alignlab.models import load_tokenizer
+from alignlab.rollout import SamplingSettings
+from alignlab.tasks import get_task
+from alignlab.train import TrainSettings
+
+# Operands 1-3 and two operations: small enough for a 2-layer model to get some answers right
+# after ~15 s of pretraining, which the checks below need.
+TASK = {"name": "arithmetic", "max_operand": 3, "max_operations": 2, "error_rate": 0.3}
+SAMPLING = SamplingSettings(max_new_tokens=28, batch_size=128)
+
+
+@pytest.fixture(scope="module")
+def policy(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reasoning")
+    task_data(TaskDataConfig(task=TASK, sft_size=50, train_prompts=60, test_prompts=40), root / "task")
+    pretrain(PretrainConfig(
+        task=TASK, corpus_size=12000, vocab_size=300, hidden_size=64, num_layers=2, num_heads=4, max_length=32,
+        train=TrainSettings(lr=3e-3, batch_size=32, epochs=1, warmup_ratio=0.05, schedule="cosine", device="cpu",
+                            save_every=None, log_every=50),
+    ), root / "lm")
+    return root
+
+
+def _records(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_step_labels_writes_checker_labelled_step_outcome_and_pair_data(policy):
+    out = policy / "labels"
+    metrics = step_labels(StepLabelsConfig(
+        model=str(policy / "lm/model"), prompts=str(policy / "task/data/prompts_train.jsonl"), task=TASK,
+        samples_per_prompt=6, eval_fraction=0.2, sampling=SAMPLING, seed=3,
+    ), out)
+    task = get_task(TASK)
+    data = out / "data"
+    steps = {s: _records(data / f"steps_{s}.jsonl") for s in ("train", "test")}
+    outcomes = {s: _records(data / f"outcomes_{s}.jsonl") for s in ("train", "test")}
+    # split by problem: a fifth of the distinct problems held out, none on both sides
+    assert metrics["held_out_problems"] == round(0.2 * metrics["problems"]) > 0
+    assert not {r["prompt"] for r in steps["train"]} & {r["prompt"] for r in steps["test"]}
+    every = steps["train"] + steps["test"]
+    assert len(every) == metrics["samples"] == 360 - metrics["dropped_empty"]
+    # the labels are the checker's, the answer line last; outcomes label the same solutions
+    for record, outcome in zip(every, outcomes["train"] + outcomes["test"]):
+        joined = "\n".join(record["completions"])
+        assert task.label_solution(record["prompt"], joined) == (record["completions"], record["labels"])
+        assert outcome["completions"] == [joined]
+        assert outcome["labels"] == [task.gold_reward([record["prompt"]], [joined])[0] == 1.0]
+    right = sum(o["labels"][0] for o in outcomes["train"] + outcomes["test"])
+    assert metrics["accuracy"] == pytest.approx(right / len(every))
+    assert 0.05 < metrics["accuracy"] < 0.9  # both right and wrong solutions to learn from
+    for pair in _records(data / "pairs_train.jsonl") + _records(data / "pairs_test.jsonl"):
+        assert task.gold_reward([pair["prompt"]] * 2, [pair["chosen"], pair["rejected"]]) == [1.0, 0.0]
+    # the files read back as step-labelled data
+    assert len(load_stepwise(data / "steps_train.jsonl")) == len(steps["train"])
+    assert len(load_stepwise(data / "outcomes_test.jsonl")) == len(outcomes["test"])
+
+
+class OracleScorer:
+    """A scorer that knows the truth: P(step right) is the checker's label (0 or 1)."""
+
+    def __init__(self, task):
+        self.task = task
+
+    def step_probs(self, prompts, solutions):
+        return [[float(x) for x in self.task.label_solution(p, "\n".join(s))[1]] if s else []
+                for p, s in zip(prompts, solutions)]
+
+    def outcome_scores(self, prompts, solutions):
+        return [float(self.task.gold_reward([p], ["\n".join(s)])[0]) for p, s in zip(prompts, solutions)]
+
+
+def _search_config(policy, **kwargs) -> SearchConfig:
+    return SearchConfig(model=str(policy / "lm/model"), prompts=str(policy / "task/data/prompts_test.jsonl"),
+                        task=TASK, n=[1, 2, 4, 8], sampling=SAMPLING, **kwargs)
+
+
+def test_search_with_oracle_scorers_reaches_pass_at_n_and_beam_search_beats_one_sample(policy, monkeypatch):
+    task = get_task(TASK)
+    monkeypatch.setattr(search_stage, "_scorer", lambda path, device, max_length: OracleScorer(task))
+    cfg = _search_config(policy, orm="oracle", prm="oracle", prm_aggregate="last",
+                         beam=BeamSettings(expansions=2, max_steps=5, aggregate="last", max_new_tokens=12))
+    metrics = search_stage.run(cfg, policy / "search-oracle")
+    methods = {name: [p["accuracy"] for p in points] for name, points in metrics["methods"].items()}
+    oracle = methods["oracle (pass@N)"]
+    assert oracle == sorted(oracle) and oracle[-1] > oracle[0]  # pass@N grows with N
+    # a perfect outcome or answer-line scorer picks a right answer whenever one was sampled
+    assert methods["ORM best-of-N"] == pytest.approx(oracle)
+    assert methods["PRM best-of-N (last)"] == pytest.approx(oracle)
+    vote = methods["majority vote"]
+    assert all(v <= o + 1e-9 for v, o in zip(vote, oracle))
+    # at N = 1 every selector takes the one sample there is
+    samples = _records(policy / "search-oracle/data/samples.jsonl")
+    first = sum(r["samples"][0]["correct"] for r in samples) / len(samples)
+    assert vote[0] == pytest.approx(first) and oracle[0] == pytest.approx(first)
+    # beam search guided by the true step labels keeps right steps when it samples any
+    beam = metrics["methods"]["PRM beam search (last, K=2)"]
+    assert [p["n"] for p in beam] == [2, 4, 8] and [p["width"] for p in beam] == [1, 2, 4]
+    assert beam[-1]["accuracy"] > first + 0.1
+    assert all(set(r["beam"]) == {"2", "4", "8"} for r in samples)
+    assert (policy / "search-oracle/accuracy_vs_n.png").stat().st_size > 0
+    assert "| majority vote |" in (policy / "search-oracle/table.md").read_text()
+
+
+def test_search_loads_saved_scorers_and_uninformative_ones_pick_the_first_answered_sample(policy):
+    # A token classifier with a fresh (zero) head scores every step 0.5: every sample ties, so
+    # best-of-N keeps the earliest answered sample and its accuracy is the same at every N.
+    scorer_dir = policy / "zero-head"
+    tokenizer = load_tokenizer(str(policy / "lm/model"))
+    load_critic(policy / "lm/model", pad_token_id=tokenizer.pad_token_id).save_pretrained(scorer_dir)
+    tokenizer.save_pretrained(scorer_dir)
+    cfg = _search_config(policy, orm=str(scorer_dir), prm=str(scorer_dir), prm_aggregate="prod")
+    metrics = search_stage.run(cfg, policy / "search-zero")
+    samples = _records(policy / "search-zero/data/samples.jsonl")
+    assert all(s["prm"] == pytest.approx(0.5 ** len(s["steps"])) for r in samples for s in r["samples"] if s["answer"])
+    assert all(s["orm"] == pytest.approx(0.5) for r in samples for s in r["samples"] if s["answer"])
+    # ORM ties go to the earliest answered sample, so N only matters through unanswered ones
+    expected = []
+    for n in cfg.n:
+        picks = [next((s for s in r["samples"][:n] if s["answer"] is not None), None) for r in samples]
+        expected.append(sum(bool(p and p["correct"]) for p in picks) / len(samples))
+    assert [p["accuracy"] for p in metrics["methods"]["ORM best-of-N"]] == pytest.approx(expected)
+
+
+def test_search_needs_a_prm_for_beam_search_and_a_step_checkable_task(policy):
+    with pytest.raises(ValueError, match="beam search is guided by the PRM"):
+        search_stage.run(_search_config(policy, beam=BeamSettings()), policy / "bad")
+    with pytest.raises(ValueError, match="cannot check steps"):
+        search_stage.run(SearchConfig(model=str(policy / "lm/model"), prompts=str(policy / "task/data/prompts_test.jsonl"),
+                                      task="sentiment"), policy / "bad2")
