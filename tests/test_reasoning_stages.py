@@ -105,6 +105,9 @@ def test_search_with_oracle_scorers_reaches_pass_at_n_and_beam_search_beats_one_
     # a perfect outcome or answer-line scorer picks a right answer whenever one was sampled
     assert methods["ORM best-of-N"] == pytest.approx(oracle)
     assert methods["PRM best-of-N (last)"] == pytest.approx(oracle)
+    # and so does a vote weighted by it: only right answers carry weight
+    assert methods["ORM-weighted vote"] == pytest.approx(oracle)
+    assert methods["PRM-weighted vote"] == pytest.approx(oracle)
     vote = methods["majority vote"]
     assert all(v <= o + 1e-9 for v, o in zip(vote, oracle))
     # at N = 1 every selector takes the one sample there is
@@ -146,3 +149,23 @@ def test_search_needs_a_prm_for_beam_search_and_a_step_checkable_task(policy):
     with pytest.raises(ValueError, match="cannot check steps"):
         search_stage.run(SearchConfig(model=str(policy / "lm/model"), prompts=str(policy / "task/data/prompts_test.jsonl"),
                                       task="sentiment"), policy / "bad2")
+
+
+def test_grpo_with_the_verifier_as_reward_raises_held_out_accuracy(policy):
+    from alignlab.stages.evaluate import EvaluateConfig
+    from alignlab.stages.evaluate import run as evaluate
+    from alignlab.stages.policy_gradient import GRPOConfig, run_grpo
+
+    out = policy / "grpo"
+    run_grpo(GRPOConfig(
+        model=str(policy / "lm/model"), prompts=str(policy / "task/data/prompts_train.jsonl"),
+        reward={"type": "gold", "task": TASK}, samples_per_prompt=8, beta=0.01, sampling=SAMPLING,
+        train={"iterations": 40, "prompts_per_iteration": 8, "minibatch_size": 64, "lr": 2e-4, "seed": 0,
+               "device": "cpu", "save_every": None},
+    ), out)
+    # exact match on held-out problems (never trained on), 8 samples each, same seed for both
+    metrics = evaluate(EvaluateConfig(
+        models={"start": str(policy / "lm/model"), "grpo": str(out / "model")}, task=TASK, samples_per_prompt=8,
+        prompts=str(policy / "task/data/prompts_test.jsonl"), sampling=SAMPLING,
+    ), policy / "grpo-eval")["models"]
+    assert metrics["grpo"]["gold_mean"] > metrics["start"]["gold_mean"] + 0.1, metrics

@@ -106,6 +106,26 @@ def test_eos_ends_a_row_and_sets_finished(eos_prone_policy, tiny_tokenizer, prom
     assert to_batch(rollouts, tiny_tokenizer.pad_token_id)["finished"].tolist() == rollouts.finished
 
 
+def test_stop_ids_end_a_row_like_eos_but_do_not_mark_it_finished(policy, tiny_tokenizer, prompts):
+    settings = SamplingSettings(max_new_tokens=12, batch_size=4)
+    free = sample(policy, prompts * 3, settings, **ids_of(tiny_tokenizer), seed=1)
+    # stop at the two tokens the unconstrained samples draw most often
+    counts = {}
+    for ids in free.completion_ids:
+        for token in ids:
+            counts[token] = counts.get(token, 0) + 1
+    stops = sorted(counts, key=counts.get)[-2:]
+    cut = sample(policy, prompts * 3, settings, **ids_of(tiny_tokenizer), seed=1, stop_ids=stops)
+    eos = tiny_tokenizer.eos_token_id
+    assert any(ids[-1] in stops for ids in cut.completion_ids)
+    for before, ids, logps, finished in zip(free.completion_ids, cut.completion_ids, cut.logps, cut.finished):
+        # the same draws up to the first stop token, which is kept; nothing after it
+        end = next((i + 1 for i, t in enumerate(before) if t in stops or t == eos), len(before))
+        assert ids == before[:end] and len(logps) == len(ids)
+        assert not any(t in stops for t in ids[:-1])
+        assert finished == (ids[-1] == eos)
+
+
 def test_max_new_tokens_is_respected(policy, tiny_tokenizer, prompts):
     for max_new in (1, 5):
         rollouts = sample(policy, prompts, SamplingSettings(max_new_tokens=max_new), **ids_of(tiny_tokenizer))

@@ -18,6 +18,7 @@ from alignlab.search import (
     beam_search,
     majority_vote,
     newline_token_ids,
+    weighted_vote,
 )
 from alignlab.tasks.arithmetic import ArithmeticTask
 
@@ -30,6 +31,17 @@ def test_majority_vote_picks_the_most_frequent_answer_and_breaks_ties_by_first_s
     assert majority_vote([None, "4", None, "9", "9"]) == 3  # unanswered samples do not vote
     assert majority_vote([None, None]) is None
     assert majority_vote([]) is None
+
+
+def test_weighted_vote_sums_each_answers_weights():
+    # "5" has two votes but less weight in total than the single confident "3"
+    assert weighted_vote(["5", "3", "5"], [0.2, 0.9, 0.3]) == 1
+    assert weighted_vote(["5", "3", "5"], [0.5, 0.9, 0.5]) == 0  # 1.0 > 0.9
+    assert weighted_vote(["4", "9"], [0.5, 0.5]) == 0  # tie: the earlier answer
+    assert weighted_vote(["4", None, "9"], [float("nan"), 5.0, 0.1]) == 2  # NaN counts 0; None never votes
+    assert weighted_vote([None], [1.0]) is None
+    with pytest.raises(ValueError, match="weights"):
+        weighted_vote(["1"], [])
 
 
 # --- beam search on toy trees -----------------------------------------------------------------

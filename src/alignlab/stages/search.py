@@ -6,6 +6,7 @@ first N samples of each problem are reduced to one answer by
 - majority vote over final answers (self-consistency);
 - best-of-N by an outcome reward model (ORM: P(solution correct));
 - best-of-N by a process reward model (PRM: step scores aggregated by product, minimum or last);
+- a vote weighted by the ORM's or the PRM's score (each answer's total score wins);
 
 and, separately, by step-level beam search guided by the PRM (width B, K sampled next steps per
 beam, B·K = N). Accuracy is final-answer exact match by the task's verifier; "oracle" is the
@@ -35,7 +36,7 @@ from alignlab.search.beam import beam_search
 from alignlab.search.select import pick_best
 from alignlab.search.step_sampler import StepSampler
 from alignlab.search.step_scores import StepScorer, aggregate
-from alignlab.search.vote import majority_vote
+from alignlab.search.vote import majority_vote, weighted_vote
 from alignlab.stages.common import StageConfig, finish, runtime, seed_everything
 from alignlab.stages.online_common import load_prompt_ids
 from alignlab.stages.step_labels import step_checkable
@@ -131,6 +132,13 @@ def run(cfg: SearchConfig, out: Path) -> dict:
     for name, values in scores.items():
         label = f"{name.upper()} best-of-N" + (f" ({cfg.prm_aggregate})" if name == "prm" else "")
         methods[label] = [accuracy_point(n, pick_best(per_prompt(values), n), by_prompt_correct) for n in cfg.n]
+    for name, values in scores.items():
+        weights = per_prompt(values)
+        methods[f"{name.upper()}-weighted vote"] = [
+            accuracy_point(n, [weighted_vote(a[:n], w[:n]) for a, w in zip(by_prompt_answers, weights)],
+                           by_prompt_correct)
+            for n in cfg.n
+        ]
     methods["oracle (pass@N)"] = [
         {"n": n, **dict(zip(("accuracy", "accuracy_se"), mean_and_se([float(any(c[:n])) for c in by_prompt_correct])))}
         for n in cfg.n
