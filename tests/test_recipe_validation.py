@@ -173,3 +173,10 @@ def test_default_run_directory_is_runs_slash_name(tmp_path):
     _, run_dir, stages = load_recipe(write(tmp_path, GOOD))
     assert run_dir == Path("runs") / "check"
     assert stages[2].config.model == str(Path("runs") / "check" / "sft" / "model")
+
+
+@pytest.mark.parametrize("recipe", sorted((Path(__file__).parent.parent / "recipes").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_recipe_validates(recipe, tmp_path):
+    # every stage's settings parse and every "@stage/..." reference names an earlier stage
+    _, _, stages = load_recipe(recipe, run_dir=tmp_path)
+    assert stages
