@@ -7,7 +7,9 @@ import json
 import pytest
 
 from alignlab.data.stepwise import load_stepwise
+from alignlab.models import load_tokenizer
 from alignlab.models.value import load_critic
+from alignlab.rollout import SamplingSettings
 from alignlab.stages import search as search_stage
 from alignlab.stages.pretrain import PretrainConfig
 from alignlab.stages.pretrain import run as pretrain
@@ -16,8 +18,6 @@ from alignlab.stages.step_labels import StepLabelsConfig
 from alignlab.stages.step_labels import run as step_labels
 from alignlab.stages.task_data import TaskDataConfig
 from alignlab.stages.task_data import run as task_data
-from alignlab.models import load_tokenizer
-from alignlab.rollout import SamplingSettings
 from alignlab.tasks import get_task
 from alignlab.train import TrainSettings
 

@@ -17,6 +17,7 @@ known and runs unchanged with a language model and a PRM:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -83,7 +84,7 @@ def beam_search(
             done = final or depth + 1 == max_steps
             value = float(value)
             # a NaN score (failed scoring) ranks last instead of breaking the sort
-            pools[p].append(Beam(steps, value if value == value else float("-inf"), done))
+            pools[p].append(Beam(steps, float("-inf") if math.isnan(value) else value, done))
         # sorted() is stable: equal scores keep creation order (finished beams first)
         beams = [sorted(pool, key=lambda b: -b.score)[:beam_width] for pool in pools]
         result.rounds = depth + 1

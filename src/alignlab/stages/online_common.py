@@ -63,6 +63,42 @@ def load_prompt_ids(path: str, tokenizer, max_prompt_length: int) -> tuple[list[
 
 
 @dataclass
+class PolicySamples:
+    """k samples of each prompt from a loaded policy; sample i of prompt p is row p*k + i."""
+
+    tokenizer: object
+    policy: torch.nn.Module
+    device: torch.device
+    prompts: list[str]
+    prompt_ids: list[list[int]]
+    k: int
+    texts: list[str]
+
+    @property
+    def row_prompts(self) -> list[str]:
+        """The prompt of every sample row."""
+        return [p for p in self.prompts for _ in range(self.k)]
+
+
+def sample_policy(model: str, prompts_path: str, k: int, sampling: SamplingSettings, *, max_prompt_length: int,
+                  n_prompts: int | None, seed: int) -> PolicySamples:
+    """Load `model`, take the first `n_prompts` prompts (all when None) and sample k of each."""
+    from alignlab.models import load_causal_lm, load_tokenizer
+    from alignlab.stages.common import runtime, seed_everything
+
+    tokenizer = load_tokenizer(model)
+    prompts, prompt_ids = load_prompt_ids(prompts_path, tokenizer, max_prompt_length)
+    prompts, prompt_ids = prompts[:n_prompts], prompt_ids[:n_prompts]
+    device, _ = runtime("auto")
+    seed_everything(seed)
+    policy = load_causal_lm(model, device=device)
+    rollouts = sample(policy, [ids for ids in prompt_ids for _ in range(k)], sampling,
+                      pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id, seed=seed)
+    texts = tokenizer.batch_decode(rollouts.completion_ids, skip_special_tokens=True)
+    return PolicySamples(tokenizer, policy, device, prompts, prompt_ids, k, texts)
+
+
+@dataclass
 class ScoredRollouts:
     rollouts: Rollouts
     prompts: list[str]
@@ -137,7 +173,7 @@ class OnlineRun:
     stream: PromptStream
 
     @classmethod
-    def start(cls, cfg: OnlineConfig, **settings_update) -> "OnlineRun":
+    def start(cls, cfg: OnlineConfig, **settings_update) -> OnlineRun:
         from alignlab.feedback import build_reward
         from alignlab.models import disable_dropout, load_tokenizer
         from alignlab.stages.common import load_policy, runtime, seed_everything

@@ -29,16 +29,16 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from alignlab.data.readers import write_jsonl
 from alignlab.eval.metrics import mean_and_se
 from alignlab.eval.search_plot import accuracy_table, plot_accuracy_vs_n
-from alignlab.models import load_causal_lm, load_tokenizer
+from alignlab.models import load_tokenizer
 from alignlab.models.value import load_critic
-from alignlab.rollout import SamplingSettings, sample
+from alignlab.rollout import SamplingSettings
 from alignlab.search.beam import beam_search
 from alignlab.search.select import pick_best
 from alignlab.search.step_sampler import StepSampler
 from alignlab.search.step_scores import StepScorer, aggregate
 from alignlab.search.vote import majority_vote, weighted_vote
-from alignlab.stages.common import StageConfig, finish, runtime, seed_everything
-from alignlab.stages.online_common import load_prompt_ids
+from alignlab.stages.common import StageConfig, finish
+from alignlab.stages.online_common import sample_policy
 from alignlab.stages.step_labels import step_checkable
 from alignlab.tasks import TaskSpec
 
@@ -97,21 +97,15 @@ def run(cfg: SearchConfig, out: Path) -> dict:
     task = step_checkable(cfg.task)
     if cfg.beam is not None and cfg.prm is None:
         raise ValueError("beam search is guided by the PRM: give `prm` or drop `beam`")
-    tokenizer = load_tokenizer(cfg.model)
-    prompts, prompt_ids = load_prompt_ids(cfg.prompts, tokenizer, cfg.max_prompt_length)
-    prompts, prompt_ids = prompts[: cfg.n_prompts], prompt_ids[: cfg.n_prompts]
-    device, _ = runtime("auto")
-    seed_everything(cfg.seed)
-    policy = load_causal_lm(cfg.model, device=device)
     k = max(cfg.n)
-    rollouts = sample(policy, [ids for ids in prompt_ids for _ in range(k)], cfg.sampling,
-                      pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id, seed=cfg.seed)
-    texts = tokenizer.batch_decode(rollouts.completion_ids, skip_special_tokens=True)
-    flat_prompts = [p for p in prompts for _ in range(k)]
+    drawn = sample_policy(cfg.model, cfg.prompts, k, cfg.sampling, max_prompt_length=cfg.max_prompt_length,
+                          n_prompts=cfg.n_prompts, seed=cfg.seed)
+    tokenizer, policy, device = drawn.tokenizer, drawn.policy, drawn.device
+    prompts, prompt_ids, texts, flat_prompts = drawn.prompts, drawn.prompt_ids, drawn.texts, drawn.row_prompts
     labelled = [task.label_solution(p, t) for p, t in zip(flat_prompts, texts)]
     answers = [task.final_answer(t) for t in texts]
     correct = [g == 1.0 for g in task.gold_reward(flat_prompts, texts)]
-    per_prompt = lambda xs: [list(xs[i : i + k]) for i in range(0, len(xs), k)]  # noqa: E731
+    per_prompt = lambda xs: [list(xs[i : i + k]) for i in range(0, len(xs), k)]
 
     methods: dict[str, list[dict]] = {}
     scores: dict[str, list[float]] = {}

@@ -23,10 +23,9 @@ from pathlib import Path
 from pydantic import Field
 
 from alignlab.data.readers import write_jsonl
-from alignlab.models import load_causal_lm, load_tokenizer
-from alignlab.rollout import SamplingSettings, generate
-from alignlab.stages.common import StageConfig, finish, runtime, seed_everything
-from alignlab.stages.online_common import load_prompt_ids
+from alignlab.rollout import SamplingSettings
+from alignlab.stages.common import StageConfig, finish
+from alignlab.stages.online_common import sample_policy
 from alignlab.tasks import TaskSpec, get_task
 
 
@@ -59,16 +58,10 @@ def outcome_record(prompt: str, steps: list[str], correct: bool) -> dict:
 
 def run(cfg: StepLabelsConfig, out: Path) -> dict:
     task = step_checkable(cfg.task)
-    tokenizer = load_tokenizer(cfg.model)
-    prompts, prompt_ids = load_prompt_ids(cfg.prompts, tokenizer, cfg.max_prompt_length)
-    prompts, prompt_ids = prompts[: cfg.n_prompts], prompt_ids[: cfg.n_prompts]
-    device, _ = runtime("auto")
-    seed_everything(cfg.seed)
-    model = load_causal_lm(cfg.model, device=device)
     k = cfg.samples_per_prompt
-    ids = generate(model, [p for p in prompt_ids for _ in range(k)], cfg.sampling,
-                   pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id, seed=cfg.seed)
-    texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
+    drawn = sample_policy(cfg.model, cfg.prompts, k, cfg.sampling, max_prompt_length=cfg.max_prompt_length,
+                          n_prompts=cfg.n_prompts, seed=cfg.seed)
+    prompts, texts = drawn.prompts, drawn.texts
 
     rng = random.Random(cfg.seed)
     # Split by problem text, not position: a prompt file may hold a problem more than once.
