@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -141,6 +142,7 @@ def test_search_with_oracle_scorers_reaches_pass_at_n_and_beam_search_beats_one_
     # and so does a vote weighted by it: only right answers carry weight
     assert methods["ORM-weighted vote"] == pytest.approx(oracle)
     assert methods["PRM-weighted vote"] == pytest.approx(oracle)
+    assert metrics["within_problem_auc"] == {"orm": 1.0, "prm": 1.0}
     vote = methods["majority vote"]
     assert all(v <= o + 1e-9 for v, o in zip(vote, oracle))
     # at N = 1 every selector takes the one sample there is
@@ -168,12 +170,25 @@ def test_search_loads_saved_scorers_and_uninformative_ones_pick_the_first_answer
     samples = _records(policy / "search-zero/data/samples.jsonl")
     assert all(s["prm"] == pytest.approx(0.5 ** len(s["steps"])) for r in samples for s in r["samples"] if s["answer"])
     assert all(s["orm"] == pytest.approx(0.5) for r in samples for s in r["samples"] if s["answer"])
+    assert metrics["within_problem_auc"]["orm"] == pytest.approx(0.5)  # every pair tied
     # ORM ties go to the earliest answered sample, so N only matters through unanswered ones
     expected = []
     for n in cfg.n:
         picks = [next((s for s in r["samples"][:n] if s["answer"] is not None), None) for r in samples]
         expected.append(sum(bool(p and p["correct"]) for p in picks) / len(samples))
     assert [p["accuracy"] for p in metrics["methods"]["ORM best-of-N"]] == pytest.approx(expected)
+
+
+def test_within_problem_auc_counts_pairs_inside_each_problem_only():
+    from alignlab.stages.search import within_problem_auc
+
+    # problem 0: right 0.9 beats wrong 0.1 and ties 0.9; problem 1: right 0.2 loses to wrong 0.3;
+    # the NaN sample and problem 2 (no wrong answer) make no pairs; 0.9 vs 0.2 across problems
+    # would be a win but is never compared
+    scores = [[0.9, 0.1, 0.9], [0.2, 0.3, float("nan")], [0.5]]
+    correct = [[True, False, False], [True, False, False], [True]]
+    assert within_problem_auc(scores, correct) == pytest.approx((1 + 0.5 + 0) / 3)
+    assert math.isnan(within_problem_auc([[0.5]], [[True]]))
 
 
 def test_search_needs_a_prm_for_beam_search_and_a_step_checkable_task(policy):

@@ -11,7 +11,9 @@ first N samples of each problem are reduced to one answer by
 and, separately, by step-level beam search guided by the PRM (width B, K sampled next steps per
 beam, B·K = N). Accuracy is final-answer exact match by the task's verifier; "oracle" is the
 share of problems with at least one right answer among the N (pass@N, the ceiling of every
-selector). A sample without a final answer never wins a vote or a ranking. Figures follow
+selector). A sample without a final answer never wins a vote or a ranking. Each scorer's
+within-problem AUC says how often it ranks a right answer above a wrong one of the same problem,
+which is what picking among samples needs. Figures follow
 Lightman et al. (2023), "Let's verify step by step", at toy scale.
 
 Writes metrics.json (points per method and N), table.md, accuracy_vs_n.png and
@@ -88,6 +90,21 @@ def accuracy_point(n: int, picks: list[int | None], correct: list[list[bool]]) -
     return {"n": n, "accuracy": mean, "accuracy_se": se, "no_pick": sum(i is None for i in picks)}
 
 
+def within_problem_auc(scores: list[list[float]], correct: list[list[bool]]) -> float:
+    """P(a right sample outscores a wrong one of the SAME problem), ties counting ½; NaN scores
+    (no answer) are left out, NaN overall when no problem has both. This is what best-of-N needs
+    from a scorer; a held-out accuracy can be high from telling easy problems from hard ones."""
+    wins = pairs = 0.0
+    for values, rights in zip(scores, correct):
+        right = [v for v, c in zip(values, rights) if c and not math.isnan(v)]
+        wrong = [v for v, c in zip(values, rights) if not c and not math.isnan(v)]
+        for a in right:
+            for b in wrong:
+                wins += 1.0 if a > b else 0.5 if a == b else 0.0
+        pairs += len(right) * len(wrong)
+    return wins / pairs if pairs else math.nan
+
+
 def _answered_scores(scores: list[float], answers: list[str | None]) -> list[float]:
     """A sample without a final answer is never picked: its score becomes NaN."""
     return [s if a is not None else math.nan for s, a in zip(scores, answers)]
@@ -162,6 +179,7 @@ def run(cfg: SearchConfig, out: Path) -> dict:
         "sample_accuracy": sum(correct) / max(len(correct), 1),
         "answered_rate": sum(a is not None for a in answers) / max(len(answers), 1),
         "accuracy_at_largest_n": largest,
+        "within_problem_auc": {name: within_problem_auc(per_prompt(v), by_prompt_correct) for name, v in scores.items()},
     })
 
 
@@ -195,4 +213,4 @@ def _json_number(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-__all__ = ["BeamSettings", "SearchConfig", "accuracy_point", "run"]
+__all__ = ["BeamSettings", "SearchConfig", "accuracy_point", "run", "within_problem_auc"]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Union
+from collections.abc import Callable
+from typing import Any
 
 from alignlab.tasks.arithmetic import ArithmeticTask
 from alignlab.tasks.base import Task
@@ -17,7 +18,7 @@ TASKS: dict[str, Callable[[], Task]] = {
 
 # A task as configs name it: its name, or a mapping {name: ..., <constructor options>}, e.g.
 # {name: arithmetic, max_operand: 9, max_operations: 3}.
-TaskSpec = Union[str, dict[str, Any]]
+TaskSpec = str | dict[str, Any]
 
 
 def get_task(spec: TaskSpec) -> Task:
