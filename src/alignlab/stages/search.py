@@ -122,7 +122,9 @@ def run(cfg: SearchConfig, out: Path) -> dict:
     labelled = [task.label_solution(p, t) for p, t in zip(flat_prompts, texts)]
     answers = [task.final_answer(t) for t in texts]
     correct = [g == 1.0 for g in task.gold_reward(flat_prompts, texts)]
-    per_prompt = lambda xs: [list(xs[i : i + k]) for i in range(0, len(xs), k)]
+
+    def per_prompt(values: list) -> list[list]:
+        return [list(values[i : i + k]) for i in range(0, len(values), k)]
 
     methods: dict[str, list[dict]] = {}
     scores: dict[str, list[float]] = {}
@@ -140,11 +142,11 @@ def run(cfg: SearchConfig, out: Path) -> dict:
     methods["majority vote"] = [
         accuracy_point(n, [majority_vote(a[:n]) for a in by_prompt_answers], by_prompt_correct) for n in cfg.n
     ]
-    for name, values in scores.items():
+    grouped = {name: per_prompt(values) for name, values in scores.items()}
+    for name, weights in grouped.items():
         label = f"{name.upper()} best-of-N" + (f" ({cfg.prm_aggregate})" if name == "prm" else "")
-        methods[label] = [accuracy_point(n, pick_best(per_prompt(values), n), by_prompt_correct) for n in cfg.n]
-    for name, values in scores.items():
-        weights = per_prompt(values)
+        methods[label] = [accuracy_point(n, pick_best(weights, n), by_prompt_correct) for n in cfg.n]
+    for name, weights in grouped.items():
         methods[f"{name.upper()}-weighted vote"] = [
             accuracy_point(n, [weighted_vote(a[:n], w[:n]) for a, w in zip(by_prompt_answers, weights)],
                            by_prompt_correct)
@@ -179,7 +181,7 @@ def run(cfg: SearchConfig, out: Path) -> dict:
         "sample_accuracy": sum(correct) / max(len(correct), 1),
         "answered_rate": sum(a is not None for a in answers) / max(len(answers), 1),
         "accuracy_at_largest_n": largest,
-        "within_problem_auc": {name: within_problem_auc(per_prompt(v), by_prompt_correct) for name, v in scores.items()},
+        "within_problem_auc": {name: within_problem_auc(w, by_prompt_correct) for name, w in grouped.items()},
     })
 
 
