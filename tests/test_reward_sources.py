@@ -377,3 +377,28 @@ def test_config_errors_name_the_key(value, where, message):
 def test_config_callable_errors_at_build_name_the_spec(user_module):
     with pytest.raises(ValueError, match=rf"'{user_module}:missing_function'.*has no attribute"):
         build_reward({"type": "callable", "function": f"{user_module}:missing_function"})
+
+
+# --------------------------------------------------------------------------- process reward model
+
+
+def test_a_prm_term_scores_a_completions_lines_and_shapes_a_sum(tmp_path, tiny_model_dir, tiny_tokenizer, user_module):
+    from alignlab.models.value import load_critic
+
+    # a token classifier with a fresh zero head: every step is scored σ(0) = 0.5
+    prm_dir = tmp_path / "prm"
+    load_critic(tiny_model_dir, pad_token_id=tiny_tokenizer.pad_token_id).save_pretrained(prm_dir)
+    tiny_tokenizer.save_pretrained(prm_dir)
+    batch = text_batch(["the film\nwas a delight", "", "hello\n\nworld\nagain"])
+    prod = build_reward({"type": "prm", "path": str(prm_dir)})
+    assert prod.score(batch) == pytest.approx([0.25, 0.0, 0.125])  # 2 steps, none, 3 (blank lines skipped)
+    last = build_reward({"type": "prm", "path": str(prm_dir), "aggregate": "last"})
+    assert last.score(batch) == pytest.approx([0.5, 0.0, 0.5])
+    # shaping a verifier-like reward: the PRM term with a weight, summed with another source
+    shaped = build_reward([{"type": "prm", "path": str(prm_dir), "weight": 0.2},
+                           {"type": "callable", "function": f"{user_module}:word_count"}])
+    result = score_safely(shaped, batch)
+    lengths = [float(len(c.split())) for c in batch.completions]
+    assert result.scores.tolist() == pytest.approx([0.2 * p + n for p, n in zip([0.25, 0.0, 0.125], lengths)])
+    with pytest.raises(ValidationError):
+        build_reward({"type": "prm", "path": str(prm_dir), "aggregate": "mean"})

@@ -5,6 +5,7 @@ from alignlab.feedback.reward_config import (
     GoldTerm,
     LengthPenaltyTerm,
     MissingEOSTerm,
+    ProcessRewardTerm,
     RewardModelTerm,
     RewardSpec,
     RewardTerm,
@@ -26,6 +27,7 @@ from alignlab.feedback.rewards import (
     score_safely,
 )
 from alignlab.feedback.rules import LengthPenalty, MissingEOSPenalty
+from alignlab.feedback.step_scores import ProcessRewardSource, StepScorer
 
 __all__ = [
     "CallableSource",
@@ -36,6 +38,8 @@ __all__ = [
     "LengthPenaltyTerm",
     "MissingEOSPenalty",
     "MissingEOSTerm",
+    "ProcessRewardSource",
+    "ProcessRewardTerm",
     "RewardError",
     "RewardModelSource",
     "RewardModelTerm",
@@ -45,6 +49,7 @@ __all__ = [
     "RewardTerm",
     "ScoreResult",
     "ScoringBatch",
+    "StepScorer",
     "WeightedSum",
     "build_reward",
     "describe_reward",

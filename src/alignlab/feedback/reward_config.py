@@ -30,6 +30,7 @@ from alignlab.feedback.rewards import (
     check_function_spec,
 )
 from alignlab.feedback.rules import LengthPenalty, MissingEOSPenalty
+from alignlab.feedback.step_scores import ProcessRewardSource
 from alignlab.tasks import TaskSpec, get_task
 
 
@@ -66,6 +67,14 @@ class CallableTerm(_Term):
         return check_function_spec(value)
 
 
+class ProcessRewardTerm(_Term):
+    type: Literal["prm"]
+    path: str = Field(description="a process reward model directory (the prm stage's model)")
+    aggregate: Literal["prod", "min", "last"] = Field("prod", description="how step scores make one reward")
+    separator: str = Field("\n", description="what ends a step in the completion")
+    max_length: int = Field(512, gt=0)
+
+
 class LengthPenaltyTerm(_Term):
     type: Literal["length_penalty"]
     target_tokens: int = Field(ge=0)
@@ -78,7 +87,7 @@ class MissingEOSTerm(_Term):
 
 
 RewardTerm = Annotated[
-    RewardModelTerm | GoldTerm | CallableTerm | LengthPenaltyTerm | MissingEOSTerm,
+    RewardModelTerm | GoldTerm | CallableTerm | ProcessRewardTerm | LengthPenaltyTerm | MissingEOSTerm,
     Field(discriminator="type"),
 ]
 
@@ -125,6 +134,9 @@ def _build_term(term: _Term, tokenizer: PreTrainedTokenizerBase | None, device: 
         return GoldSource(term.task)
     if isinstance(term, CallableTerm):
         return CallableSource(term.function)
+    if isinstance(term, ProcessRewardTerm):
+        return ProcessRewardSource(term.path, device=device, aggregate=term.aggregate, separator=term.separator,
+                                   max_length=term.max_length)
     if isinstance(term, LengthPenaltyTerm):
         return LengthPenalty(term.target_tokens, term.per_token)
     if isinstance(term, MissingEOSTerm):

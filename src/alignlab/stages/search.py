@@ -37,7 +37,7 @@ from alignlab.rollout import SamplingSettings
 from alignlab.search.beam import beam_search
 from alignlab.search.select import pick_best
 from alignlab.search.step_sampler import StepSampler
-from alignlab.search.step_scores import StepScorer, aggregate
+from alignlab.feedback.step_scores import StepScorer, aggregate
 from alignlab.search.vote import majority_vote, weighted_vote
 from alignlab.stages.common import StageConfig, finish
 from alignlab.stages.online_common import sample_policy

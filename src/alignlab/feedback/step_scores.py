@@ -75,3 +75,35 @@ def aggregate(step_probs: Sequence[float], how: str = "prod") -> float:
 
 
 __all__ = ["AGGREGATIONS", "StepScorer", "aggregate"]
+
+
+def split_lines(completion: str, separator: str = "\n") -> list[str]:
+    """A completion's steps: its non-blank pieces between separators, stripped."""
+    return [piece.strip() for piece in completion.split(separator) if piece.strip()]
+
+
+class ProcessRewardSource:
+    """A PRM as a reward source (e.g. to shape a verifier's 0/1 reward in GRPO): the aggregated
+    step probabilities of the completion's lines. A completion without a step scores 0.
+
+    The PRM reads text with its own tokenizer, so it need not share the policy's vocabulary.
+    """
+
+    name = "prm"
+
+    def __init__(self, path: str, device=None, aggregate: str = "prod", separator: str = "\n",
+                 max_length: int = 512, batch_size: int = 64):
+        from alignlab.models import load_tokenizer
+        from alignlab.models.value import load_critic
+
+        if aggregate not in AGGREGATIONS:
+            raise ValueError(f"unknown step aggregation {aggregate!r}; choose one of {', '.join(AGGREGATIONS)}")
+        tokenizer = load_tokenizer(path)
+        model = load_critic(path, device=device, pad_token_id=tokenizer.pad_token_id)
+        self.scorer = StepScorer(model, tokenizer, max_length=max_length, separator=separator, batch_size=batch_size)
+        self.aggregate, self.separator, self.where = aggregate, separator, str(path)
+
+    def score(self, batch) -> list[float]:
+        steps = [split_lines(c, self.separator) for c in batch.completions]
+        scores = self.scorer.solution_scores(list(batch.prompts), steps, self.aggregate)
+        return [0.0 if not s else value for s, value in zip(steps, scores)]
