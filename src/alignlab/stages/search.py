@@ -48,7 +48,7 @@ from alignlab.tasks import TaskSpec
 class BeamSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    expansions: int = Field(4, gt=0, description="K: next steps sampled per beam; width = N / K")
+    expansions: int = Field(4, gt=0, description="K: next steps sampled per beam; width = N / K (N that K does not divide are skipped)")
     max_steps: int = Field(8, gt=0, description="a beam is cut after this many steps")
     aggregate: Literal["prod", "min", "last"] = Field("last", description="how a partial solution is scored")
     max_new_tokens: int = Field(24, gt=0, description="tokens per sampled step")
