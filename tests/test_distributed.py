@@ -51,23 +51,17 @@ def _max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> flo
     return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
 
 
-def test_two_process_ddp_gives_the_same_weights_as_one_process(tiny_model_dir, tmp_path):
-    data = _write_sft_data(tmp_path / "sft.jsonl", n=25)  # batches of 8, 8, 8 and 1
-    settings = [
-        "--model", str(tiny_model_dir), "--data", str(data), "--max_length", "96", "--max_prompt_length", "64",
-        "--train.lr", "3e-3", "--train.batch_size", "8", "--train.max_steps", "4", "--train.schedule", "constant",
-        "--train.device", "cpu", "--train.save_every", "100",
-    ]
-
-    # two processes, each taking 4 of the 8 examples per step in micro-batches of 2
+def _ddp_and_single(stage: str, settings: list[str], tmp_path: Path) -> tuple[Path, Path]:
+    """Run `stage` with two processes under torchrun (micro-batches of 2) and with one process
+    taking each batch at once; return the two stage directories."""
     env = {**os.environ, "CI": "true", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "TORCH_DISTRIBUTED_DEBUG": "INFO", "TORCH_CPP_LOG_LEVEL": "INFO"}
     for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "ALIGNLAB_DEBUG"):
         env.pop(name, None)
-    ddp_out = tmp_path / "ddp"
+    ddp_out = tmp_path / f"{stage}-ddp"
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "alignlab.cli", "sft", "--out", str(ddp_out), *settings, "--train.micro_batch_size", "2"],
+         "-m", "alignlab.cli", stage, "--out", str(ddp_out), *settings, "--train.micro_batch_size", "2"],
         env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, _without_torch_info(proc.stderr)
@@ -76,14 +70,25 @@ def test_two_process_ddp_gives_the_same_weights_as_one_process(tiny_model_dir, t
 
     # one process taking all 8 at once (in this process: same code path minus torch.distributed),
     # on one thread like each DDP worker: tiny ops gain nothing from more
-    single_out = tmp_path / "single"
+    single_out = tmp_path / f"{stage}-single"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        result = CliRunner().invoke(app, ["sft", "--out", str(single_out), *settings], env={"CI": "true"})
+        result = CliRunner().invoke(app, [stage, "--out", str(single_out), *settings], env={"CI": "true"})
     finally:
         torch.set_num_threads(threads)
     assert result.exit_code == 0, (result.output, result.exception)
+    return ddp_out, single_out
+
+
+def test_two_process_ddp_gives_the_same_weights_as_one_process(tiny_model_dir, tmp_path):
+    data = _write_sft_data(tmp_path / "sft.jsonl", n=25)  # batches of 8, 8, 8 and 1
+    settings = [
+        "--model", str(tiny_model_dir), "--data", str(data), "--max_length", "96", "--max_prompt_length", "64",
+        "--train.lr", "3e-3", "--train.batch_size", "8", "--train.max_steps", "4", "--train.schedule", "constant",
+        "--train.device", "cpu", "--train.save_every", "100",
+    ]
+    ddp_out, single_out = _ddp_and_single("sft", settings, tmp_path)
 
     start, ddp, single = _weights(tiny_model_dir), _weights(ddp_out / "model"), _weights(single_out / "model")
     assert _max_abs_diff(ddp, single) <= 1e-5
@@ -97,3 +102,23 @@ def test_two_process_ddp_gives_the_same_weights_as_one_process(tiny_model_dir, t
     for key in ("loss", "grad_norm"):
         ddp_values = [x[key] for x in ddp_log if "loss" in x]
         assert ddp_values == pytest.approx([x[key] for x in single_log if "loss" in x], rel=1e-5), key
+
+
+def test_kto_reference_point_spans_both_processes(tiny_model_dir, tmp_path):
+    # KTO's z₀ comes from the whole global batch: two processes must train exactly as one does
+    rows = []
+    for i, line in enumerate(_write_sft_data(tmp_path / "sft.jsonl", n=16).read_text().splitlines()):
+        rows.append(json.dumps({**json.loads(line), "label": i % 2 == 0}))
+    data = tmp_path / "kto.jsonl"
+    data.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    settings = [
+        "--model", str(tiny_model_dir), "--data", str(data), "--max_length", "96", "--max_prompt_length", "64",
+        "--train.lr", "3e-3", "--train.batch_size", "8", "--train.max_steps", "3", "--train.schedule", "constant",
+        "--train.device", "cpu", "--train.save_every", "100",
+    ]
+    ddp_out, single_out = _ddp_and_single("kto", settings, tmp_path)
+    assert _max_abs_diff(_weights(ddp_out / "model"), _weights(single_out / "model")) <= 1e-5
+    assert _max_abs_diff(_weights(single_out / "model"), _weights(tiny_model_dir)) > 1e-3
+    z0 = {out: [x["reference_point"] for x in map(json.loads, (out / "log.jsonl").read_text().splitlines())
+                if "reference_point" in x] for out in (ddp_out, single_out)}
+    assert z0[ddp_out] == pytest.approx(z0[single_out], abs=1e-6) and max(z0[single_out]) > 0

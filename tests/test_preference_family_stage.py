@@ -7,6 +7,7 @@ margin [log π(y_w) − log π(y_l)] − [log π_ref(y_w) − log π_ref(y_l)] b
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -117,6 +118,30 @@ def test_kto_learns_from_unpaired_labels(base_model, data_dir, tmp_path):
     assert gap[-1] > gap[0] + 0.2
     assert metrics["desirable"] == metrics["examples"] // 2
     assert held_out_margin(out / "model", base_model, data_dir / "pairs_eval.jsonl") > 0.1
+
+
+def test_kto_update_does_not_depend_on_the_micro_batch_size(base_model, data_dir, tmp_path):
+    # z₀ is estimated once per optimizer step over the whole batch, so cutting the step into
+    # micro-batches of 2 must give the weights of one micro-batch of 8 (with a per-micro-batch
+    # z₀ it would not: each estimate would come from other mismatched pairs).
+    from safetensors.torch import load_file
+    from test_stages import PROMPTS
+
+    data = _unpaired(tmp_path / "kto.jsonl", preference_records(PROMPTS) + preference_records(PROMPTS, shift=1))
+    ends, logs = {}, {}
+    for micro in (8, 2):
+        out = tmp_path / f"micro{micro}"
+        run_stage("kto", out, model=base_model, data=data, max_length=64, max_prompt_length=32,
+                  train={**FAST, "lr": 0.5, "adam_eps": 1.0, "max_grad_norm": None, "batch_size": 8,
+                         "micro_batch_size": micro, "max_steps": 4})
+        ends[micro] = load_file(str(out / "model" / "model.safetensors"))
+        logs[micro] = train_lines(out)
+    start = load_file(str(Path(base_model) / "model.safetensors"))
+    moved = max((ends[8][k] - start[k]).abs().max().item() for k in start)
+    assert max((ends[8][k] - ends[2][k]).abs().max().item() for k in ends[8]) <= 1e-3 * moved, moved
+    # z₀ moves off 0 once the policy has left the reference, identically in both layouts
+    z0 = [x["reference_point"] for x in logs[8]]
+    assert z0 == pytest.approx([x["reference_point"] for x in logs[2]], abs=1e-6) and max(z0) > 0
 
 
 def test_kto_refuses_paired_data_unless_asked_to_unpair(base_model, data_dir, tmp_path):

@@ -1,9 +1,12 @@
 """KTO (Ethayarajh et al. 2024): preference optimisation from unpaired good/bad labels.
 
-Data: `prompt`, `completion`, `label` (true = desirable). The reference point z₀ is estimated in
-each batch from mismatched prompt–completion pairs (prompt i with the completion of the next
-example in the batch), as the paper does; it is detached, so those forwards need no gradient.
-The reference model is live: a frozen copy, or the LoRA policy with its adapter disabled.
+Data: `prompt`, `completion`, `label` (true = desirable). The reference point z₀ is estimated
+from mismatched prompt–completion pairs (prompt i with the completion of the next example in the
+batch), as the paper does; it is detached, so those forwards need no gradient. In training it is
+estimated once per optimizer step over the whole global batch, on every process, before the
+micro-batches run, so neither `micro_batch_size` nor the number of processes changes it (nor the
+update); evaluation estimates it per evaluation batch. The reference model is live: a frozen copy,
+or the LoRA policy with its adapter disabled.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from alignlab.stages.common import (
     seed_everything,
 )
 from alignlab.train import StepFns, TrainSettings, train
+from alignlab.train.distributed import all_reduce_sum
 
 log = logging.getLogger(__name__)
 
@@ -62,16 +66,24 @@ def _split(row: TokenizedRow) -> tuple[list[int], list[int]]:
     return row.input_ids[:start], row.input_ids[start:]
 
 
-def kto_batch(rows: list[TokenizedRow], labels: torch.Tensor, idx: list[int], pad: int, max_length: int) -> dict:
-    """Matched rows, and mismatched rows pairing prompt i with the next example's completion."""
-    batch = pad_rows([rows[i] for i in idx], pad)
-    mismatched = []
-    for a, b in zip(idx, idx[1:] + idx[:1]):
+def mismatched_rows(rows: list[TokenizedRow], pairs: list[tuple[int, int]], max_length: int) -> list[TokenizedRow]:
+    """For each (a, b): the prompt of example a with the completion of example b."""
+    out = []
+    for a, b in pairs:
         prompt, _ = _split(rows[a])
         _, completion = _split(rows[b])
         completion = completion[: max(1, max_length - len(prompt))]
-        mismatched.append(TokenizedRow(prompt + completion, [0] * len(prompt) + [1] * len(completion)))
-    batch.update({f"kl_{k}": v for k, v in pad_rows(mismatched, pad).items()})
+        out.append(TokenizedRow(prompt + completion, [0] * len(prompt) + [1] * len(completion)))
+    return out
+
+
+def kto_batch(rows: list[TokenizedRow], labels: torch.Tensor, idx: list[int], pad: int, max_length: int,
+              mismatched: bool = True) -> dict:
+    """Matched rows, and (with `mismatched`) rows pairing prompt i with the next example's completion."""
+    batch = pad_rows([rows[i] for i in idx], pad)
+    if mismatched:
+        pairs = list(zip(idx, idx[1:] + idx[:1]))
+        batch.update({f"kl_{k}": v for k, v in pad_rows(mismatched_rows(rows, pairs, max_length), pad).items()})
     batch["desirable"] = labels[torch.tensor(idx)]
     return batch
 
@@ -81,22 +93,57 @@ def _seq(fn, batch, prefix=""):
     return sequence_logps(logps, mask)
 
 
-def kto_objective(cfg: KTOConfig, ref):
-    def policy(model):
-        return lambda *args: token_logps(model, *args)
+def _policy(model):
+    return lambda *args: token_logps(model, *args)
+
+
+def kto_objective(cfg: KTOConfig, ref, z0_of_step: dict | None = None):
+    """(model, batch) -> summed KTO loss. With `z0_of_step` (filled by `step_reference_point`'s
+    prepare hook) z₀ is the optimizer step's; without, it is estimated on the batch's own
+    mismatched rows (evaluation)."""
 
     def compute(model, batch):
-        pol = _seq(policy(model), batch)
+        pol = _seq(_policy(model), batch)
         with torch.no_grad():
             ref_seq = _seq(ref.token_logps, batch)
-            if batch["input_ids"].shape[0] > 1:  # one example has no mismatched partner: z₀ = 0
-                z0 = kto_reference_point(_seq(policy(model), batch, "kl_"), _seq(ref.token_logps, batch, "kl_"))
+            if z0_of_step is not None:
+                z0 = z0_of_step["z0"]
+            elif batch["input_ids"].shape[0] > 1:  # one example has no mismatched partner: z₀ = 0
+                z0 = kto_reference_point(_seq(_policy(model), batch, "kl_"), _seq(ref.token_logps, batch, "kl_"))
             else:
                 z0 = torch.zeros((), device=pol.device)
         return kto_loss(pol, ref_seq, batch["desirable"], z0, beta=cfg.beta, desirable_weight=cfg.desirable_weight,
                         undesirable_weight=cfg.undesirable_weight, reduction="sum")
 
     return compute
+
+
+def step_reference_point(cfg: KTOConfig, ref, rows: list[TokenizedRow], pad: int):
+    """(prepare hook for the training loop, the dict it writes the step's z₀ into).
+
+    The mismatched pairs pair each example of the global batch with the next one in it; each
+    process scores the pairs of its own examples (in chunks of the micro-batch size), and one
+    all-reduce of the sum and the count gives every process the same clamped mean.
+    """
+    state: dict = {"z0": None}
+    chunk = cfg.train.micro_batch_size or cfg.train.batch_size
+
+    @torch.no_grad()
+    def prepare(model, step: list[int], mine: list[int], dist) -> None:
+        device = next(model.parameters()).device
+        total, count = torch.zeros((), device=device), torch.zeros((), device=device)
+        if len(step) > 1:  # one example has no mismatched partner: z₀ = 0
+            partner = dict(zip(step, step[1:] + step[:1]))
+            for start in range(0, len(mine), chunk):
+                part = [(a, partner[a]) for a in mine[start : start + chunk]]
+                batch = {k: v.to(device) for k, v in pad_rows(mismatched_rows(rows, part, cfg.max_length), pad).items()}
+                log_ratio = _seq(_policy(model), batch) - _seq(ref.token_logps, batch)
+                total += log_ratio.float().sum()
+                count += log_ratio.numel()
+        total, count = all_reduce_sum(total, dist), all_reduce_sum(count, dist)
+        state["z0"] = (total / count.clamp_min(1)).clamp_min(0)
+
+    return prepare, state
 
 
 def run(cfg: KTOConfig, out: Path) -> dict:
@@ -117,9 +164,11 @@ def run(cfg: KTOConfig, out: Path) -> dict:
     model = load_policy(cfg.model, cfg.dtype, device, cfg.lora)
     ref = frozen_reference(model, cfg.model, cfg.ref_model or cfg.model, cfg.lora, cfg.dtype, device)
     pad = tokenizer.pad_token_id
+    prepare, z0_of_step = step_reference_point(cfg, ref, rows, pad)
+    fns = StepFns(lambda idx: kto_batch(rows, labels, idx, pad, cfg.max_length, mismatched=False),
+                  lambda b: torch.tensor(b["desirable"].shape[0]),
+                  per_normaliser(kto_objective(cfg, ref, z0_of_step)), prepare=prepare)
     compute = kto_objective(cfg, ref)
-    fns = StepFns(lambda idx: kto_batch(rows, labels, idx, pad, cfg.max_length),
-                  lambda b: torch.tensor(b["desirable"].shape[0]), per_normaliser(compute))
     out.mkdir(parents=True, exist_ok=True)
     result = train(
         model, [len(r) for r in rows], fns, cfg.train, out, device=device, dist=dist,

@@ -49,6 +49,10 @@ class StepFns:
     weight: Callable[[Batch], torch.Tensor]
     loss: Callable[[nn.Module, Batch, torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]]
     """loss(model, batch, normaliser) -> (summed loss / normaliser, per-micro-batch mean metrics)"""
+    prepare: Callable[[nn.Module, list[int], list[int], Dist], None] | None = None
+    """prepare(model, step_indices, mine, dist): run on every process before each optimizer step's
+    micro-batches, with the whole global batch and this process's share of it (empty when idle),
+    for statistics of the whole step (KTO's reference point); it may all-reduce, once per call."""
 
 
 def _fingerprint(lengths: list[int], settings: TrainSettings, extra: str) -> str:
@@ -121,6 +125,8 @@ def train(
         # A short last batch can leave a process without examples; it must still join DDP's gradient
         # all-reduce, so it runs one example of the batch at zero weight (adding nothing).
         idle = not mine
+        if fns.prepare is not None:
+            fns.prepare(model, epoch_batches[epoch][index], mine, dist)
         if idle:
             mine = epoch_batches[epoch][index][:1]
         batches = [fns.make_batch(mine[i : i + micro]) for i in range(0, len(mine), micro)]
