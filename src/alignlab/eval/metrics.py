@@ -1,4 +1,4 @@
-"""Small statistics over samples: mean with standard error, distinct-n."""
+"""Small statistics over samples: mean with standard error, distinct-n; JSON-safe numbers."""
 
 from __future__ import annotations
 
@@ -15,6 +15,11 @@ def mean_and_se(values: list[float]) -> tuple[float, float]:
         return mean, float("nan")
     var = sum((v - mean) ** 2 for v in values) / (n - 1)
     return mean, math.sqrt(var / n)
+
+
+def finite_or_none(value: float) -> float | None:
+    """A failed (NaN or infinite) score as JSON null rather than a non-standard NaN token."""
+    return value if math.isfinite(value) else None
 
 
 def distinct_n(texts: list[str], n: int) -> float:

@@ -15,6 +15,8 @@ import torch
 from alignlab.data.errors import Source
 from alignlab.data.stepwise import StepExample, pad_step_rows, tokenize_stepwise
 from alignlab.losses.prm import aggregate_step_scores
+from alignlab.models.load import load_tokenizer
+from alignlab.models.value import load_critic
 
 AGGREGATIONS = ("prod", "min", "last")
 
@@ -65,6 +67,14 @@ class StepScorer:
         return [p[-1] if p else float("nan") for p in probs]
 
 
+def load_step_scorer(path: str, device=None, *, max_length: int = 512, separator: str = "\n",
+                     batch_size: int = 64) -> StepScorer:
+    """A StepScorer over a saved PRM or ORM directory (the prm stage's `model/`), with its own tokenizer."""
+    tokenizer = load_tokenizer(path)
+    model = load_critic(path, device=device, pad_token_id=tokenizer.pad_token_id)
+    return StepScorer(model, tokenizer, max_length=max_length, separator=separator, batch_size=batch_size)
+
+
 def aggregate(step_probs: Sequence[float], how: str = "prod") -> float:
     """prod / min over the steps (see `aggregate_step_scores`) or the last step's; NaN for none."""
     if how not in AGGREGATIONS:
@@ -74,7 +84,7 @@ def aggregate(step_probs: Sequence[float], how: str = "prod") -> float:
     return float(step_probs[-1]) if how == "last" else aggregate_step_scores(step_probs, how)
 
 
-__all__ = ["AGGREGATIONS", "StepScorer", "aggregate"]
+__all__ = ["AGGREGATIONS", "ProcessRewardSource", "StepScorer", "aggregate", "load_step_scorer", "split_lines"]
 
 
 def split_lines(completion: str, separator: str = "\n") -> list[str]:
@@ -93,14 +103,9 @@ class ProcessRewardSource:
 
     def __init__(self, path: str, device=None, aggregate: str = "prod", separator: str = "\n",
                  max_length: int = 512, batch_size: int = 64):
-        from alignlab.models import load_tokenizer
-        from alignlab.models.value import load_critic
-
         if aggregate not in AGGREGATIONS:
             raise ValueError(f"unknown step aggregation {aggregate!r}; choose one of {', '.join(AGGREGATIONS)}")
-        tokenizer = load_tokenizer(path)
-        model = load_critic(path, device=device, pad_token_id=tokenizer.pad_token_id)
-        self.scorer = StepScorer(model, tokenizer, max_length=max_length, separator=separator, batch_size=batch_size)
+        self.scorer = load_step_scorer(path, device, max_length=max_length, separator=separator, batch_size=batch_size)
         self.aggregate, self.separator, self.where = aggregate, separator, str(path)
 
     def score(self, batch) -> list[float]:

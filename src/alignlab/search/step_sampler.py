@@ -32,10 +32,14 @@ class StepSampler:
     """`expand` for `beam_search`: k sampled next steps for each (prompt index, steps) prefix."""
 
     def __init__(self, model, tokenizer, prompt_ids: Sequence[list[int]], settings: SamplingSettings,
-                 seed: int = 0, is_final: Callable[[str], bool] = lambda step: False):
+                 seed: int = 0, is_final: Callable[[str], bool] = lambda step: False,
+                 stop_ids: Sequence[int] | None = None):
+        """`stop_ids` defaults to `newline_token_ids(tokenizer)` (a scan of the vocabulary: pass it
+        in when building several samplers over one tokenizer)."""
         self.model, self.tokenizer, self.prompt_ids, self.is_final = model, tokenizer, prompt_ids, is_final
         self.settings, self.seed, self.calls = settings, seed, 0
-        self.stop_ids = [i for i in newline_token_ids(tokenizer) if i != tokenizer.eos_token_id]
+        stops = newline_token_ids(tokenizer) if stop_ids is None else stop_ids
+        self.stop_ids = [i for i in stops if i != tokenizer.eos_token_id]
 
     def prefix_ids(self, prompt_index: int, steps: Sequence[str]) -> list[int]:
         done = "".join(step + "\n" for step in steps)

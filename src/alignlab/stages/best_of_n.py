@@ -29,7 +29,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from alignlab.data.readers import write_jsonl
-from alignlab.eval.metrics import mean_and_se
+from alignlab.eval.metrics import finite_or_none, mean_and_se
 from alignlab.feedback import (
     RewardSpec,
     ScoringBatch,
@@ -83,11 +83,6 @@ def _per_prompt(values: Sequence, k: int) -> list[list]:
     return [list(values[start : start + k]) for start in range(0, len(values), k)]
 
 
-def _number_or_none(value: float) -> float | None:
-    """A failed score as JSON null rather than the non-standard NaN token."""
-    return value if math.isfinite(value) else None
-
-
 def _point(n: int, picks: list[int | None], proxy: list[list[float]], gold: list[list[float]] | None,
            lengths: list[list[int]]) -> dict:
     """The figures of best-of-n over the prompts that have a pick."""
@@ -135,8 +130,8 @@ def run(cfg: BestOfNConfig, out: Path) -> dict:
 
     records = []
     for p, prompt in enumerate(prompt_texts):
-        samples = [{"completion": texts[p][i], "proxy": _number_or_none(proxy[p][i]), "length": lengths[p][i],
-                    **({"gold": _number_or_none(gold[p][i])} if gold else {})} for i in range(k)]
+        samples = [{"completion": texts[p][i], "proxy": finite_or_none(proxy[p][i]), "length": lengths[p][i],
+                    **({"gold": finite_or_none(gold[p][i])} if gold else {})} for i in range(k)]
         records.append({"prompt": prompt, "samples": samples, "best": {str(n): picks[n][p] for n in cfg.n}})
     write_jsonl(out / "data" / "samples.jsonl", records)
 

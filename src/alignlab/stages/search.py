@@ -29,15 +29,13 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from alignlab.data.readers import write_jsonl
-from alignlab.eval.metrics import mean_and_se
+from alignlab.eval.metrics import finite_or_none, mean_and_se
 from alignlab.eval.search_plot import accuracy_table, plot_accuracy_vs_n
-from alignlab.models import load_tokenizer
-from alignlab.models.value import load_critic
+from alignlab.feedback.step_scores import StepScorer, aggregate, load_step_scorer
 from alignlab.rollout import SamplingSettings
 from alignlab.search.beam import beam_search
 from alignlab.search.select import pick_best
-from alignlab.search.step_sampler import StepSampler
-from alignlab.feedback.step_scores import StepScorer, aggregate
+from alignlab.search.step_sampler import StepSampler, newline_token_ids
 from alignlab.search.vote import majority_vote, weighted_vote
 from alignlab.stages.common import StageConfig, finish
 from alignlab.stages.online_common import sample_policy
@@ -78,9 +76,7 @@ class SearchConfig(StageConfig):
 
 
 def _scorer(path: str, device, max_length: int) -> StepScorer:
-    tokenizer = load_tokenizer(path)
-    model = load_critic(path, device=device, pad_token_id=tokenizer.pad_token_id)
-    return StepScorer(model, tokenizer, max_length=max_length)
+    return load_step_scorer(path, device, max_length=max_length)
 
 
 def accuracy_point(n: int, picks: list[int | None], correct: list[list[bool]]) -> dict:
@@ -167,7 +163,7 @@ def run(cfg: SearchConfig, out: Path) -> dict:
         rows = range(p * k, (p + 1) * k)
         records.append({"prompt": prompt, "samples": [
             {"completion": texts[i], "answer": answers[i], "correct": correct[i], "steps": labelled[i][0],
-             "step_labels": labelled[i][1], **{name: _json_number(v[i]) for name, v in scores.items()}}
+             "step_labels": labelled[i][1], **{name: finite_or_none(v[i]) for name, v in scores.items()}}
             for i in rows
         ], **({"beam": beams_out[p]} if beams_out else {})})
     write_jsonl(out / "data" / "samples.jsonl", records)
@@ -190,10 +186,12 @@ def _beam_points(cfg: SearchConfig, task, policy, tokenizer, prompts, prompt_ids
     beam = cfg.beam
     settings = cfg.sampling.model_copy(update={"max_new_tokens": beam.max_new_tokens})
     points, found = [], [{} for _ in prompts]
+    stop_ids = newline_token_ids(tokenizer)
     for n in cfg.n:
         if n % beam.expansions:
             continue
-        sampler = StepSampler(policy, tokenizer, prompt_ids, settings, seed=cfg.seed + n, is_final=task.is_final_step)
+        sampler = StepSampler(policy, tokenizer, prompt_ids, settings, seed=cfg.seed + n, is_final=task.is_final_step,
+                              stop_ids=stop_ids)
 
         def score(prefixes):
             probs = prm.step_probs([prompts[p] for p, _ in prefixes], [list(steps) for _, steps in prefixes])
@@ -207,12 +205,8 @@ def _beam_points(cfg: SearchConfig, task, policy, tokenizer, prompts, prompt_ids
         points.append({"n": n, "accuracy": mean, "accuracy_se": se, "width": n // beam.expansions,
                        "sampled_steps": result.sampled_steps, "rounds": result.rounds})
         for p, (solution, hit) in enumerate(zip(solutions, hits)):
-            found[p][str(n)] = {"solution": solution, "correct": hit == 1.0, "score": _json_number(result.best[p].score)}
+            found[p][str(n)] = {"solution": solution, "correct": hit == 1.0, "score": finite_or_none(result.best[p].score)}
     return points, found
-
-
-def _json_number(value: float) -> float | None:
-    return value if math.isfinite(value) else None
 
 
 __all__ = ["BeamSettings", "SearchConfig", "accuracy_point", "run", "within_problem_auc"]

@@ -62,6 +62,7 @@ def run(cfg: StepLabelsConfig, out: Path) -> dict:
     drawn = sample_policy(cfg.model, cfg.prompts, k, cfg.sampling, max_prompt_length=cfg.max_prompt_length,
                           n_prompts=cfg.n_prompts, seed=cfg.seed)
     prompts, texts = drawn.prompts, drawn.texts
+    right_answer = [g == 1.0 for g in task.gold_reward(drawn.row_prompts, texts)]
 
     rng = random.Random(cfg.seed)
     # Split by problem text, not position: a prompt file may hold a problem more than once.
@@ -72,12 +73,11 @@ def run(cfg: StepLabelsConfig, out: Path) -> dict:
     for p, prompt in enumerate(prompts):
         split = "test" if prompt in held_out else "train"
         right, wrong = [], []
-        for text in texts[p * k : (p + 1) * k]:
+        for text, correct in zip(texts[p * k : (p + 1) * k], right_answer[p * k : (p + 1) * k]):
             steps, labels = task.label_solution(prompt, text)
             if not steps:
                 counts["dropped_empty"] += 1
                 continue
-            correct = task.gold_reward([prompt], [text])[0] == 1.0
             files["steps"][split].append({"prompt": prompt, "completions": steps, "labels": labels})
             files["outcomes"][split].append(outcome_record(prompt, steps, correct))
             (right if correct else wrong).append("\n".join(steps))
