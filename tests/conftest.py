@@ -42,3 +42,11 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer):
     model.save_pretrained(path)
     tiny_tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def llm(tiny_model_dir):
+    """The tiny model as a local feedback LLM (a test module may define its own `llm` instead)."""
+    from alignlab.feedback.llm import LocalLLM
+
+    return LocalLLM(tiny_model_dir, device="cpu")

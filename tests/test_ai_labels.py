@@ -23,7 +23,6 @@ from alignlab.feedback.ai_labels import (
 )
 from alignlab.feedback.constitution import load_constitution
 from alignlab.feedback.llm.base import GenerationSettings, LLMError
-from alignlab.feedback.llm.local import LocalLLM
 
 CONSTITUTION = """\
 name: tiny
@@ -53,11 +52,6 @@ def constitution(tmp_path_factory):
     path = tmp_path_factory.mktemp("constitution") / "tiny.yaml"
     path.write_text(CONSTITUTION)
     return load_constitution(path)
-
-
-@pytest.fixture(scope="module")
-def llm(tiny_model_dir):
-    return LocalLLM(tiny_model_dir, device="cpu")
 
 
 class SimulatedKill(Exception):

@@ -21,7 +21,6 @@ from alignlab.feedback.cai import (
 )
 from alignlab.feedback.constitution import load_constitution
 from alignlab.feedback.llm.base import GenerationSettings, LLMError
-from alignlab.feedback.llm.local import LocalLLM
 
 # Short requests: the tiny model's context is 256 tokens and its tokenizer splits unseen words
 # into bytes, so a few-shot example plus a chain must stay small.
@@ -56,11 +55,6 @@ def constitution(tmp_path_factory):
     path = tmp_path_factory.mktemp("constitution") / "tiny.yaml"
     path.write_text(CONSTITUTION)
     return load_constitution(path)
-
-
-@pytest.fixture(scope="module")
-def llm(tiny_model_dir):
-    return LocalLLM(tiny_model_dir, device="cpu")
 
 
 class SimulatedKill(Exception):
