@@ -62,7 +62,7 @@ def beam_search(
         if value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
     beams: list[list[Beam]] = [[Beam((), float("-inf"), False)] for _ in range(num_prompts)]
-    result = BeamResult(best=[], final_beams=beams)
+    sampled, rounds, history = 0, 0, []
     for depth in range(max_steps):
         open_prefixes = [(p, b.steps) for p in range(num_prompts) for b in beams[p] if not b.done]
         if not open_prefixes:
@@ -75,7 +75,7 @@ def beam_search(
         for (p, steps), options in zip(open_prefixes, new_steps):
             candidates += [(p, (*steps, step)) for step, _ in options]
             finals += [final for _, final in options]
-        result.sampled_steps += len(candidates)
+        sampled += len(candidates)
         scores = score(candidates) if candidates else []
         if len(scores) != len(candidates):
             raise ValueError(f"score returned {len(scores)} scores for {len(candidates)} candidates")
@@ -87,12 +87,10 @@ def beam_search(
             pools[p].append(Beam(steps, float("-inf") if math.isnan(value) else value, done))
         # sorted() is stable: equal scores keep creation order (finished beams first)
         beams = [sorted(pool, key=lambda b: -b.score)[:beam_width] for pool in pools]
-        result.rounds = depth + 1
+        rounds = depth + 1
         if keep_history:
-            result.history.append(beams)
-    result.final_beams = beams
-    result.best = [_best(pool) for pool in beams]
-    return result
+            history.append(beams)
+    return BeamResult([_best(pool) for pool in beams], beams, sampled, rounds, history)
 
 
 def _best(pool: Sequence[Beam]) -> Beam:

@@ -37,7 +37,7 @@ class StepLabelsConfig(StageConfig):
     n_prompts: int | None = Field(None, gt=0, description="use the first n_prompts prompts only")
     max_pairs_per_prompt: int = Field(4, ge=0, description="right ≻ wrong pairs kept per prompt")
     sampling: SamplingSettings = SamplingSettings()
-    eval_fraction: float = Field(0.1, ge=0, lt=1, description="share of prompts held out")
+    eval_fraction: float = Field(0.1, ge=0, lt=1, description="share of distinct problems held out")
     max_prompt_length: int = Field(128, gt=0)
     seed: int = 0
 
