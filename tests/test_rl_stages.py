@@ -194,3 +194,21 @@ def test_ppo_with_lora_keeps_one_model_in_memory(rl_setup, monkeypatch):
     assert log[0]["kl"] == pytest.approx(0.0, abs=1e-5)  # adapter starts at zero: policy == reference
     assert _sample_reward(str(out / "model"), prompts) > _sample_reward(model, prompts) + 0.03
     assert not (out / "critic").exists()
+
+
+def test_grpo_with_gradient_checkpointing_makes_the_same_updates(rl_setup):
+    from alignlab.stages.policy_gradient import GRPOConfig, run_grpo
+
+    tmp, model, prompts = rl_setup
+    weights = []
+    for checkpointing in (False, True):
+        cfg = GRPOConfig(model=model, prompts=prompts, reward={"type": "callable", "function": "toy_reward_mod:score"},
+                         samples_per_prompt=4, beta=0.01, sampling={"max_new_tokens": 8},
+                         train=_train(iterations=2, prompts_per_iteration=4, minibatch_size=8, lr=1e-2,
+                                      gradient_checkpointing=checkpointing))
+        out = tmp / f"grpo-checkpointing-{checkpointing}"
+        run_grpo(cfg, out)
+        trained = load_causal_lm(out / "model")
+        weights.append(torch.cat([p.detach().flatten() for p in trained.parameters()]))
+    assert torch.allclose(weights[0], weights[1], atol=1e-6)
+    assert not torch.allclose(weights[0], torch.cat([p.flatten() for p in load_causal_lm(model).parameters()]))

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from alignlab.data.collate import length_grouped_batches
+from alignlab.train.activations import use_gradient_checkpointing
 from alignlab.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from alignlab.train.distributed import Dist, all_reduce_sum, barrier
 from alignlab.train.optim import make_optimizer
@@ -56,7 +57,7 @@ class StepFns:
 
 
 def _fingerprint(lengths: list[int], settings: TrainSettings, extra: str) -> str:
-    payload = json.dumps([lengths, settings.model_dump(exclude={"log_every", "eval_every", "save_every", "device"}), extra])
+    payload = json.dumps([lengths, settings.model_dump(exclude={"log_every", "eval_every", "save_every", "device", "gradient_checkpointing"}), extra])
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -87,6 +88,7 @@ def train(
     warmup = s.warmup_steps if s.warmup_steps is not None else int(s.warmup_ratio * total)
     micro = s.micro_batch_size or s.batch_size
 
+    use_gradient_checkpointing(model, s.gradient_checkpointing)
     optimizer = make_optimizer(model.parameters(), s)
     scheduler = make_scheduler(optimizer, total, warmup, s.schedule)
     ckpt_root = out_dir / "checkpoints"

@@ -31,6 +31,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
+from alignlab.train.activations import use_gradient_checkpointing
 from alignlab.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from alignlab.train.loop import NonFiniteLossError, ResumeMismatchError
 from alignlab.train.optim import make_optimizer
@@ -68,6 +69,9 @@ class OnlineSettings(BaseModel):
     save_every: int | None = Field(10, gt=0, description="checkpoint period in iterations")
     max_kl: float | None = Field(None, gt=0, description="stop when the rollouts' mean sequence KL to the reference exceeds this")
     snapshot_every: int | None = Field(None, gt=0, description="save the policy (HF format) under snapshots/ every N iterations")
+    gradient_checkpointing: bool = Field(
+        False, description="recompute the policy's activations in the backward pass: less memory, about one more forward"
+    )
 
 
 @dataclass
@@ -110,7 +114,7 @@ def _rows(experience: Experience, index: Tensor) -> Experience:
 
 
 def _key(settings: OnlineSettings, extra: str) -> str:
-    payload = json.dumps([settings.model_dump(exclude={"log_every", "save_every", "device"}), extra])
+    payload = json.dumps([settings.model_dump(exclude={"log_every", "save_every", "device", "gradient_checkpointing"}), extra])
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -134,6 +138,7 @@ def run_online(
     s = settings
     extra_modules = extra_modules or {}
     params = [p for m in (policy, *extra_modules.values()) for p in m.parameters()]
+    use_gradient_checkpointing(policy, s.gradient_checkpointing)
     optimizer = make_optimizer(params, s)
     steps_per_iteration = s.update_epochs * math.ceil(expected_samples / s.minibatch_size)
     total_steps = s.iterations * steps_per_iteration
