@@ -297,6 +297,8 @@ def child_parser(description: str):
     parser.add_argument("--lr", type=float, required=True)
     parser.add_argument("--order", choices=["alignlab", "own"], default="alignlab",
                         help="TRL only: feed alignlab's batches in order (sequential sampler), or TRL's own random sampler")
+    parser.add_argument("--gc", choices=["on", "off"], default="off",
+                        help="TRL only: gradient checkpointing (TRL's configs default it to on)")
     return parser
 
 
@@ -366,15 +368,17 @@ def alignlab_train_settings(a, group_by_length: bool = True):
 def trl_training_args(a, workdir: str) -> dict:
     """TrainingArguments shared by the TRL runs, matched to alignlab's settings.
 
-    Set against TRL's defaults: fp32 (TRL's configs default to bf16=True), no gradient
-    checkpointing (TRL defaults it to True; alignlab has none, and it trades speed for memory),
-    no warmup, linear decay, clip 1.0, weight decay 0, no saving, no evaluation, no reporting, a
-    log line every step. The optimizer is left at the transformers default ("adamw_torch_fused").
+    Set against TRL's defaults: fp32 (TRL's configs default to bf16=True; the issue fixes one
+    precision for both), no warmup, linear decay, clip 1.0, weight decay 0, no saving, no
+    evaluation, no reporting, a log line every step. Gradient checkpointing follows `--gc`: on in
+    the "defaults" runs (TRL's configs default to it), off in the matched ones (alignlab's default
+    is off; it trades about one extra forward for memory). The optimizer is left at the
+    transformers default ("adamw_torch_fused").
     """
     return dict(
         output_dir=str(Path(workdir) / "trl"), per_device_train_batch_size=a.batch, max_steps=a.steps,
         learning_rate=a.lr, lr_scheduler_type="linear", warmup_steps=0, max_grad_norm=1.0, weight_decay=0.0,
-        bf16=False, fp16=False, gradient_checkpointing=False, use_cpu=True, seed=0, data_seed=0,
+        bf16=False, fp16=False, gradient_checkpointing=a.gc == "on", use_cpu=True, seed=0, data_seed=0,
         report_to="none", save_strategy="no", eval_strategy="no", logging_steps=1, disable_tqdm=True,
         dataloader_num_workers=0, remove_unused_columns=True,
         train_sampling_strategy="sequential" if a.order == "alignlab" else "random",
@@ -628,7 +632,8 @@ def print_payload(name: str, payload: dict) -> None:
 
 def main_table() -> None:
     """Print one table of every benchmark result in bench/out/ (what run.sh ends with)."""
-    order = ["dpo_defaults", "dpo_matched", "dpo_live", "sft", "reward"]
+    order = ["dpo_defaults", "dpo_matched", "dpo_live", "sft_defaults", "sft_own_sampler", "sft_matched",
+             "reward_defaults", "reward_own_sampler", "reward_matched"]
     files = sorted(OUT.glob("*.json"), key=lambda p: (order.index(p.stem) if p.stem in order else 99, p.stem))
     lines, notes = list(TABLE_HEAD), []
     rl_lines = []  # online RL jobs (bench/rl.py) have their own columns, in a second table

@@ -8,7 +8,8 @@ CPU, threads. Each run is a fresh process. Contenders:
 - alignlab            the `dpo` stage at its defaults: reference log-probs precomputed (and cached
                       on disk) before training, length-grouped batches
 - alignlab-live       `ref_mode: live` (a frozen reference copy runs every step)
-- trl-defaults        DPOTrainer at its defaults: live reference model, its own random sampler
+- trl-defaults        DPOTrainer at its defaults: live reference model, its own random sampler,
+                      gradient checkpointing on (fp32, as every run)
 - trl-precompute      precompute_ref_log_probs=True (batch 32, as alignlab's), fed alignlab's
                       batches in alignlab's order (sequential sampler): identical work
 - trl-live            live reference, fed alignlab's batches: identical work to alignlab-live
@@ -78,7 +79,8 @@ def trl_child(a) -> dict:
     trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
     result = common.run_trl(trainer, model)
     result.update(timing)
-    result["notes"] = f"precompute_ref_log_probs={a.ref == 'precompute'}, sampler={args.train_sampling_strategy}"
+    result["notes"] = (f"precompute_ref_log_probs={a.ref == 'precompute'}, sampler={args.train_sampling_strategy}, "
+                       f"gradient_checkpointing={args.gradient_checkpointing}")
     return result
 
 
@@ -97,7 +99,7 @@ def driver(argv: list[str]) -> None:
     base = ["--steps", str(a.steps), "--batch", str(a.batch), "--lr", str(a.lr)]
     contenders = {
         "alignlab": ("dpo.py", base + ["--tool", "alignlab", "--ref", "precompute"]),
-        "trl-defaults": ("dpo.py", base + ["--tool", "trl", "--ref", "live", "--order", "own"]),
+        "trl-defaults": ("dpo.py", base + ["--tool", "trl", "--ref", "live", "--order", "own", "--gc", "on"]),
         "trl-precompute": ("dpo.py", base + ["--tool", "trl", "--ref", "precompute", "--order", "alignlab"]),
         "plain": ("plain_loop.py", base + ["--tool", "plain", "--job", "dpo"]),
     }

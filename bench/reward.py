@@ -5,8 +5,14 @@
 Same backbone and freshly initialised one-output head (both load it with
 `alignlab.models.load_reward_model`, so the starting weights are identical), same pairs, batch
 size (pairs per step), max length, steps, learning rate, fp32, CPU, threads; Bradley-Terry loss,
-no margin, no reward centring. TRL is fed alignlab's batches in alignlab's order (sequential
-sampler), so both train on identical padded batches.
+no margin, no reward centring. Contenders, as in bench/sft.py:
+
+- alignlab      the `reward_model` stage at its defaults (length-grouped pairs, no checkpointing)
+- trl-defaults  RewardTrainer at its defaults (its own random sampler, gradient checkpointing on), fp32
+- trl-own       its own random sampler, gradient checkpointing off
+- trl           fed alignlab's batches in alignlab's order, checkpointing off: identical work
+
+Comparisons written: reward_defaults, reward_own_sampler, reward_matched.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ def trl_child(a) -> dict:
     args = RewardConfig(**common.trl_training_args(a, a.workdir), max_length=common.SPEC.max_length)
     trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(records), processing_class=tokenizer)
     result = common.run_trl(trainer, model)
-    result["notes"] = f"sampler={args.train_sampling_strategy}"
+    result["notes"] = f"sampler={args.train_sampling_strategy}, gradient_checkpointing={args.gradient_checkpointing}"
     return result
 
 
@@ -60,11 +66,17 @@ def driver(argv: list[str]) -> None:
     base = ["--steps", str(a.steps), "--batch", str(a.batch), "--lr", str(a.lr)]
     contenders = {
         "alignlab": ("reward.py", base + ["--tool", "alignlab"]),
+        "trl-defaults": ("reward.py", base + ["--tool", "trl", "--order", "own", "--gc", "on"]),
+        "trl-own": ("reward.py", base + ["--tool", "trl", "--order", "own"]),
         "trl": ("reward.py", base + ["--tool", "trl", "--order", "alignlab"]),
     }
     print(f"Reward model: {a.steps} steps x {a.batch} pairs, {a.repeats} repeats, {a.threads} threads", file=sys.stderr)
     runs = common.alternate(contenders, a.repeats, a.threads)
-    common.report_jobs({"reward": ("alignlab", "trl", None)}, "pairs", a, runs)
+    common.report_jobs({
+        "reward_defaults": ("alignlab", "trl-defaults", None),
+        "reward_own_sampler": ("alignlab", "trl-own", None),
+        "reward_matched": ("alignlab", "trl", None),
+    }, "pairs", a, runs)
 
 
 if __name__ == "__main__":

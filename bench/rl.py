@@ -239,7 +239,8 @@ def trl_child(a) -> dict:
                        + (f"loss_type={args.loss_type}, scale_rewards={args.scale_rewards}, "
                           f"use_bias_correction_kl={args.use_bias_correction_kl}, " if a.algo == "grpo" else
                           f"normalize_advantages={args.normalize_advantages}, ")
-                       + f"beta={args.beta}, generation_batch_size={args.generation_batch_size}")
+                       + f"beta={args.beta}, generation_batch_size={args.generation_batch_size}, "
+                       f"gradient_checkpointing={args.gradient_checkpointing}")
     return result
 
 
@@ -327,6 +328,8 @@ def driver(argv: list[str]) -> None:
     parser.add_argument("--k", type=int, default=4, help="completions per prompt")
     parser.add_argument("--schedule", choices=["constant", "linear"], default="constant")
     parser.add_argument("--algos", default="grpo,rloo", help="comma-separated: grpo, rloo")
+    parser.add_argument("--no-trl-gc", action="store_true",
+                        help="skip the TRL runs with gradient checkpointing on (its configs' default)")
     a = parser.parse_args(argv)
     a.batch = a.prompts * a.k
     algos = [x for x in a.algos.split(",") if x]
@@ -338,6 +341,8 @@ def driver(argv: list[str]) -> None:
     for algo in algos:
         contenders[f"alignlab-{algo}"] = ("rl.py", base + ["--tool", "alignlab", "--algo", algo])
         contenders[f"trl-{algo}"] = ("rl.py", base + ["--tool", "trl", "--algo", algo])
+        if not a.no_trl_gc:
+            contenders[f"trl-{algo}-gc"] = ("rl.py", base + ["--tool", "trl", "--algo", algo, "--gc", "on"])
     print(f"RL: {a.steps} steps x {a.prompts} prompts x {a.k} samples, {a.repeats} repeats, {a.threads} threads",
           file=sys.stderr)
     runs = common.alternate(contenders, a.repeats, a.threads)
@@ -345,12 +350,14 @@ def driver(argv: list[str]) -> None:
     extra = {"machine": common.machine(), "runs": runs,
              "settings": {**vars(a), "max_new_tokens": MAX_NEW_TOKENS, "temperature": TEMPERATURE, "clip": CLIP,
                           "beta": BETA, "reward": REWARD_SPEC, "spec": common.SPEC.__dict__}}
-    for algo in algos:
-        ours, theirs = f"alignlab-{algo}", f"trl-{algo}"
+    comparisons = [(f"rl_{algo}", f"alignlab-{algo}", f"trl-{algo}") for algo in algos]
+    if not a.no_trl_gc:  # TRL with its configs' default gradient checkpointing
+        comparisons += [(f"rl_{algo}_trl_gc", f"alignlab-{algo}", f"trl-{algo}-gc") for algo in algos]
+    for name, ours, theirs in comparisons:
         payload = rl_comparison(examples, rl_summary(runs[ours], examples),
                                 rl_summary(runs[theirs], examples), (ours, theirs), extra)
-        common.save_json(f"rl_{algo}", payload)
-        print("\n".join(common.RL_TABLE_HEAD + common.rl_table_rows(f"rl_{algo}", payload)))
+        common.save_json(name, payload)
+        print("\n".join(common.RL_TABLE_HEAD + common.rl_table_rows(name, payload)))
         for line in payload["ratios"] + [f"WARNING: {w}" for w in payload["warnings"]]:
             print(f"- {line}")
         print()

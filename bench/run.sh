@@ -16,8 +16,8 @@ if [[ "${1:-}" == "--quick" ]]; then
 fi
 THREADS="${BENCH_THREADS:-2}"
 export PYTHONWARNINGS=ignore
-rm -f bench/out/dpo_defaults.json bench/out/dpo_matched.json bench/out/dpo_live.json bench/out/sft.json bench/out/reward.json
-rm -f bench/out/rl_grpo.json bench/out/rl_rloo.json
+rm -f bench/out/dpo_*.json bench/out/sft*.json bench/out/reward*.json
+rm -f bench/out/rl_*.json
 "$PY" bench/common.py assets
 "$PY" bench/dpo.py --steps "$DPO_STEPS" --batch 8 --repeats "$REPEATS" --threads "$THREADS" > /dev/null
 "$PY" bench/sft.py --steps "$SFT_STEPS" --batch 16 --repeats "$REPEATS" --threads "$THREADS" > /dev/null

@@ -4,8 +4,17 @@
 
 Same model, prompt/completion rows, batch size, max length, steps, learning rate, fp32, CPU,
 threads; loss on completion tokens only in both (TRL: completion_only_loss=True), no packing in
-either. TRL is fed alignlab's batches in alignlab's order (sequential sampler), so both train on
-identical padded batches; the plain loop runs the same batches too.
+either. Contenders:
+
+- alignlab      the `sft` stage at its defaults (length-grouped batches, no gradient checkpointing)
+- trl-defaults  SFTTrainer at its defaults (its own random sampler, gradient checkpointing on), fp32
+- trl-own       its own random sampler, gradient checkpointing off (what the sampler alone costs)
+- trl           fed alignlab's batches in alignlab's order (sequential sampler), checkpointing off:
+                identical padded batches, identical work
+- plain         bench/plain_loop.py on alignlab's batches
+
+Three comparisons are written: sft_defaults (alignlab vs trl-defaults), sft_own_sampler (alignlab
+vs trl-own) and sft_matched (alignlab vs trl, and the plain loop).
 """
 
 from __future__ import annotations
@@ -44,7 +53,8 @@ def trl_child(a) -> dict:
                      completion_only_loss=True, packing=False)
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(records), processing_class=tokenizer)
     result = common.run_trl(trainer, model)
-    result["notes"] = f"completion_only_loss=True, packing=False, sampler={args.train_sampling_strategy}"
+    result["notes"] = (f"completion_only_loss=True, packing=False, sampler={args.train_sampling_strategy}, "
+                       f"gradient_checkpointing={args.gradient_checkpointing}")
     return result
 
 
@@ -59,12 +69,18 @@ def driver(argv: list[str]) -> None:
     base = ["--steps", str(a.steps), "--batch", str(a.batch), "--lr", str(a.lr)]
     contenders = {
         "alignlab": ("sft.py", base + ["--tool", "alignlab"]),
+        "trl-defaults": ("sft.py", base + ["--tool", "trl", "--order", "own", "--gc", "on"]),
+        "trl-own": ("sft.py", base + ["--tool", "trl", "--order", "own"]),
         "trl": ("sft.py", base + ["--tool", "trl", "--order", "alignlab"]),
         "plain": ("plain_loop.py", base + ["--tool", "plain", "--job", "sft"]),
     }
     print(f"SFT: {a.steps} steps x {a.batch} rows, {a.repeats} repeats, {a.threads} threads", file=sys.stderr)
     runs = common.alternate(contenders, a.repeats, a.threads)
-    common.report_jobs({"sft": ("alignlab", "trl", "plain")}, "rows", a, runs)
+    common.report_jobs({
+        "sft_defaults": ("alignlab", "trl-defaults", "plain"),
+        "sft_own_sampler": ("alignlab", "trl-own", None),
+        "sft_matched": ("alignlab", "trl", "plain"),
+    }, "rows", a, runs)
 
 
 if __name__ == "__main__":
