@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
@@ -122,3 +123,85 @@ def test_kto_reference_point_spans_both_processes(tiny_model_dir, tmp_path):
     z0 = {out: [x["reference_point"] for x in map(json.loads, (out / "log.jsonl").read_text().splitlines())
                 if "reference_point" in x] for out in (ddp_out, single_out)}
     assert z0[ddp_out] == pytest.approx(z0[single_out], abs=1e-6) and max(z0[single_out]) > 0
+
+
+def _torchrun(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CI": "true", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           *args], env=env, capture_output=True, text=True, timeout=timeout,
+                          cwd=Path(__file__).parent)
+    assert proc.returncode == 0, _without_torch_info(proc.stderr)
+    return proc
+
+
+def test_online_loop_over_two_processes_makes_the_one_process_update(tmp_path):
+    # 8 rows per iteration, minibatch 8 over 2 processes (4 each, micro-batches of 2), 2 epochs:
+    # the summed gradients of the globally normalised loss are exactly one process's
+    import online_ddp_worker
+    from alignlab.train import Dist
+
+    _torchrun(["online_ddp_worker.py", str(tmp_path / "ddp")])
+    single = online_ddp_worker.run(tmp_path / "single", 8, Dist())
+    ddp = torch.load(tmp_path / "ddp" / "toy.pt")
+    for name, value in single.state_dict().items():
+        assert torch.allclose(ddp[name], value, atol=1e-6), name
+    logs = {k: [json.loads(x) for x in (tmp_path / k / "log.jsonl").read_text().splitlines()] for k in ("ddp", "single")}
+    for a, b in zip(logs["ddp"], logs["single"]):
+        assert a["samples"] == b["samples"] == 8
+        assert a["reward"] == pytest.approx(b["reward"], abs=1e-6)  # averaged over processes
+        assert a["dropped_samples"] == 2 and b["dropped_samples"] == 1  # counts add up
+        for key in ("loss", "abs_err", "grad_norm"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5), key
+
+
+def test_online_loop_with_uneven_shares_does_not_hang(tmp_path):
+    # 7 rows: process 0 holds 4, process 1 holds 3; with minibatch 8 the step still waits for both
+    _torchrun(["online_ddp_worker.py", str(tmp_path), "7"])
+    log = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [x["samples"] for x in log] == [7, 7, 7]
+
+
+def test_a_recipe_under_torchrun_trains_in_parallel_and_samples_once(tmp_path):
+    # the tiny quickstart plus GRPO: training stages run on both processes, the sampling and
+    # evaluation stages on process 0 alone; every stage finishes and each log is written once
+    from tiny_recipe import tiny_recipe
+
+    recipe = tiny_recipe()
+    stages = recipe["stages"]
+    recipe["stages"] = {**{k: v for k, v in stages.items() if k != "evaluate" and k != "report"}, "grpo": {
+        "model": "@sft/model", "prompts": "@task/data/prompts_train.jsonl", "reward": {"type": "gold", "task": "sentiment"},
+        "samples_per_prompt": 2, "sampling": {"max_new_tokens": 8},
+        "train": {"iterations": 2, "prompts_per_iteration": 4, "minibatch_size": 8, "lr": 1e-3, "save_every": 1,
+                  "device": "cpu"},
+    }, "evaluate": stages["evaluate"], "report": stages["report"]}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
+    proc = _torchrun(["-m", "alignlab.cli", "run", str(path), "--out", str(tmp_path / "run")], timeout=600)
+    run = tmp_path / "run"
+    assert all((run / name / "done.json").exists() for name in recipe["stages"]), proc.stderr[-3000:]
+    grpo_log = [json.loads(x) for x in (run / "grpo" / "log.jsonl").read_text().splitlines()]
+    assert [x["samples"] for x in grpo_log] == [8, 8]  # 4 prompts x 2 samples over both processes
+    sft_log = [json.loads(x) for x in (run / "sft" / "log.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in sft_log if "loss" in x] == list(range(1, 9))
+    assert proc.stderr.count("grpo: done in") == 1
+
+
+def test_a_stage_that_does_not_train_in_parallel_runs_on_process_zero_only(tmp_path, monkeypatch):
+    import threading
+
+    from alignlab.pipeline import runner
+    from alignlab.pipeline.recipe import PlannedStage
+
+    calls = []
+    stage = PlannedStage("evaluate", "evaluate", None, lambda cfg, out: calls.append(os.environ["WORLD_SIZE"]) or {}, [])
+    monkeypatch.setattr(runner, "WAIT_POLL_S", 0.01)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    assert runner._run_stage(stage, tmp_path) == {} and calls == ["1"]  # alone: it sees a world of one
+    monkeypatch.setenv("RANK", "1")
+    timer = threading.Timer(0.2, lambda: (tmp_path / "done.json").write_text('{"config_hash": "x"}'))
+    timer.start()
+    assert runner._run_stage(stage, tmp_path) is None and calls == ["1"]  # waited for process 0's done mark
+    assert os.environ["WORLD_SIZE"] == "2"

@@ -10,6 +10,8 @@ padded position cannot leak into a sum.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -58,16 +60,26 @@ def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
     return squared_dev / dof.clamp_min(1)
 
 
-def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
+def masked_whiten(
+    x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8,
+    reduce: Callable[[Tensor], Tensor] | None = None,
+) -> Tensor:
     """Standardise x with the mean and (unbiased) variance of its kept entries.
 
     With `shift_mean=False` the mean is added back, so only the scale changes (PPO
     implementations whiten rewards this way to keep their sign; see Huang et al. 2024, "The N+
     Implementation Details of RLHF with PPO"). Entries outside the mask are set to 0.
+    `reduce` sums a tensor over processes (data parallel): the statistics then span every
+    process's entries, exactly as if one process held them all.
     """
     keep = _kept(x, mask)
-    mean = masked_mean(x, keep)
-    whitened = (x - mean) * torch.rsqrt(masked_var(x, keep) + eps)
+    if reduce is None:
+        mean, var = masked_mean(x, keep), masked_var(x, keep)
+    else:
+        count = reduce(_count(keep, None, x.dtype))
+        mean = reduce(masked_sum(x, keep)) / count.clamp_min(1)
+        var = reduce(masked_sum((x - mean) ** 2, keep)) / (count - 1).clamp_min(1)
+    whitened = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         whitened = whitened + mean
     return torch.where(keep, whitened, torch.zeros((), dtype=whitened.dtype, device=x.device))

@@ -8,11 +8,31 @@ import time
 from pathlib import Path
 
 from alignlab.pipeline.recipe import PlannedStage, RecipeError, load_recipe
+from alignlab.stages import stage_type
 from alignlab.stages.common import config_hash, done_hash, record_wall_time
+from alignlab.train.distributed import launched_rank, single_process
+
+WAIT_POLL_S = 1.0
 
 
 def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    if launched_rank()[0] == 0:  # under torchrun one voice is enough
+        print(message, file=sys.stderr, flush=True)
+
+
+def _run_stage(stage: PlannedStage, out_dir: Path) -> dict | None:
+    """Run one stage in this process. Under torchrun, a stage that does not train data-parallel
+    (sampling, labelling, evaluation) runs on process 0 alone; the others wait for its done mark
+    by watching the file system, so no collective can time out during a long stage."""
+    rank, world = launched_rank()
+    if world == 1 or stage_type(stage.type).data_parallel:
+        return stage.run(stage.config, out_dir)
+    if rank == 0:
+        with single_process():
+            return stage.run(stage.config, out_dir)
+    while done_hash(out_dir) is None:
+        time.sleep(WAIT_POLL_S)
+    return None
 
 
 def run_recipe(
@@ -39,9 +59,12 @@ def run_recipe(
         state = "resuming" if out_dir.exists() else "running"
         _say(f"[{i}/{len(stages)}] {stage.name} ({stage.type}): {state} -> {out_dir}")
         start = time.perf_counter()
-        results[stage.name] = stage.run(stage.config, out_dir)
+        metrics = _run_stage(stage, out_dir)
+        if metrics is not None:
+            results[stage.name] = metrics
         seconds = time.perf_counter() - start
-        record_wall_time(out_dir, seconds)
+        if launched_rank()[0] == 0:
+            record_wall_time(out_dir, seconds)
         _say(f"[{i}/{len(stages)}] {stage.name}: done in {seconds:.1f} s")
     _say(f"recipe {name}: {'all ' if until is None else ''}{len(stages)} stages finished in {run_dir}")
     return results

@@ -15,6 +15,8 @@ class StageType:
     config: str
     summary: str
     function: str = "run"
+    data_parallel: bool = False
+    """trains data-parallel under torchrun; the others run on process 0 alone while the rest wait"""
 
     def load(self) -> tuple[type[StageConfig], Callable]:
         mod = import_module(f"alignlab.stages.{self.module}")
@@ -23,25 +25,25 @@ class StageType:
 
 STAGES: dict[str, StageType] = {
     "task_data": StageType("task_data", "TaskDataConfig", "write a built-in task's datasets (SFT, prompts)"),
-    "pretrain": StageType("pretrain", "PretrainConfig", "train a tokenizer and a small LM from scratch"),
-    "sft": StageType("sft", "SFTConfig", "supervised fine-tuning on demonstrations"),
+    "pretrain": StageType("pretrain", "PretrainConfig", "train a tokenizer and a small LM from scratch", data_parallel=True),
+    "sft": StageType("sft", "SFTConfig", "supervised fine-tuning on demonstrations", data_parallel=True),
     "sample_pairs": StageType("sample_pairs", "SamplePairsConfig", "sample k responses per prompt, label pairs by gold reward"),
-    "reward_model": StageType("reward_model", "RewardModelConfig", "Bradley–Terry reward model on pairs or rankings"),
-    "dpo": StageType("dpo", "DPOConfig", "offline preference optimisation: DPO, cDPO, robust, hinge, IPO, SimPO, ORPO, RPO"),
-    "preference": StageType("dpo", "DPOConfig", "the dpo stage under its family name"),
-    "kto": StageType("kto", "KTOConfig", "KTO on unpaired desirable/undesirable labels"),
-    "ppo": StageType("ppo", "PPOConfig", "PPO with a value function, GAE and a KL penalty (fixed or adaptive)"),
-    "grpo": StageType("policy_gradient", "GRPOConfig", "GRPO: group-normalised advantages, clipping, k3 KL", "run_grpo"),
-    "rloo": StageType("policy_gradient", "RLOOConfig", "RLOO: k samples, leave-one-out baseline", "run_rloo"),
-    "online_dpo": StageType("online_preference", "OnlineDPOConfig", "online DPO: pairs sampled from the policy, ranked by a reward source", "run_online_dpo"),
-    "spin": StageType("online_preference", "SPINConfig", "SPIN self-play: demonstrations preferred over the policy's own samples", "run_spin"),
+    "reward_model": StageType("reward_model", "RewardModelConfig", "Bradley–Terry reward model on pairs or rankings", data_parallel=True),
+    "dpo": StageType("dpo", "DPOConfig", "offline preference optimisation: DPO, cDPO, robust, hinge, IPO, SimPO, ORPO, RPO", data_parallel=True),
+    "preference": StageType("dpo", "DPOConfig", "the dpo stage under its family name", data_parallel=True),
+    "kto": StageType("kto", "KTOConfig", "KTO on unpaired desirable/undesirable labels", data_parallel=True),
+    "ppo": StageType("ppo", "PPOConfig", "PPO with a value function, GAE and a KL penalty (fixed or adaptive)", data_parallel=True),
+    "grpo": StageType("policy_gradient", "GRPOConfig", "GRPO: group-normalised advantages, clipping, k3 KL", "run_grpo", data_parallel=True),
+    "rloo": StageType("policy_gradient", "RLOOConfig", "RLOO: k samples, leave-one-out baseline", "run_rloo", data_parallel=True),
+    "online_dpo": StageType("online_preference", "OnlineDPOConfig", "online DPO: pairs sampled from the policy, ranked by a reward source", "run_online_dpo", data_parallel=True),
+    "spin": StageType("online_preference", "SPINConfig", "SPIN self-play: demonstrations preferred over the policy's own samples", "run_spin", data_parallel=True),
     "best_of_n": StageType("best_of_n", "BestOfNConfig", "best of N samples by a proxy reward: gold/proxy per N and the analytic KL"),
     "rejection_sampling": StageType("rejection_sampling", "RejectionSamplingConfig", "rounds of: sample N, keep the best per prompt, SFT on it"),
     "sl_cai": StageType("sl_cai", "SLCAIConfig", "Constitutional AI, supervised: critique and revise the policy's answers to red-team prompts"),
     "ai_labels": StageType("ai_labels", "AILabelsConfig", "RLAIF: soft preference labels from a feedback model's (A)/(B) log-probs under constitution principles"),
     "winrate": StageType("winrate", "WinRateConfig", "win rate of model A against model B, judged by a reward model, an LLM or people"),
     "hybrid_labels": StageType("hybrid_labels", "HybridLabelsConfig", "route AI soft labels by confidence to AI / people / both; merge and measure agreement"),
-    "prm": StageType("prm", "PRMConfig", "process reward model: a token classifier trained on each step's label (last step only: an ORM)"),
+    "prm": StageType("prm", "PRMConfig", "process reward model: a token classifier trained on each step's label (last step only: an ORM)", data_parallel=True),
     "step_labels": StageType("step_labels", "StepLabelsConfig", "sample solutions and label every step and the final answer with a task's checker (PRM/ORM data)"),
     "search": StageType("search", "SearchConfig", "majority vote, ORM and PRM best-of-N, PRM beam search: accuracy against N"),
     "evaluate": StageType("evaluate", "EvaluateConfig", "gold/proxy reward, KL, length, distinct-n of models' samples"),

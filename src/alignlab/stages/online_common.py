@@ -15,6 +15,7 @@ from alignlab.data.tokenize import tokenize_prompts
 from alignlab.feedback import RewardSpec, ScoringBatch, score_safely
 from alignlab.rollout import Rollouts, SamplingSettings, logp_mismatch, sample, to_batch
 from alignlab.stages.common import StageConfig
+from alignlab.train.distributed import Dist
 from alignlab.train.online import OnlineSettings
 
 
@@ -32,9 +33,14 @@ class OnlineConfig(StageConfig):
     train: OnlineSettings = OnlineSettings()
 
 
-def iteration_seed(seed: int, iteration: int) -> int:
-    """The sampling seed of one iteration: a resumed run draws the same samples again."""
-    return seed * 100_003 + iteration
+def iteration_seed(seed: int, iteration: int, rank: int = 0) -> int:
+    """The sampling seed of one iteration (and process): a resumed run draws the same samples again."""
+    return seed * 100_003 + iteration + 1_000_000_007 * rank
+
+
+def my_share(indices: list[int], dist) -> list[int]:
+    """This process's share of an iteration's prompts (all of them for one process)."""
+    return indices[dist.rank :: dist.world_size]
 
 
 class PromptStream:
@@ -171,6 +177,7 @@ class OnlineRun:
     reward: object
     policy: torch.nn.Module
     stream: PromptStream
+    dist: Dist
 
     @classmethod
     def start(cls, cfg: OnlineConfig, **settings_update) -> OnlineRun:
@@ -181,13 +188,13 @@ class OnlineRun:
         tokenizer = load_tokenizer(cfg.model)
         texts, ids = load_prompt_ids(cfg.prompts, tokenizer, cfg.max_prompt_length)
         settings = cfg.train.model_copy(update=settings_update)
-        device, _ = runtime(settings.device)
+        device, dist = runtime(settings.device)
         seed_everything(settings.seed)
         reward = build_reward(cfg.reward, tokenizer, device)  # a bad reward fails before the model loads
         policy = load_policy(cfg.model, cfg.dtype, device, getattr(cfg, "lora", None))
         disable_dropout(policy)
         stream = PromptStream(len(ids), settings.prompts_per_iteration, settings.seed)
-        return cls(cfg, settings, tokenizer, texts, ids, device, reward, policy, stream)
+        return cls(cfg, settings, tokenizer, texts, ids, device, reward, policy, stream, dist)
 
     def reference(self):
         """The frozen KL anchor (the policy with its adapter off under LoRA, else a loaded copy)."""
@@ -198,8 +205,8 @@ class OnlineRun:
                                 cfg.dtype, self.device)
 
     def sample(self, iteration: int, k: int) -> ScoredRollouts:
-        """k scored samples per prompt of this iteration, from the current policy."""
-        idx = self.stream.indices(iteration)
+        """k scored samples per prompt of this iteration (this process's share), from the current policy."""
+        idx = my_share(self.stream.indices(iteration), self.dist)
         return sample_and_score(self.policy, self.tokenizer, [self.prompt_texts[i] for i in idx],
                                 [self.prompt_ids[i] for i in idx], k, self.cfg.sampling, self.reward,
-                                self.cfg.on_reward_error, seed=iteration_seed(self.settings.seed, iteration))
+                                self.cfg.on_reward_error, seed=iteration_seed(self.settings.seed, iteration, self.dist.rank))

@@ -74,8 +74,10 @@ from alignlab.stages.online_common import (
     PromptStream,
     batched_logps,
     iteration_seed,
+    my_share,
     rollout_batch,
 )
+from alignlab.train.distributed import Dist
 from alignlab.train.online import Experience, OnlineSettings, OnlineStage, run_online
 
 # The preference objectives of losses/preference.py that compare against a reference.
@@ -204,14 +206,15 @@ def implicit_reward_figures(policy_logps: Tensor, ref_logps: Tensor, beta: float
 
 
 def _finish_stage(policy, tokenizer, stage: OnlineStage, settings: OnlineSettings, out: Path, device, cfg,
-                  data_key: str, name: str, extra: dict) -> dict:
+                  data_key: str, name: str, extra: dict, dist: Dist) -> dict:
     """Run the online loop, save model/ in HF format, and write metrics.json and done.json."""
     out.mkdir(parents=True, exist_ok=True)
     result = run_online(policy, stage, settings, out, device=device, expected_samples=settings.prompts_per_iteration,
                         data_key=data_key, name=name,
-                        save_snapshot=lambda d: save_pretrained_atomic(policy, tokenizer, d))
-    save_pretrained_atomic(policy, tokenizer, out / "model")
-    return finish(out, cfg, {**extra, **result})
+                        save_snapshot=lambda d: save_pretrained_atomic(policy, tokenizer, d), dist=dist)
+    if dist.is_main:
+        save_pretrained_atomic(policy, tokenizer, out / "model")
+    return finish(out, cfg, {**extra, **result}, dist)
 
 
 # --------------------------------------------------------------------------- online DPO
@@ -251,7 +254,7 @@ def run_online_dpo(cfg: OnlineDPOConfig, out: Path) -> dict:
 
     stage = OnlineStage(collect, pair_loss_fn(policy, cfg, temperature, device))
     return _finish_stage(policy, tokenizer, stage, settings, out, device, cfg, file_fingerprint(cfg.prompts),
-                         "online_dpo", {"prompts": len(job.prompt_ids), "objective": cfg.loss})
+                         "online_dpo", {"prompts": len(job.prompt_ids), "objective": cfg.loss}, job.dist)
 
 
 # --------------------------------------------------------------------------- SPIN
@@ -284,7 +287,7 @@ def run_spin(cfg: SPINConfig, out: Path) -> dict:
     tokenizer = load_tokenizer(cfg.model)
     demos, stats = load_demonstrations(cfg.data, tokenizer, cfg.max_length, cfg.max_prompt_length)
     settings = cfg.train
-    device, _ = runtime(settings.device)
+    device, dist = runtime(settings.device)
     seed_everything(settings.seed)
     policy = load_policy(cfg.model, cfg.dtype, device, cfg.lora)
     disable_dropout(policy)
@@ -302,9 +305,9 @@ def run_spin(cfg: SPINConfig, out: Path) -> dict:
         return token_logps(policy, ids, attn, loss_mask, temperature)
 
     def collect(iteration: int):
-        chosen_demos = [demos[i] for i in stream.indices(iteration)]
+        chosen_demos = [demos[i] for i in my_share(stream.indices(iteration), dist)]
         drawn = sample(policy, [d.prompt_ids for d in chosen_demos], cfg.sampling, pad_id=pad,
-                       eos_id=tokenizer.eos_token_id, seed=iteration_seed(settings.seed, iteration))
+                       eos_id=tokenizer.eos_token_id, seed=iteration_seed(settings.seed, iteration, dist.rank))
         keep = [j for j, d in enumerate(chosen_demos) if drawn.completion_ids[j] != d.completion_ids]
         experience = pair_tensors([chosen_demos[j].prompt_ids for j in keep],
                                   [chosen_demos[j].completion_ids for j in keep],
@@ -327,4 +330,4 @@ def run_spin(cfg: SPINConfig, out: Path) -> dict:
     stage = OnlineStage(collect, pair_loss_fn(policy, cfg, temperature, device))
     return _finish_stage(policy, tokenizer, stage, settings, out, device, cfg, file_fingerprint(cfg.data), "spin",
                          {"data": stats, "demonstrations": len(demos), "objective": cfg.loss,
-                          "reference": cfg.reference})
+                          "reference": cfg.reference}, dist)

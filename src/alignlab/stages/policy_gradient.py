@@ -120,9 +120,10 @@ def run_group(cfg: GroupConfig, out: Path, algorithm: str) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     result = run_online(policy, stage, settings, out, device=device, expected_samples=samples,
                         data_key=file_fingerprint(cfg.prompts), name=algorithm,
-                        save_snapshot=lambda d: save_pretrained_atomic(policy, tokenizer, d))
-    save_pretrained_atomic(policy, tokenizer, out / "model")
-    return finish(out, cfg, {"prompts": len(job.prompt_ids), "samples_per_iteration": samples, **result})
+                        save_snapshot=lambda d: save_pretrained_atomic(policy, tokenizer, d), dist=job.dist)
+    if job.dist.is_main:
+        save_pretrained_atomic(policy, tokenizer, out / "model")
+    return finish(out, cfg, {"prompts": len(job.prompt_ids), "samples_per_iteration": samples, **result}, job.dist)
 
 
 def run_grpo(cfg: GRPOConfig, out: Path) -> dict:

@@ -36,6 +36,7 @@ from alignlab.stages.online_common import (
     mismatch_figures,
     rollout_batch,
 )
+from alignlab.train.distributed import all_reduce_sum
 from alignlab.train.kl_control import make_kl_controller
 from alignlab.train.online import OnlineStage, run_online
 
@@ -87,6 +88,8 @@ def run(cfg: PPOConfig, out: Path) -> dict:
     kl_ctl = make_kl_controller(cfg.kl.beta, cfg.kl.target, cfg.kl.horizon)
     temperature, pad = cfg.sampling.temperature, tokenizer.pad_token_id
     micro = settings.micro_batch_size or settings.minibatch_size
+    # whitening statistics span every process's samples, as they would in one process
+    over_processes = (lambda t: all_reduce_sum(t, job.dist)) if job.dist.enabled else None
 
     def values_of(b):
         if head is not None:
@@ -104,10 +107,10 @@ def run(cfg: PPOConfig, out: Path) -> dict:
         mask = batch["loss_mask"][:, 1:]
         rewards, kl = kl_penalised_rewards(scored.scores, old, ref, mask, kl_ctl.beta, cfg.kl.estimator)
         if cfg.whiten_rewards:
-            rewards = masked_whiten(rewards, mask, shift_mean=False)
+            rewards = masked_whiten(rewards, mask, shift_mean=False, reduce=over_processes)
         advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
         if cfg.whiten_advantages:
-            advantages = masked_whiten(advantages, mask)
+            advantages = masked_whiten(advantages, mask, reduce=over_processes)
         seq_kl = masked_sum(old - ref, mask, dim=-1)
         figures = {
             "reward": float(scored.scores.mean()), "kl": float(seq_kl.mean()), "beta": kl_ctl.beta,
@@ -136,8 +139,9 @@ def run(cfg: PPOConfig, out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     result = run_online(policy, stage, settings, out, device=device, expected_samples=settings.prompts_per_iteration,
                         extra_modules={"value": value_module}, data_key=file_fingerprint(cfg.prompts), name="ppo",
-                        save_snapshot=lambda d: save_pretrained_atomic(policy, tokenizer, d))
-    save_pretrained_atomic(policy, tokenizer, out / "model")
-    if critic is not None:
-        save_pretrained_atomic(critic, tokenizer, out / "critic")
-    return finish(out, cfg, {"prompts": len(job.prompt_ids), "final_beta": kl_ctl.beta, **result})
+                        save_snapshot=lambda d: save_pretrained_atomic(policy, tokenizer, d), dist=job.dist)
+    if job.dist.is_main:
+        save_pretrained_atomic(policy, tokenizer, out / "model")
+        if critic is not None:
+            save_pretrained_atomic(critic, tokenizer, out / "critic")
+    return finish(out, cfg, {"prompts": len(job.prompt_ids), "final_beta": kl_ctl.beta, **result}, job.dist)

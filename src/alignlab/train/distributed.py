@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +41,61 @@ def all_reduce_sum(value: torch.Tensor, d: Dist) -> torch.Tensor:
         value = value.clone()
         dist.all_reduce(value, op=dist.ReduceOp.SUM)
     return value
+
+
+def all_gather_objects(obj, d: Dist) -> list:
+    """Every process's `obj` (picklable), in rank order; `[obj]` for one process."""
+    if not d.enabled:
+        return [obj]
+    out = [None] * d.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_parameters(params: list[torch.nn.Parameter], d: Dist) -> None:
+    """Copy rank 0's weights to every process, so the replicas start identical."""
+    if d.enabled:
+        with torch.no_grad():
+            for p in params:
+                dist.broadcast(p.data, src=0)
+
+
+def all_reduce_gradients(params: list[torch.nn.Parameter], d: Dist) -> None:
+    """Sum every parameter's gradient over the processes, in one flat all-reduce.
+
+    A process whose share of the step was empty has no gradients (None): it contributes zeros.
+    The losses are already normalised by the global count, so the sum is the global gradient.
+    """
+    if not d.enabled or not params:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad = flat[offset : offset + n].view_as(p).clone()
+        offset += n
+
+
+@contextmanager
+def single_process():
+    """Make `init_distributed` see a world of one inside the block (a stage process 0 runs alone)."""
+    saved = {k: os.environ.get(k) for k in ("WORLD_SIZE", "RANK")}
+    os.environ["WORLD_SIZE"], os.environ["RANK"] = "1", "0"
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def launched_rank() -> tuple[int, int]:
+    """(rank, world size) as torchrun set them, before any process group exists."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def barrier(d: Dist) -> None:

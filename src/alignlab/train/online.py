@@ -11,6 +11,12 @@ each `minibatch_size` samples make one optimizer step; `micro_batch_size` only s
 to save memory and does not change the update (each micro-batch's mean loss is weighted by its
 share of the minibatch's tokens or samples, as the stage's `weight` says).
 
+Under torchrun every process samples its own share of each iteration's prompts (whole groups), and
+each optimizer step sums the processes' gradients of a loss normalised by the global count, so the
+sizes above stay global and the update is the one a single process would make on all the samples.
+Rollout figures are averaged over the processes (counts are summed); process 0 writes logs and
+checkpoints.
+
 Checkpoints are written at the start of an iteration, after its rollouts passed the KL bound, so a
 checkpoint always holds a policy whose samples were checked; a resumed run re-collects that
 iteration with the same seed (sampling is deterministic per iteration) and goes on exactly.
@@ -33,6 +39,14 @@ from torch import Tensor, nn
 
 from alignlab.train.activations import use_gradient_checkpointing
 from alignlab.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from alignlab.train.distributed import (
+    Dist,
+    all_gather_objects,
+    all_reduce_gradients,
+    all_reduce_sum,
+    barrier,
+    broadcast_parameters,
+)
 from alignlab.train.loop import NonFiniteLossError, ResumeMismatchError
 from alignlab.train.optim import make_optimizer
 from alignlab.train.progress import Progress, StepLog
@@ -130,14 +144,18 @@ def run_online(
     data_key: str = "",
     name: str = "online",
     save_snapshot: Callable[[Path], None] | None = None,
+    dist: Dist = Dist(),
 ) -> dict:
     """Run `settings.iterations` collect→update cycles; returns the last logged figures.
 
     With `settings.snapshot_every`, `save_snapshot(dir)` writes the policy to
     `snapshots/iter-NNNNN` (the overoptimisation view evaluates them)."""
     s = settings
+    _check_divisible(s, dist, name)
     extra_modules = extra_modules or {}
     params = [p for m in (policy, *extra_modules.values()) for p in m.parameters()]
+    trainable = [p for p in params if p.requires_grad]
+    broadcast_parameters(trainable, dist)  # frozen weights come from the same files on every process
     use_gradient_checkpointing(policy, s.gradient_checkpointing)
     optimizer = make_optimizer(params, s)
     steps_per_iteration = s.update_epochs * math.ceil(expected_samples / s.minibatch_size)
@@ -158,14 +176,15 @@ def run_online(
         if meta.get("finished"):
             start = s.iterations
 
-    log = StepLog(out_dir / "log.jsonl", resume_step=start)
-    bar = Progress(s.iterations, start, name)
+    log = StepLog(out_dir / "log.jsonl", resume_step=start) if dist.is_main else None
+    bar = Progress(s.iterations, start, name) if dist.is_main else None
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if s.precision == "bf16" else contextlib.nullcontext()
     micro = s.micro_batch_size or s.minibatch_size
     last: dict = {}
     for iteration in range(start, s.iterations):
         tick = time.perf_counter()
         experience, figures = stage.collect(iteration)
+        figures, n = _global_figures(figures, _count(experience), dist)
         rollout_s = time.perf_counter() - tick
         if s.max_kl is not None and figures.get("kl", 0.0) > s.max_kl:
             kept = latest_checkpoint(ckpt_root)
@@ -177,48 +196,59 @@ def run_online(
             )
         save_now = s.save_every and iteration % s.save_every == 0 and not (resumed_before_update and iteration == start)
         if save_now and iteration > 0:
-            _save(ckpt_root, iteration, policy, optimizer, scheduler, key, stage, extra_modules, finished=False)
+            _save(ckpt_root, iteration, policy, optimizer, scheduler, key, stage, extra_modules, dist, finished=False)
 
         tick = time.perf_counter()
-        update = _update(policy, experience, stage, s, optimizer, scheduler, autocast, micro, iteration, params, name, device)
+        update = _update(policy, experience, stage, s, optimizer, scheduler, autocast, micro, iteration, params, name,
+                         device, dist)
         update_s = time.perf_counter() - tick
         if stage.after_iteration is not None:
             figures = {**figures, **stage.after_iteration(iteration, figures)}
-        n = len(next(iter(experience.values()))) if experience else 0
         done = iteration + 1
         record = {"step": done, **figures, **update, "lr": scheduler.get_last_lr()[0], "samples": n,
                   "rollout_s": rollout_s, "update_s": update_s, "samples_per_s": n / max(rollout_s + update_s, 1e-9)}
-        if done % s.log_every == 0 or done == s.iterations:
+        if log is not None and (done % s.log_every == 0 or done == s.iterations):
             log.write(record)
             bar.update(done, f"reward {figures.get('reward', float('nan')):.3f} kl {figures.get('kl', float('nan')):.2f}")
         last = record
         if save_snapshot is not None and s.snapshot_every and done % s.snapshot_every == 0:
-            save_snapshot(out_dir / "snapshots" / f"iter-{done:05d}")
-    _save(ckpt_root, s.iterations, policy, optimizer, scheduler, key, stage, extra_modules, finished=True)
+            if dist.is_main:
+                save_snapshot(out_dir / "snapshots" / f"iter-{done:05d}")
+            barrier(dist)
+    _save(ckpt_root, s.iterations, policy, optimizer, scheduler, key, stage, extra_modules, dist, finished=True)
     if not last:
         last = _last_logged(out_dir / "log.jsonl")
-    log.close()
-    bar.close()
+    if log is not None:
+        log.close()
+        bar.close()
     return {"train": last, "iterations": s.iterations}
 
 
-def _update(policy, experience, stage, s, optimizer, scheduler, autocast, micro, iteration, params, name, device) -> dict:
-    """`update_epochs` passes of shuffled minibatches; returns the mean of each figure over steps."""
-    n = len(next(iter(experience.values()))) if experience else 0
+def _update(policy, experience, stage, s, optimizer, scheduler, autocast, micro, iteration, params, name, device,
+            dist: Dist) -> dict:
+    """`update_epochs` passes of shuffled minibatches; returns the mean of each figure over steps.
+
+    Each process takes its own rows, `minibatch_size / world_size` of them per step; a process that
+    runs out of rows before the others joins the remaining steps with nothing (zero gradients)."""
+    n = _count(experience)
+    local_size = s.minibatch_size // dist.world_size
+    steps_per_epoch = max(all_gather_objects(math.ceil(n / local_size), dist))
     sums: dict[str, float] = {}
     steps = 0
-    generator = torch.Generator().manual_seed(s.seed * 1_000_003 + iteration)
+    generator = torch.Generator().manual_seed(s.seed * 1_000_003 + iteration + 104_729 * dist.rank)
     policy.train()
     for _ in range(s.update_epochs):
         order = torch.randperm(n, generator=generator)
-        for start in range(0, n, s.minibatch_size):
-            rows = order[start : start + s.minibatch_size]
+        for step in range(steps_per_epoch):
+            rows = order[step * local_size : (step + 1) * local_size]
             micro_batches = [{k: v.to(device) for k, v in _trim(_rows(experience, rows[i : i + micro])).items()}
                              for i in range(0, len(rows), micro)]
-            weights = torch.stack([stage.weight(b).float() for b in micro_batches])
-            shares = weights / weights.sum().clamp_min(1e-12)
+            weights = [stage.weight(b).float() for b in micro_batches]
+            local = (torch.stack(weights).sum() if weights else torch.zeros(())).to(device)  # nccl reduces on the GPU
+            normaliser = all_reduce_sum(local, dist).clamp_min(1e-12)
             totals: dict[str, Tensor] = {}
-            for batch, share in zip(micro_batches, shares):
+            for batch, weight in zip(micro_batches, weights):
+                share = weight / normaliser
                 with autocast:
                     loss, metrics = stage.loss(batch)
                 (loss * share).backward()
@@ -226,6 +256,8 @@ def _update(policy, experience, stage, s, optimizer, scheduler, autocast, micro,
                 for k, v in metrics.items():
                     if k != "loss":  # counted just above
                         totals[k] = totals.get(k, 0) + v.detach().float() * share
+            all_reduce_gradients([p for p in params if p.requires_grad], dist)
+            totals = _sum_over_processes(totals, dist)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm) if s.max_grad_norm else torch.zeros(())
             if not (torch.isfinite(totals["loss"]) and torch.isfinite(grad_norm)):
                 raise NonFiniteLossError(
@@ -242,10 +274,60 @@ def _update(policy, experience, stage, s, optimizer, scheduler, autocast, micro,
     return {k: v / max(steps, 1) for k, v in sums.items()}
 
 
-def _save(root, iteration, policy, optimizer, scheduler, key, stage, extra_modules, finished: bool) -> None:
-    meta = {"key": key, "iteration": iteration, "finished": finished,
-            "state": {part: obj.state_dict() for part, obj in stage.state.items()}}
-    save_checkpoint(root, iteration, policy, optimizer, scheduler, meta, extra_modules)
+def _save(root, iteration, policy, optimizer, scheduler, key, stage, extra_modules, dist: Dist, finished: bool) -> None:
+    """Process 0 writes (every replica holds the same state); the others wait for it."""
+    if dist.is_main:
+        meta = {"key": key, "iteration": iteration, "finished": finished,
+                "state": {part: obj.state_dict() for part, obj in stage.state.items()}}
+        save_checkpoint(root, iteration, policy, optimizer, scheduler, meta, extra_modules)
+    barrier(dist)
+
+
+# Rollout figures that count things: summed over the processes (the others are averaged).
+COUNTED_FIGURES = frozenset({"dropped_samples", "pairs", "pairs_dropped", "pairs_identical"})
+
+
+def _count(experience: Experience) -> int:
+    return len(next(iter(experience.values()))) if experience else 0
+
+
+def _check_divisible(s: OnlineSettings, dist: Dist, name: str) -> None:
+    for key in ("prompts_per_iteration", "minibatch_size"):
+        value = getattr(s, key)
+        if value % dist.world_size:
+            raise ValueError(f"{name}: train.{key}={value} counts over all {dist.world_size} processes and must be "
+                             f"a multiple of {dist.world_size}")
+
+
+def _global_figures(figures: dict[str, float], n: int, dist: Dist) -> tuple[dict[str, float], int]:
+    """This iteration's rollout figures over every process: counts summed, the rest averaged with
+    each process weighted by its samples (NaN, e.g. from a process left with none, is skipped)."""
+    if not dist.enabled:
+        return figures, n
+    gathered = all_gather_objects((figures, n), dist)
+    keys = list(dict.fromkeys(k for f, _ in gathered for k in f))
+    out: dict[str, float] = {}
+    for key in keys:
+        values = [(float(f[key]), count) for f, count in gathered if key in f]
+        if key in COUNTED_FIGURES:
+            out[key] = sum(v for v, _ in values)
+            continue
+        finite = [(v, count) for v, count in values if math.isfinite(v)]
+        weight = sum(count for _, count in finite)
+        if weight > 0:
+            out[key] = sum(v * count for v, count in finite) / weight
+        else:
+            out[key] = sum(v for v, _ in finite) / len(finite) if finite else float("nan")
+    return out, sum(count for _, count in gathered)
+
+
+def _sum_over_processes(totals: dict[str, Tensor], dist: Dist) -> dict[str, Tensor]:
+    """Each process's share-weighted figure sums added up (a process without rows adds nothing)."""
+    if not dist.enabled:
+        return totals
+    gathered = all_gather_objects({k: float(v) for k, v in totals.items()}, dist)
+    keys = list(dict.fromkeys(k for part in gathered for k in part))
+    return {k: torch.tensor(sum(part.get(k, 0.0) for part in gathered)) for k in keys}
 
 
 def _last_logged(path: Path) -> dict:
