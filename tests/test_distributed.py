@@ -164,7 +164,7 @@ def test_online_loop_with_uneven_shares_does_not_hang(tmp_path):
 
 
 def test_a_recipe_under_torchrun_trains_in_parallel_and_samples_once(tmp_path):
-    # the tiny quickstart plus GRPO: training stages run on both processes, the sampling and
+    # the tiny quickstart plus GRPO and PPO: training stages run on both processes, the sampling and
     # evaluation stages on process 0 alone; every stage finishes and each log is written once
     from tiny_recipe import tiny_recipe
 
@@ -174,6 +174,11 @@ def test_a_recipe_under_torchrun_trains_in_parallel_and_samples_once(tmp_path):
         "model": "@sft/model", "prompts": "@task/data/prompts_train.jsonl", "reward": {"type": "gold", "task": "sentiment"},
         "samples_per_prompt": 2, "sampling": {"max_new_tokens": 8},
         "train": {"iterations": 2, "prompts_per_iteration": 4, "minibatch_size": 8, "lr": 1e-3, "save_every": 1,
+                  "device": "cpu"},
+    }, "ppo": {
+        "model": "@sft/model", "prompts": "@task/data/prompts_train.jsonl", "reward": {"type": "gold", "task": "sentiment"},
+        "kl": {"beta": 0.05, "target": 4.0, "horizon": 100}, "update_epochs": 2, "sampling": {"max_new_tokens": 8},
+        "train": {"iterations": 2, "prompts_per_iteration": 4, "minibatch_size": 2, "lr": 1e-3, "save_every": 1,
                   "device": "cpu"},
     }, "evaluate": stages["evaluate"], "report": stages["report"]}
     path = tmp_path / "tiny.yaml"
@@ -186,6 +191,9 @@ def test_a_recipe_under_torchrun_trains_in_parallel_and_samples_once(tmp_path):
     sft_log = [json.loads(x) for x in (run / "sft" / "log.jsonl").read_text().splitlines()]
     assert [x["step"] for x in sft_log if "loss" in x] == list(range(1, 9))
     assert proc.stderr.count("grpo: done in") == 1
+    ppo_log = [json.loads(x) for x in (run / "ppo" / "log.jsonl").read_text().splitlines()]
+    assert [x["samples"] for x in ppo_log] == [4, 4]  # whitening and the critic's gradients span both
+    assert (run / "ppo" / "critic" / "config.json").exists()
 
 
 def test_a_stage_that_does_not_train_in_parallel_runs_on_process_zero_only(tmp_path, monkeypatch):

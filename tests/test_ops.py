@@ -222,6 +222,18 @@ def test_masked_whiten_gives_zero_mean_unit_variance_on_kept_entries():
     np.testing.assert_allclose(w2[m].numpy(), (kept - kept.mean()) / kept.std(ddof=1) + kept.mean(), atol=1e-7)
 
 
+def test_masked_whiten_over_processes_uses_the_statistics_of_all_their_entries():
+    # two processes holding the same entries: `reduce` doubles every sum, so the result must be
+    # one process whitening both copies at once (the unbiased variance then divides by 2n - 1)
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(3, 7, generator=gen, dtype=torch.float64) * 2 - 1
+    m = torch.rand(3, 7, generator=gen) > 0.4
+    for shift in (True, False):
+        both = masked_whiten(torch.cat([x, x]), torch.cat([m, m]), shift_mean=shift)[:3]
+        torch.testing.assert_close(masked_whiten(x, m, shift_mean=shift, reduce=lambda t: 2 * t), both)
+    assert not torch.allclose(masked_whiten(x, m, shift_mean=False), both)  # n - 1 against 2n - 1: it matters
+
+
 def test_pairwise_accuracy_hard_and_soft_labels():
     diff = torch.tensor([1.0, -1.0, 0.0, 2.0])
     assert pairwise_accuracy(diff).item() == pytest.approx(0.5)  # the tie counts as wrong
