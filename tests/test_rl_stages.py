@@ -212,3 +212,32 @@ def test_grpo_with_gradient_checkpointing_makes_the_same_updates(rl_setup):
         weights.append(torch.cat([p.detach().flatten() for p in trained.parameters()]))
     assert torch.allclose(weights[0], weights[1], atol=1e-6)
     assert not torch.allclose(weights[0], torch.cat([p.flatten() for p in load_causal_lm(model).parameters()]))
+
+
+@pytest.mark.parametrize("synced", [True, False], ids=["synced", "stale-engine"])
+def test_ppo_samples_with_a_vllm_engine_whose_weights_follow_the_policy(rl_setup, monkeypatch, synced):
+    # The stand-in engine (tests/fake_vllm.py) samples with its own copy of the weights. PPO logs
+    # how far the sampler's log-probs are from the policy's: ~0 only if the engine is given the
+    # updated weights before every iteration, as it must be (a stale engine drifts away).
+    import fake_vllm
+
+    from alignlab.rollout import VLLMSampler
+    from alignlab.stages.ppo import PPOConfig, run
+
+    monkeypatch.setitem(sys.modules, "vllm", fake_vllm)
+    if not synced:
+        monkeypatch.setattr(VLLMSampler, "load_weights", lambda self, model: None)
+    tmp, model, prompts = rl_setup
+    cfg = PPOConfig(model=model, prompts=prompts, reward={"type": "callable", "function": "toy_reward_mod:score"},
+                    rollout_backend="vllm", vllm={"gpu_memory_utilization": 0.5}, update_epochs=2,
+                    sampling={"max_new_tokens": 8}, train=_train(iterations=3, minibatch_size=4, lr=1e-2))
+    run(cfg, tmp / f"ppo-vllm-{synced}")
+    engine = fake_vllm.ENGINES[-1]
+    assert engine.options == {"gpu_memory_utilization": 0.5}
+    drift = [abs(x["sampler/mean_ratio"] - 1) for x in _log(tmp / f"ppo-vllm-{synced}")]
+    assert drift[0] < 1e-4  # the engine starts from the same model
+    if synced:
+        assert engine.reloads == 3 and engine.prefix_cache_resets == 3
+        assert max(drift) < 1e-4
+    else:
+        assert engine.reloads == 0 and max(drift[1:]) > 1e-3

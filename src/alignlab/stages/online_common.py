@@ -4,7 +4,7 @@ and scoring with faulty samples dropped, and no-grad log-prob passes over an exp
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -13,7 +13,7 @@ from torch import Tensor
 from alignlab.data.formats import load_prompts
 from alignlab.data.tokenize import tokenize_prompts
 from alignlab.feedback import RewardSpec, ScoringBatch, score_safely
-from alignlab.rollout import Rollouts, SamplingSettings, logp_mismatch, sample, to_batch
+from alignlab.rollout import LocalSampler, Rollouts, Sampler, SamplingSettings, VLLMSampler, logp_mismatch, sample, to_batch
 from alignlab.stages.common import StageConfig
 from alignlab.train.distributed import Dist
 from alignlab.train.online import OnlineSettings
@@ -30,6 +30,10 @@ class OnlineConfig(StageConfig):
     max_prompt_length: int = 128
     sampling: SamplingSettings = SamplingSettings()
     on_reward_error: Literal["drop", "stop"] = Field("drop", description="a sample whose reward fails or is NaN")
+    rollout_backend: Literal["local", "vllm"] = Field(
+        "local", description="vllm: sample with a vLLM engine (GPU, pip install alignlab[vllm]); the policy's weights "
+        "are pushed into it before every iteration")
+    vllm: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for vllm.LLM, e.g. gpu_memory_utilization")
     train: OnlineSettings = OnlineSettings()
 
 
@@ -115,14 +119,14 @@ class ScoredRollouts:
 
 
 def sample_and_score(
-    policy, tokenizer, prompt_texts: list[str], prompt_ids: list[list[int]], k: int,
+    sampler: Sampler, tokenizer, prompt_texts: list[str], prompt_ids: list[list[int]], k: int,
     sampling: SamplingSettings, reward, on_error: str, seed: int,
 ) -> ScoredRollouts:
-    """k samples per prompt, scored; samples whose reward failed are dropped — with their whole
-    group when k > 1, because the group's baseline needs every member."""
+    """k samples per prompt from `sampler` (local or vLLM), scored; samples whose reward failed
+    are dropped — with their whole group when k > 1, because the group's baseline needs every member."""
     repeated = [ids for ids in prompt_ids for _ in range(k)]
     texts_in = [t for t in prompt_texts for _ in range(k)]
-    rollouts = sample(policy, repeated, sampling, pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id, seed=seed)
+    rollouts = sampler.sample(repeated, sampling, seed=seed)
     completions = tokenizer.batch_decode(rollouts.completion_ids, skip_special_tokens=True)
     result = score_safely(reward, ScoringBatch(texts_in, completions, rollouts.prompt_ids, rollouts.completion_ids,
                                                rollouts.finished), on_error=on_error)
@@ -178,6 +182,7 @@ class OnlineRun:
     policy: torch.nn.Module
     stream: PromptStream
     dist: Dist
+    sampler: Sampler
 
     @classmethod
     def start(cls, cfg: OnlineConfig, **settings_update) -> OnlineRun:
@@ -194,7 +199,11 @@ class OnlineRun:
         policy = load_policy(cfg.model, cfg.dtype, device, getattr(cfg, "lora", None))
         disable_dropout(policy)
         stream = PromptStream(len(ids), settings.prompts_per_iteration, settings.seed)
-        return cls(cfg, settings, tokenizer, texts, ids, device, reward, policy, stream, dist)
+        if cfg.rollout_backend == "vllm":
+            sampler = VLLMSampler(cfg.model, **cfg.vllm)
+        else:
+            sampler = LocalSampler(policy, tokenizer.pad_token_id, tokenizer.eos_token_id)
+        return cls(cfg, settings, tokenizer, texts, ids, device, reward, policy, stream, dist, sampler)
 
     def reference(self):
         """The frozen KL anchor (the policy with its adapter off under LoRA, else a loaded copy)."""
@@ -207,6 +216,12 @@ class OnlineRun:
     def sample(self, iteration: int, k: int) -> ScoredRollouts:
         """k scored samples per prompt of this iteration (this process's share), from the current policy."""
         idx = my_share(self.stream.indices(iteration), self.dist)
-        return sample_and_score(self.policy, self.tokenizer, [self.prompt_texts[i] for i in idx],
+        if isinstance(self.sampler, VLLMSampler):
+            # the engine holds its own copy of the weights: bring it to the policy's current ones
+            # (every iteration, a resumed run's first included)
+            from alignlab.models import merged_for_saving
+
+            self.sampler.load_weights(merged_for_saving(self.policy))
+        return sample_and_score(self.sampler, self.tokenizer, [self.prompt_texts[i] for i in idx],
                                 [self.prompt_ids[i] for i in idx], k, self.cfg.sampling, self.reward,
                                 self.cfg.on_reward_error, seed=iteration_seed(self.settings.seed, iteration, self.dist.rank))
