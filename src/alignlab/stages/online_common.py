@@ -31,9 +31,9 @@ class OnlineConfig(StageConfig):
     sampling: SamplingSettings = SamplingSettings()
     on_reward_error: Literal["drop", "stop"] = Field("drop", description="a sample whose reward fails or is NaN")
     rollout_backend: Literal["local", "vllm"] = Field(
-        "local", description="vllm: sample with a vLLM engine (GPU, pip install alignlab[vllm]); the policy's weights "
+        "local", description="vllm: sample with a vLLM engine (GPU; alignlab's vllm extra); the policy's weights "
         "are pushed into it before every iteration")
-    vllm: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for vllm.LLM, e.g. gpu_memory_utilization")
+    vllm: dict[str, Any] = Field({}, description="keyword arguments for vllm.LLM, e.g. gpu_memory_utilization")
     train: OnlineSettings = OnlineSettings()
 
 
