@@ -89,7 +89,8 @@ def run(cfg: PPOConfig, out: Path) -> dict:
     temperature, pad = cfg.sampling.temperature, tokenizer.pad_token_id
     micro = settings.micro_batch_size or settings.minibatch_size
     # whitening statistics span every process's samples, as they would in one process
-    over_processes = (lambda t: all_reduce_sum(t, job.dist)) if job.dist.enabled else None
+    # (the experience sits on the CPU; nccl reduces on the GPU)
+    over_processes = (lambda t: all_reduce_sum(t.to(device), job.dist).to(t.device)) if job.dist.enabled else None
 
     def values_of(b):
         if head is not None:
