@@ -213,3 +213,28 @@ def test_a_stage_that_does_not_train_in_parallel_runs_on_process_zero_only(tmp_p
     timer.start()
     assert runner._run_stage(stage, tmp_path) is None and calls == ["1"]  # waited for process 0's done mark
     assert os.environ["WORLD_SIZE"] == "2"
+
+
+def test_redo_under_torchrun_deletes_on_process_zero_before_the_others_look(tmp_path, monkeypatch):
+    import threading
+
+    from alignlab.pipeline import runner
+    from alignlab.pipeline.recipe import PlannedStage
+
+    stage = PlannedStage("dpo", "dpo", None, None, [])
+    (tmp_path / "dpo").mkdir()
+    (tmp_path / "dpo" / "done.json").write_text('{"config_hash": "old"}')
+    monkeypatch.setattr(runner, "WAIT_POLL_S", 0.01)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "launch-7")
+    monkeypatch.setenv("RANK", "1")
+    done = threading.Event()
+    waiter = threading.Thread(target=lambda: (runner._redo_from([stage], tmp_path), done.set()))
+    waiter.start()
+    assert not done.wait(0.2)  # process 1 deletes nothing and waits for process 0
+    assert (tmp_path / "dpo" / "done.json").exists()
+    monkeypatch.setenv("RANK", "0")
+    runner._redo_from([stage], tmp_path)
+    assert not (tmp_path / "dpo").exists() and (tmp_path / ".redo-launch-7").exists()
+    waiter.join(5)
+    assert done.is_set()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import time
@@ -45,8 +46,7 @@ def run_recipe(
         if stage_name is not None and stage_name not in names:
             raise RecipeError(f"{flag} {stage_name!r}: no such stage (stages: {', '.join(names)})")
     if redo is not None:
-        for stage in stages[names.index(redo) :]:
-            shutil.rmtree(run_dir / stage.name, ignore_errors=True)
+        _redo_from(stages[names.index(redo) :], run_dir)
     if until is not None:
         stages = stages[: names.index(until) + 1]
     _check_finished_match(stages, run_dir)
@@ -68,6 +68,22 @@ def run_recipe(
         _say(f"[{i}/{len(stages)}] {stage.name}: done in {seconds:.1f} s")
     _say(f"recipe {name}: {'all ' if until is None else ''}{len(stages)} stages finished in {run_dir}")
     return results
+
+
+def _redo_from(stages: list[PlannedStage], run_dir: Path) -> None:
+    """Delete the stages to redo. Under torchrun process 0 deletes and then leaves a mark for this
+    launch; the others wait for the mark, so none of them can see a stale done mark and skip."""
+    rank, world = launched_rank()
+    mark = run_dir / f".redo-{os.environ.get('TORCHELASTIC_RUN_ID', 'none')}"
+    if rank == 0:
+        for stage in stages:
+            shutil.rmtree(run_dir / stage.name, ignore_errors=True)
+        if world > 1:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            mark.touch()
+        return
+    while not mark.exists():
+        time.sleep(WAIT_POLL_S)
 
 
 def _check_finished_match(stages: list[PlannedStage], run_dir: Path) -> None:
