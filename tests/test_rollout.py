@@ -57,8 +57,10 @@ def ids_of(tokenizer):
         SamplingSettings(max_new_tokens=8, temperature=1.0, top_k=20, top_p=0.9, batch_size=4),
         SamplingSettings(max_new_tokens=8, temperature=0.7, top_k=20, top_p=0.9, batch_size=4),
         SamplingSettings(max_new_tokens=8, temperature=0.7, batch_size=4),
+        SamplingSettings(max_new_tokens=8, temperature=0.7, top_k=20, top_p=0.9, batch_size=4, draw="inverse_cdf"),
+        SamplingSettings(max_new_tokens=8, temperature=0.7, batch_size=4, draw="inverse_cdf"),
     ],
-    ids=["T1-topk-topp", "T0.7-topk-topp", "T0.7-unfiltered"],
+    ids=["T1-topk-topp", "T0.7-topk-topp", "T0.7-unfiltered", "inverse-cdf-T0.7-topk-topp", "inverse-cdf-T0.7"],
 )
 def test_sampler_logps_equal_trainer_logps_of_the_untruncated_tempered_distribution(
     policy, tiny_tokenizer, prompts, settings
@@ -78,6 +80,46 @@ def test_sampler_logps_equal_trainer_logps_of_the_untruncated_tempered_distribut
     assert figures["mean_ratio"] == pytest.approx(1.0, abs=1e-5)
     if settings.top_k:  # the filters cut most of the vocabulary, so truncated log-probs would be larger
         assert max(lp for row in rollouts.logps for lp in row) < 0
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, 0, 1.0), (0.7, 0, 1.0), (1.0, 2, 1.0), (1.0, 0, 0.8)])
+def test_inverse_cdf_draws_from_the_tempered_truncated_distribution(temperature, top_k, top_p):
+    from alignlab.rollout.draw import draw
+
+    logits = torch.tensor([2.0, 1.0, 0.5, -1.0, 0.0])
+    probs = (logits / temperature).softmax(-1)
+    keep = torch.ones(5, dtype=torch.bool)
+    if top_k:
+        keep = logits >= logits.topk(top_k).values[-1]
+    if top_p < 1:  # probabilities 0.563, 0.207, 0.126, ...: 0.8 needs the three likeliest
+        keep = torch.tensor([True, True, True, False, False])
+    expected = torch.where(keep, probs, 0) / torch.where(keep, probs, 0).sum()
+    n = 100_000
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        drawn = draw(logits.expand(n, -1), temperature, top_k, top_p).squeeze(1)
+    freq = torch.bincount(drawn, minlength=5).double() / n
+    sigma = (expected * (1 - expected) / n).sqrt().double()
+    assert ((freq - expected.double()).abs() <= 5 * sigma + 1e-12).all(), (freq, expected)
+    assert (freq[~keep] == 0).all()  # nothing outside top-k / the nucleus
+
+
+def test_inverse_cdf_sampling_keeps_the_sampler_contract(policy, eos_prone_policy, tiny_tokenizer, prompts):
+    settings = SamplingSettings(max_new_tokens=8, batch_size=4, draw="inverse_cdf")
+    torch.manual_seed(5)
+    expected_next = torch.rand(2)
+    torch.manual_seed(5)
+    first = sample(policy, prompts, settings, **ids_of(tiny_tokenizer), seed=7)
+    assert torch.equal(torch.rand(2), expected_next)
+    assert first == sample(policy, prompts, settings, **ids_of(tiny_tokenizer), seed=7)
+    assert first.completion_ids != sample(policy, prompts, settings, **ids_of(tiny_tokenizer), seed=8).completion_ids
+    greedy = settings.model_copy(update={"top_k": 1})
+    assert sample(policy, prompts, greedy, **ids_of(tiny_tokenizer)) == sample(
+        policy, prompts, greedy.model_copy(update={"draw": "multinomial"}), **ids_of(tiny_tokenizer))
+    ended = sample(eos_prone_policy, prompts * 3, settings, **ids_of(tiny_tokenizer), seed=0)
+    assert any(ended.finished) and not all(ended.finished)
+    eos = tiny_tokenizer.eos_token_id
+    assert all(finished == (ids[-1] == eos) and eos not in ids[:-1] for ids, finished in zip(ended.completion_ids, ended.finished))
 
 
 def test_top_k_zero_means_no_truncation(policy, tiny_tokenizer, prompts):

@@ -22,13 +22,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import contextmanager
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
-from transformers import GenerationConfig, PreTrainedModel
+from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel
 
 from alignlab.rollout.base import Rollouts
+from alignlab.rollout.draw import InverseCDFDraw
 
 
 class SamplingSettings(BaseModel):
@@ -39,6 +41,9 @@ class SamplingSettings(BaseModel):
     top_k: int = Field(0, ge=0, description="0: no top-k filter")
     top_p: float = Field(1.0, gt=0, le=1)
     batch_size: int = Field(64, gt=0)
+    draw: Literal["multinomial", "inverse_cdf"] = Field(
+        "multinomial", description="how generate draws a token: torch.multinomial, or inverse CDF (one uniform per row; "
+        "the same distribution, another random stream, cheaper on CPUs)")
 
 
 class LocalSampler:
@@ -73,13 +78,19 @@ def sample(
         if not prompt:
             raise ValueError(f"prompt {i} is empty; a causal LM needs at least one token to start from")
     device = next(model.parameters()).device
-    config = GenerationConfig(
-        do_sample=True, temperature=settings.temperature,
-        top_k=settings.top_k,  # 0 switches top-k off; None would mean transformers' default of 50
-        top_p=settings.top_p, max_new_tokens=settings.max_new_tokens, pad_token_id=pad_id,
-        eos_token_id=[eos_id, *stop_ids] if stop_ids else eos_id, use_cache=True,
-        output_logits=True, return_dict_in_generate=True,
-    )
+    common = dict(max_new_tokens=settings.max_new_tokens, pad_token_id=pad_id,
+                  eos_token_id=[eos_id, *stop_ids] if stop_ids else eos_id, use_cache=True,
+                  output_logits=True, return_dict_in_generate=True)
+    if settings.draw == "inverse_cdf":  # generate runs greedily over a processor that has drawn already
+        config = GenerationConfig(do_sample=False, **common)
+        processors = LogitsProcessorList([InverseCDFDraw(settings.temperature, settings.top_k, settings.top_p)])
+    else:
+        config = GenerationConfig(
+            do_sample=True, temperature=settings.temperature,
+            top_k=settings.top_k,  # 0 switches top-k off; None would mean transformers' default of 50
+            top_p=settings.top_p, **common,
+        )
+        processors = None
     ends = {eos_id, *stop_ids}
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths share a batch
     completions: list[list[int]] = [[] for _ in prompts]
@@ -92,7 +103,8 @@ def sample(
                 idx = order[start : start + settings.batch_size]
                 ids, mask = left_pad([prompts[i] for i in idx], pad_id)
                 out = model.generate(
-                    input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config
+                    input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config,
+                    logits_processor=processors,
                 )
                 drawn = out.sequences[:, ids.shape[1] :]
                 drawn_logps = _tempered_logps(out.logits, drawn, settings.temperature)
