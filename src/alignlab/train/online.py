@@ -199,8 +199,8 @@ def run_online(
             _save(ckpt_root, iteration, policy, optimizer, scheduler, key, stage, extra_modules, dist, finished=False)
 
         tick = time.perf_counter()
-        update = _update(policy, experience, stage, s, optimizer, scheduler, autocast, micro, iteration, params, name,
-                         device, dist)
+        update = _update(policy, experience, stage, s, optimizer, scheduler, autocast, micro, iteration, trainable,
+                         name, device, dist)
         update_s = time.perf_counter() - tick
         if stage.after_iteration is not None:
             figures = {**figures, **stage.after_iteration(iteration, figures)}
@@ -227,6 +227,7 @@ def run_online(
 def _update(policy, experience, stage, s, optimizer, scheduler, autocast, micro, iteration, params, name, device,
             dist: Dist) -> dict:
     """`update_epochs` passes of shuffled minibatches; returns the mean of each figure over steps.
+    `params` are the trainable parameters (their gradients are reduced and clipped).
 
     Each process takes its own rows, `minibatch_size / world_size` of them per step; a process that
     runs out of rows before the others joins the remaining steps with nothing (zero gradients)."""
@@ -256,7 +257,7 @@ def _update(policy, experience, stage, s, optimizer, scheduler, autocast, micro,
                 for k, v in metrics.items():
                     if k != "loss":  # counted just above
                         totals[k] = totals.get(k, 0) + v.detach().float() * share
-            all_reduce_gradients([p for p in params if p.requires_grad], dist)
+            all_reduce_gradients(params, dist)
             totals = _sum_over_processes(totals, dist)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm) if s.max_grad_norm else torch.zeros(())
             if not (torch.isfinite(totals["loss"]) and torch.isfinite(grad_norm)):
