@@ -33,7 +33,6 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 OUT = BENCH / "out"
-ASSETS = OUT / "assets"
 
 
 @dataclass(frozen=True)
@@ -50,7 +49,22 @@ class Spec:
     seed: int = 0
 
 
-SPEC = Spec()
+# The machine a run uses, chosen by environment variables that the driver's children inherit:
+#   BENCH_MODEL      tiny (default: the CPU job above) or gpt2-small (hidden 768, 12 layers, 12
+#                    heads: ~86M parameters with this vocabulary, a size a GPU is worth using for)
+#   BENCH_DEVICE     cpu (default) or cuda, for both tools
+#   BENCH_PRECISION  fp32 (default) or bf16 (autocast in both tools; weights stay fp32)
+MODELS = {"tiny": Spec(), "gpt2-small": Spec(hidden_size=768, num_layers=12, num_heads=12)}
+MODEL = os.environ.get("BENCH_MODEL", "tiny")
+if MODEL not in MODELS:
+    raise SystemExit(f"BENCH_MODEL={MODEL!r}: choose one of {', '.join(MODELS)}")
+SPEC = MODELS[MODEL]
+DEVICE = os.environ.get("BENCH_DEVICE", "cpu")
+PRECISION = os.environ.get("BENCH_PRECISION", "fp32")
+if DEVICE not in ("cpu", "cuda") or PRECISION not in ("fp32", "bf16"):
+    raise SystemExit(f"BENCH_DEVICE={DEVICE!r} / BENCH_PRECISION={PRECISION!r}: cpu|cuda and fp32|bf16")
+# each model gets its own assets (tokenizer, weights, data), so switching never rebuilds the other's
+ASSETS = OUT / "assets" if MODEL == "tiny" else OUT / f"assets-{MODEL}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -361,15 +375,16 @@ def alignlab_train_settings(a, group_by_length: bool = True):
     from alignlab.train import TrainSettings
 
     return TrainSettings(lr=a.lr, batch_size=a.batch, max_steps=a.steps, warmup_ratio=0.0, schedule="linear",
-                         max_grad_norm=1.0, weight_decay=0.0, seed=0, device="cpu", precision="fp32",
+                         max_grad_norm=1.0, weight_decay=0.0, seed=0, device=DEVICE, precision=PRECISION,
                          log_every=1, eval_every=None, save_every=None, group_by_length=group_by_length)
 
 
 def trl_training_args(a, workdir: str) -> dict:
     """TrainingArguments shared by the TRL runs, matched to alignlab's settings.
 
-    Set against TRL's defaults: fp32 (TRL's configs default to bf16=True; the issue fixes one
-    precision for both), no warmup, linear decay, clip 1.0, weight decay 0, no saving, no
+    Set against TRL's defaults: BENCH_PRECISION for both (fp32 unless set; TRL's configs default
+    to bf16=True, and the issue fixes one precision for both), BENCH_DEVICE, no warmup, linear
+    decay, clip 1.0, weight decay 0, no saving, no
     evaluation, no reporting, a log line every step. Gradient checkpointing follows `--gc`: on in
     the "defaults" runs (TRL's configs default to it), off in the matched ones (alignlab's default
     is off; it trades about one extra forward for memory). The optimizer is left at the
@@ -378,7 +393,8 @@ def trl_training_args(a, workdir: str) -> dict:
     return dict(
         output_dir=str(Path(workdir) / "trl"), per_device_train_batch_size=a.batch, max_steps=a.steps,
         learning_rate=a.lr, lr_scheduler_type="linear", warmup_steps=0, max_grad_norm=1.0, weight_decay=0.0,
-        bf16=False, fp16=False, gradient_checkpointing=a.gc == "on", use_cpu=True, seed=0, data_seed=0,
+        bf16=PRECISION == "bf16", fp16=False, gradient_checkpointing=a.gc == "on", use_cpu=DEVICE == "cpu",
+        seed=0, data_seed=0,
         report_to="none", save_strategy="no", eval_strategy="no", logging_steps=1, disable_tqdm=True,
         dataloader_num_workers=0, remove_unused_columns=True,
         train_sampling_strategy="sequential" if a.order == "alignlab" else "random",
@@ -417,6 +433,10 @@ def run_trl(trainer, model) -> dict:
 
 def write_result(path: str, result: dict) -> None:
     result.setdefault("peak_rss_mb", peak_rss_mb())
+    if DEVICE == "cuda":
+        import torch
+
+        result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     Path(path).write_text(json.dumps(result, indent=1, default=float))
 
 
@@ -518,6 +538,7 @@ def summarise(runs: list[dict], examples: int) -> dict:
         "steady_step_s": median_of(runs, "steady_step_s"),
         "first_step_s": median_of(runs, "first_step_s"),
         "peak_rss_mb": median_of(runs, "peak_rss_mb"),
+        "peak_gpu_mb": median_of(runs, "peak_gpu_mb"),
         "rss_before_train_mb": median_of(runs, "rss_before_train_mb"),
         "padded_tokens": first.get("padded_tokens"),
         "real_tokens": first.get("real_tokens"),
@@ -671,8 +692,10 @@ def machine() -> str:
         trl_version = trl.__version__
     except ImportError:
         trl_version = "absent"
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+    gpu = f", {torch.cuda.get_device_name()}" if DEVICE == "cuda" and torch.cuda.is_available() else ""
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs{gpu}, Python {platform.python_version()}, "
             f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl_version}; "
+            f"model {MODEL}, device {DEVICE}, {PRECISION}; "
             f"alignlab at {_source_state()}")
 
 

@@ -117,7 +117,7 @@ def alignlab_child(a) -> dict:
     settings = OnlineSettings(
         iterations=a.steps, prompts_per_iteration=a.prompts, update_epochs=1, minibatch_size=a.prompts * a.k,
         lr=a.lr, weight_decay=0.0, schedule=a.schedule, warmup_ratio=0.0, max_grad_norm=1.0, seed=0,
-        precision="fp32", device="cpu", log_every=1, save_every=None,
+        precision=common.PRECISION, device=common.DEVICE, log_every=1, save_every=None,
     )
     shared = {
         "model": str(common.model_dir()), "prompts": str(common.prompts_file(a.steps * a.prompts)),
@@ -304,7 +304,9 @@ def rl_comparison(examples: int, ours: dict, theirs: dict, labels: tuple[str, st
         f"steady step time {t_label}/{a_label} = {fmt(ratio(theirs['steady_step_s'], ours['steady_step_s']))}",
         (f"rollout time per step {t_label}/{a_label} = {fmt(ratio(theirs['rollout_step_s'], ours['rollout_step_s']))}; "
          f"update time per step {t_label}/{a_label} = {fmt(ratio(theirs['update_step_s'], ours['update_step_s']))}"),
-        f"peak RSS {a_label}/{t_label} = {fmt(ratio(ours['peak_rss_mb'], theirs['peak_rss_mb']))}",
+        f"peak RSS {a_label}/{t_label} = {fmt(ratio(ours['peak_rss_mb'], theirs['peak_rss_mb']))}"
+        + (f"; peak GPU memory {fmt(ratio(ours['peak_gpu_mb'], theirs['peak_gpu_mb']))} "
+           f"({fmt(ours['peak_gpu_mb'], 0)} vs {fmt(theirs['peak_gpu_mb'], 0)} MiB)" if ours.get("peak_gpu_mb") else ""),
         (f"mean reward, first {TREND_STEPS} → last {TREND_STEPS} steps: "
          f"{a_label} {fmt(ours['reward_first'], 4)} → {fmt(ours['reward_last'], 4)}, "
          f"{t_label} {fmt(theirs['reward_first'], 4)} → {fmt(theirs['reward_last'], 4)}"),

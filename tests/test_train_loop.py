@@ -116,3 +116,26 @@ def test_schedules():
     assert lr_multiplier(6, 10, 2, "cosine") == pytest.approx(0.5)
     assert lr_multiplier(2, 10, 2, "cosine") == pytest.approx(1.0)
     assert lr_multiplier(9, 10, 0, "constant") == 1.0
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_online_rollout_runs_at_the_training_precision(tmp_path, precision):
+    """With precision bf16 the rollout (sampling, reference and reward forwards) runs under the
+    same autocast as the update, as TRL's accelerate-wrapped generation does; fp32 stays fp32."""
+    from alignlab.train.online import OnlineSettings, OnlineStage, run_online
+
+    model = nn.Linear(3, 1)
+    seen = []
+
+    def collect(iteration):
+        x = torch.randn(4, 3)
+        seen.append(model(x).dtype)  # what a policy forward inside the rollout computes in
+        return {"x": x, "y": x.sum(-1)}, {"reward": 0.0}
+
+    def loss(b):
+        return ((model(b["x"]).squeeze(-1).float() - b["y"]) ** 2).mean(), {}
+
+    settings = OnlineSettings(iterations=2, prompts_per_iteration=4, minibatch_size=4, lr=1e-2, save_every=None,
+                              device="cpu", precision=precision)
+    run_online(model, OnlineStage(collect, loss), settings, tmp_path, device=CPU, expected_samples=4, name="toy")
+    assert seen == [torch.bfloat16 if precision == "bf16" else torch.float32] * 2

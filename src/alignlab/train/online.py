@@ -183,7 +183,8 @@ def run_online(
     last: dict = {}
     for iteration in range(start, s.iterations):
         tick = time.perf_counter()
-        experience, figures = stage.collect(iteration)
+        with autocast:  # rollout at the training precision, as the update sees it (bf16 samples ~2x faster on a GPU)
+            experience, figures = stage.collect(iteration)
         figures, n = _global_figures(figures, _count(experience), dist)
         rollout_s = time.perf_counter() - tick
         if s.max_kl is not None and figures.get("kl", 0.0) > s.max_kl:
