@@ -21,6 +21,8 @@ if compgen -G ".whl/*.whl" > /dev/null; then
   export PYTHONPATH="/tmp/site"
 fi
 export PYTHONPATH="$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+# the console script `alignlab` (the fault tests run it), without touching the machine's packages
+"$PY" -m pip install -q --no-deps --no-index --no-build-isolation -e . > /dev/null || exit 1
 "$PY" - <<'PY' | tee "$OUT/env.txt"
 import torch, transformers
 print(f"torch {torch.__version__}, cuda {torch.version.cuda}, {torch.cuda.get_device_name()}, transformers {transformers.__version__}")
@@ -30,8 +32,10 @@ case "${1:-}" in
 tests)
   # the stage tests pin device "cpu" so that CI is deterministic; on this throwaway copy they go to CUDA
   # (the distributed tests start two processes, which would share the one GPU; the browser test needs chromium)
+  # (test_llm_backends compares against a hand-made forward on CPU tensors, test_models checks "auto" itself)
   grep -l -e '"device": "cpu"' -e 'device="cpu"' tests/test_*.py | grep -v -e test_models.py -e test_distributed.py \
-    -e test_train_loop.py | xargs sed -i -e 's/"device": "cpu"/"device": "cuda"/g' -e 's/device="cpu"/device="cuda"/g'
+    -e test_train_loop.py -e test_llm_backends.py | xargs sed -i -e 's/"device": "cpu"/"device": "cuda"/g' \
+    -e 's/device="cpu"/device="cuda"/g' -e 's/torch.device("cpu")/torch.device("cuda")/g'
   timeout "${TEST_TIMEOUT:-420}" "$PY" -m pytest -q -n 8 -p no:cacheprovider -rfE \
     --ignore tests/test_labelling_browser.py --ignore tests/test_distributed.py tests 2>&1 | tee "$OUT/tests.log"
   ;;

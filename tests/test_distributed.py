@@ -238,3 +238,20 @@ def test_redo_under_torchrun_deletes_on_process_zero_before_the_others_look(tmp_
     assert not (tmp_path / "dpo").exists() and (tmp_path / ".redo-launch-7").exists()
     waiter.join(5)
     assert done.is_set()
+
+
+def test_cuda_without_an_index_means_this_processs_gpu(monkeypatch):
+    # torch.cuda.set_device refuses a bare "cuda", and a user writes `device: cuda`
+    from alignlab.train.distributed import pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert pick_device("cuda") == torch.device("cuda", 0) == pick_device("auto")
+    assert pick_device("cuda:1") == torch.device("cuda", 1)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert pick_device("cuda") == torch.device("cuda", 3) == pick_device("auto")
+    assert pick_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device("auto") == torch.device("cpu")
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        pick_device("cuda")

@@ -104,9 +104,15 @@ def barrier(d: Dist) -> None:
 
 
 def pick_device(name: str) -> torch.device:
-    """'auto' takes this process's GPU under torchrun, else the first GPU, else the CPU."""
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
+    """'auto' takes this process's GPU under torchrun, else the first GPU, else the CPU.
+
+    'cuda' without an index also means this process's GPU (torchrun's LOCAL_RANK, else 0), so one
+    recipe serves one process or many; asking for CUDA where there is none is a clear error."""
+    from alignlab.models.load import resolve_device
+
+    if name == "auto" and not torch.cuda.is_available():
+        return torch.device("cpu")
+    device = torch.device("cuda") if name == "auto" else resolve_device(name)
+    if device.type == "cuda" and device.index is None:
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
+    return device
