@@ -22,7 +22,7 @@ if compgen -G ".whl/*.whl" > /dev/null; then
 fi
 export PYTHONPATH="$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 # the console script `alignlab` (the fault tests run it), without touching the machine's packages
-"$PY" -m pip install -q --no-deps --no-index --no-build-isolation -e . > /dev/null || exit 1
+"$PY" -m pip install -q --no-deps --no-index --no-build-isolation -e . > /dev/null || echo "warning: no console script" >&2
 "$PY" - <<'PY' | tee "$OUT/env.txt"
 import torch, transformers
 print(f"torch {torch.__version__}, cuda {torch.version.cuda}, {torch.cuda.get_device_name()}, transformers {transformers.__version__}")
