@@ -357,6 +357,40 @@ def test_sample_pairs_writes_loadable_disjoint_splits(base_model, data_dir, tmp_
     assert gold == pytest.approx([r["chosen_gold"] for r in raw])
 
 
+def test_sample_pairs_holds_out_a_prompt_when_the_drawn_ones_give_no_pair(base_model, data_dir, tmp_path):
+    # 16 prompts x 0.01 rounds to no held-out prompt: one training prompt moves over whole
+    out = tmp_path / "pairs"
+    metrics = run_stage("sample_pairs", out, model=base_model, prompts=str(data_dir / "sentiment_prompts.jsonl"),
+                        task="sentiment", samples_per_prompt=4, eval_fraction=0.01, seed=3,
+                        sampling={"max_new_tokens": 12, "batch_size": 64})
+    train = load_preferences(out / "data" / "train.jsonl")
+    test = load_preferences(out / "data" / "test.jsonl")
+    assert len(test) == metrics["test_pairs"] > 0 and len(train) == metrics["train_pairs"] > 0
+    assert len({e.prompt for e in test}) == 1 and {e.prompt for e in train}.isdisjoint({e.prompt for e in test})
+
+
+def test_sample_pairs_with_no_pair_past_min_gap_is_a_clear_error(base_model, data_dir, tmp_path):
+    with pytest.raises(ValueError, match="min_gap=5.0"):  # gold rewards lie in [-1, 1]
+        run_stage("sample_pairs", tmp_path / "pairs", model=base_model, prompts=str(data_dir / "sentiment_prompts.jsonl"),
+                  task="sentiment", samples_per_prompt=2, min_gap=5.0, sampling={"max_new_tokens": 8})
+
+
+def test_hold_out_one_prompt_moves_a_whole_prompt_and_keeps_a_lone_one():
+    import random
+
+    from alignlab.stages.sample_pairs import hold_out_one_prompt
+
+    rows = [{"prompt": p, "chosen": f"{p}{i}", "rejected": "r"} for p in "aab" for i in range(2)]
+    splits = {"train": list(rows), "test": []}
+    hold_out_one_prompt(splits, random.Random(0))
+    held = {r["prompt"] for r in splits["test"]}
+    assert len(held) == 1 and held.isdisjoint(r["prompt"] for r in splits["train"])
+    assert sorted(map(str, splits["train"] + splits["test"])) == sorted(map(str, rows))  # nothing lost
+    lone = {"train": rows[:2], "test": []}
+    hold_out_one_prompt(lone, random.Random(0))
+    assert lone == {"train": rows[:2], "test": []}
+
+
 def test_evaluate_kl_to_itself_is_zero(base_model, data_dir, tmp_path):
     out = tmp_path / "eval"
     metrics = run_stage("evaluate", out, models={"a": base_model}, reference=base_model, task="sentiment",

@@ -75,6 +75,12 @@ def run(cfg: SamplePairsConfig, out: Path) -> dict:
                 {"prompt": prompt.prompt, "chosen": texts[win], "rejected": texts[lose],
                  "chosen_gold": gold[win], "rejected_gold": gold[lose]}
             )
+    if not splits["train"]:
+        raise ValueError(f"{cfg.model}: none of the {dropped} sampled pairs differ in gold reward by more than "
+                         f"min_gap={cfg.min_gap} with two distinct, non-empty responses; lower min_gap or raise "
+                         "samples_per_prompt or the sampling temperature")
+    if cfg.eval_fraction > 0 and not splits["test"]:
+        hold_out_one_prompt(splits, rng)
     for split, rows in splits.items():
         write_jsonl(out / "data" / f"{split}.jsonl", rows)
     kept = len(splits["train"]) + len(splits["test"])
@@ -85,3 +91,18 @@ def run(cfg: SamplePairsConfig, out: Path) -> dict:
         "gold_mean": sum(gold) / len(gold),
         "mean_response_tokens": sum(map(len, completions_ids)) / len(completions_ids),
     })
+
+
+def hold_out_one_prompt(splits: dict[str, list[dict]], rng: random.Random) -> None:
+    """Move the pairs of one seeded-chosen training prompt to the empty test split.
+
+    The held-out prompts are drawn before labelling, so with few prompts or a large min_gap all of
+    them can lose every pair, and the next stage would find an empty test file. Nothing moves when
+    the training pairs come from a single prompt: that one must stay for training.
+    """
+    prompts = list(dict.fromkeys(row["prompt"] for row in splits["train"]))
+    if len(prompts) < 2:
+        return
+    held = rng.choice(prompts)
+    splits["test"] = [row for row in splits["train"] if row["prompt"] == held]
+    splits["train"] = [row for row in splits["train"] if row["prompt"] != held]
