@@ -124,7 +124,7 @@ def alignlab_child(a) -> dict:
         "reward": {"type": "callable", "function": REWARD_SPEC}, "dtype": "float32",
         "max_prompt_length": common.SPEC.max_prompt_length,
         "sampling": SamplingSettings(max_new_tokens=MAX_NEW_TOKENS, temperature=TEMPERATURE, top_k=0, top_p=1.0,
-                                     batch_size=a.prompts * a.k, draw=a.draw),
+                                     batch_size=a.prompts * a.k, draw=a.draw, cache=a.cache),
         "samples_per_prompt": a.k, "update_epochs": 1, "clip_low": CLIP, "beta": BETA[a.algo], "train": settings,
     }
     if a.algo == "grpo":
@@ -165,7 +165,8 @@ def alignlab_child(a) -> dict:
         "rollout_s": [r["rollout_s"] for r in log],
         "update_s": [r["update_s"] for r in log],
         "response_tokens": [r.get("response_tokens") for r in log],
-        "notes": f"{a.algo}: aggregation={cfg.aggregation}, beta={cfg.beta}, optimizer steps per iteration 1, draw={a.draw}",
+        "notes": f"{a.algo}: aggregation={cfg.aggregation}, beta={cfg.beta}, optimizer steps per iteration 1, draw={a.draw}, "
+                 f"cache={a.cache}",
     })
     return timing
 
@@ -253,6 +254,8 @@ def child(argv: list[str]) -> None:
     parser.add_argument("--profile", default=None, help="write a cProfile of the timed part into this folder")
     parser.add_argument("--draw", choices=["multinomial", "inverse_cdf"], default="multinomial",
                         help="alignlab only: how generate draws tokens (sampling.draw)")
+    parser.add_argument("--cache", choices=["dynamic", "static"], default="dynamic",
+                        help="alignlab only: generate's KV cache (sampling.cache; static compiles on a GPU)")
     a = parser.parse_args(argv)
     if a.batch != a.prompts * a.k:
         parser.error(f"--batch must be --prompts × --k = {a.prompts * a.k} (completions per optimizer step)")
@@ -334,6 +337,8 @@ def driver(argv: list[str]) -> None:
     parser.add_argument("--algos", default="grpo,rloo", help="comma-separated: grpo, rloo")
     parser.add_argument("--no-inverse-cdf", action="store_true",
                         help="skip the alignlab runs with sampling.draw: inverse_cdf")
+    parser.add_argument("--static-cache", action="store_true",
+                        help="add alignlab runs with sampling.cache: static (compiled decoding on a GPU)")
     parser.add_argument("--no-trl-gc", action="store_true",
                         help="skip the TRL runs with gradient checkpointing on (its configs' default)")
     a = parser.parse_args(argv)
@@ -350,6 +355,9 @@ def driver(argv: list[str]) -> None:
         if not a.no_inverse_cdf:
             contenders[f"alignlab-{algo}-icdf"] = ("rl.py", base + ["--tool", "alignlab", "--algo", algo,
                                                                    "--draw", "inverse_cdf"])
+        if a.static_cache:
+            contenders[f"alignlab-{algo}-static"] = ("rl.py", base + ["--tool", "alignlab", "--algo", algo,
+                                                                     "--cache", "static"])
         if not a.no_trl_gc:
             contenders[f"trl-{algo}-gc"] = ("rl.py", base + ["--tool", "trl", "--algo", algo, "--gc", "on"])
     print(f"RL: {a.steps} steps x {a.prompts} prompts x {a.k} samples, {a.repeats} repeats, {a.threads} threads",
@@ -364,6 +372,8 @@ def driver(argv: list[str]) -> None:
         comparisons += [(f"rl_{algo}_trl_gc", f"alignlab-{algo}", f"trl-{algo}-gc") for algo in algos]
     if not a.no_inverse_cdf:  # alignlab drawing tokens by inverse CDF, against plain TRL
         comparisons += [(f"rl_{algo}_inverse_cdf", f"alignlab-{algo}-icdf", f"trl-{algo}") for algo in algos]
+    if a.static_cache:  # alignlab decoding with a static, compiled KV cache, against plain TRL
+        comparisons += [(f"rl_{algo}_static_cache", f"alignlab-{algo}-static", f"trl-{algo}") for algo in algos]
     for name, ours, theirs in comparisons:
         payload = rl_comparison(examples, rl_summary(runs[ours], examples),
                                 rl_summary(runs[theirs], examples), (ours, theirs), extra)

@@ -59,8 +59,10 @@ def ids_of(tokenizer):
         SamplingSettings(max_new_tokens=8, temperature=0.7, batch_size=4),
         SamplingSettings(max_new_tokens=8, temperature=0.7, top_k=20, top_p=0.9, batch_size=4, draw="inverse_cdf"),
         SamplingSettings(max_new_tokens=8, temperature=0.7, batch_size=4, draw="inverse_cdf"),
+        SamplingSettings(max_new_tokens=8, temperature=0.7, top_k=20, batch_size=4, cache="static"),
     ],
-    ids=["T1-topk-topp", "T0.7-topk-topp", "T0.7-unfiltered", "inverse-cdf-T0.7-topk-topp", "inverse-cdf-T0.7"],
+    ids=["T1-topk-topp", "T0.7-topk-topp", "T0.7-unfiltered", "inverse-cdf-T0.7-topk-topp", "inverse-cdf-T0.7",
+         "static-cache-T0.7-topk"],
 )
 def test_sampler_logps_equal_trainer_logps_of_the_untruncated_tempered_distribution(
     policy, tiny_tokenizer, prompts, settings
@@ -230,6 +232,30 @@ def test_left_padding_with_position_ids_gives_single_row_logps(tiny_tokenizer, p
             n = len(completion)
             assert torch.allclose(padded[row, -n:], alone[0, -n:], atol=1e-5)
             assert torch.allclose(padded[row, -n:], torch.tensor(rollouts.logps[row]), atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_a_static_cache_samples_what_the_dynamic_one_does(tiny_tokenizer, prompts, arch):
+    # the static cache pads prompts to a multiple of 16 tokens (9 here): more left padding, same rows
+    model = new_causal_lm(tiny_tokenizer, arch, hidden_size=32, num_layers=2, num_heads=2, max_positions=64).eval()
+    for extra in ({"top_k": 1}, {"temperature": 0.8}):
+        dynamic = sample(model, prompts, SamplingSettings(max_new_tokens=6, batch_size=4, **extra),
+                         **ids_of(tiny_tokenizer), seed=4)
+        static = sample(model, prompts, SamplingSettings(max_new_tokens=6, batch_size=4, cache="static", **extra),
+                        **ids_of(tiny_tokenizer), seed=4)
+        assert static.completion_ids == dynamic.completion_ids
+        for a, b in zip(static.logps, dynamic.logps):
+            assert a == pytest.approx(b, abs=1e-5)
+
+
+def test_left_pad_rounds_the_width_up():
+    from alignlab.rollout.local import left_pad
+
+    ids, mask = left_pad([[5, 6, 7], [8]], pad_id=0, multiple_of=4)
+    assert ids.tolist() == [[0, 5, 6, 7], [0, 0, 0, 8]] and mask.tolist() == [[0, 1, 1, 1], [0, 0, 0, 1]]
+    ids, _ = left_pad([[5, 6, 7, 9, 9]], pad_id=0, multiple_of=4)
+    assert ids.tolist() == [[0, 0, 0, 5, 6, 7, 9, 9]]
+    assert left_pad([[5, 6, 7]], pad_id=0)[0].tolist() == [[5, 6, 7]]
 
 
 def test_generate_returns_the_completions_of_sample(policy, tiny_tokenizer, prompts):

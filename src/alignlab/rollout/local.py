@@ -33,6 +33,11 @@ from alignlab.rollout.base import Rollouts
 from alignlab.rollout.draw import InverseCDFDraw
 
 
+# With a static cache every batch width is a compiled shape: widths are rounded up to a multiple
+# of this, so prompts of 1-16 tokens share one shape, 17-32 the next, and so on.
+STATIC_WIDTH_STEP = 16
+
+
 class SamplingSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -44,6 +49,10 @@ class SamplingSettings(BaseModel):
     draw: Literal["multinomial", "inverse_cdf"] = Field(
         "multinomial", description="how generate draws a token: torch.multinomial, or inverse CDF (one uniform per row; "
         "the same distribution, another random stream, cheaper on CPUs)")
+    cache: Literal["dynamic", "static"] = Field(
+        "dynamic", description="static: a preallocated KV cache, which generate compiles into CUDA graphs on a GPU "
+        "(decoding 2-3x faster once compiled, ~20 s per new batch shape; prompts are padded to a multiple of "
+        f"{STATIC_WIDTH_STEP} tokens to keep the shapes few). Same samples; no speed-up on a CPU")
 
 
 class LocalSampler:
@@ -80,7 +89,9 @@ def sample(
     device = next(model.parameters()).device
     common = dict(max_new_tokens=settings.max_new_tokens, pad_token_id=pad_id,
                   eos_token_id=[eos_id, *stop_ids] if stop_ids else eos_id, use_cache=True,
-                  output_logits=True, return_dict_in_generate=True)
+                  output_logits=True, return_dict_in_generate=True,
+                  cache_implementation="static" if settings.cache == "static" else None)
+    step = STATIC_WIDTH_STEP if settings.cache == "static" else 1
     if settings.draw == "inverse_cdf":  # generate runs greedily over a processor that has drawn already
         config = GenerationConfig(do_sample=False, **common)
         processors = LogitsProcessorList([InverseCDFDraw(settings.temperature, settings.top_k, settings.top_p)])
@@ -101,7 +112,7 @@ def sample(
         with _seeded(device, seed):
             for start in range(0, len(order), settings.batch_size):
                 idx = order[start : start + settings.batch_size]
-                ids, mask = left_pad([prompts[i] for i in idx], pad_id)
+                ids, mask = left_pad([prompts[i] for i in idx], pad_id, multiple_of=step)
                 out = model.generate(
                     input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config,
                     logits_processor=processors,
@@ -129,9 +140,10 @@ def generate(
     return sample(model, prompts, settings, pad_id=pad_id, eos_id=eos_id, seed=seed).completion_ids
 
 
-def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
-    """`prompts` as left-padded `[B, T]` input_ids and attention_mask (on the CPU)."""
-    width = max(len(p) for p in prompts)
+def left_pad(prompts: list[list[int]], pad_id: int, multiple_of: int = 1) -> tuple[Tensor, Tensor]:
+    """`prompts` as left-padded `[B, T]` input_ids and attention_mask (on the CPU); T is the
+    longest prompt rounded up to `multiple_of`."""
+    width = -(-max(len(p) for p in prompts) // multiple_of) * multiple_of
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
     for row, prompt in enumerate(prompts):
