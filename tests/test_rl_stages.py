@@ -185,9 +185,10 @@ def test_ppo_with_lora_keeps_one_model_in_memory(rl_setup, monkeypatch):
     load_tokenizer(model).save_pretrained(tmp / "sharp")
     model = str(tmp / "sharp")
     monkeypatch.setattr(reference.FrozenCopy, "from_pretrained", classmethod(no_copies))
+    # 30 iterations: at 20 the margin below held for 6 of seeds 0-7 on a CPU and 2 of 0-3 on a GPU; at 30, all 8
     cfg = PPOConfig(model=model, prompts=prompts, reward={"type": "callable", "function": "toy_reward_mod:score"},
                     critic="shared", lora={"r": 8, "alpha": 16}, kl={"beta": 0.01}, vf_coef=0.5, update_epochs=4,
-                    sampling={"max_new_tokens": 12}, train=_train(iterations=20, minibatch_size=8, lr=3e-3))
+                    sampling={"max_new_tokens": 12}, train=_train(iterations=30, minibatch_size=8, lr=3e-3))
     out = tmp / "ppo-lora"
     run(cfg, out)
     log = _log(out)

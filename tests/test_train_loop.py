@@ -86,6 +86,19 @@ def test_resume_after_a_kill_ends_with_identical_weights(tmp_path):
     assert result2["train"]["loss"] == pytest.approx(result["train"]["loss"], abs=0)
 
 
+def test_the_final_checkpoint_leaves_out_the_optimizer_and_a_rerun_trains_no_more(tmp_path):
+    # AdamW's state is twice the weights, and nothing resumes training from the last checkpoint
+    x, y, c = toy_data()
+    s = TrainSettings(batch_size=4, max_steps=4, save_every=2)
+    first, result = run(tmp_path, s, toy_fns(x, y, c))
+    root = tmp_path / "checkpoints"
+    assert latest_checkpoint(root).name == "step-000004"
+    assert "optimizer" not in torch.load(latest_checkpoint(root) / "trainer_state.pt", weights_only=True)
+    fns = toy_fns(x, y, c, fail_at=1)  # any training step would raise
+    again, result2 = run(tmp_path, s, fns)
+    assert torch.equal(params(first), params(again)) and result2["train"] == result["train"]
+
+
 def test_resume_refuses_a_checkpoint_written_for_other_settings(tmp_path):
     x, y, c = toy_data()
     run(tmp_path, TrainSettings(batch_size=4, max_steps=2, save_every=1), toy_fns(x, y, c))

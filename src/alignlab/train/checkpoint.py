@@ -55,9 +55,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save_checkpoint(
     root: Path, step: int, model: torch.nn.Module, optimizer, scheduler, meta: dict,
-    extra_modules: dict[str, torch.nn.Module] | None = None, keep: int = 1,
+    extra_modules: dict[str, torch.nn.Module] | None = None, keep: int = 1, with_optimizer: bool = True,
 ) -> Path:
-    """Write checkpoint `step` under `root`, point `latest` at it, and prune older ones."""
+    """Write checkpoint `step` under `root`, point `latest` at it, and prune older ones.
+
+    `with_optimizer=False` leaves out the optimizer's state (AdamW's is twice the weights): the
+    end-of-training checkpoint needs none, since nothing resumes training from it."""
     root.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:06d}"
     tmp = root / f".tmp-{name}"
@@ -66,10 +69,10 @@ def save_checkpoint(
     save_model(model, str(tmp / "model.safetensors"))
     for part, module in (extra_modules or {}).items():
         save_model(module, str(tmp / f"{part}.safetensors"))
-    torch.save(
-        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
-        tmp / "trainer_state.pt",
-    )
+    state = {"scheduler": scheduler.state_dict(), "rng": rng_state()}
+    if with_optimizer:
+        state["optimizer"] = optimizer.state_dict()
+    torch.save(state, tmp / "trainer_state.pt")
     write_text_atomic(tmp / "meta.json", json.dumps({"step": step, **meta}, indent=1))
     final = root / name
     shutil.rmtree(final, ignore_errors=True)
@@ -102,7 +105,8 @@ def load_checkpoint(
     for name, module in {"model": model, **(extra_modules or {})}.items():
         load_model(module, str(path / f"{name}.safetensors"), device=str(next(module.parameters()).device))
     state = torch.load(path / "trainer_state.pt", weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])
+    if "optimizer" in state:  # absent from the end-of-training checkpoint
+        optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
     return json.loads((path / "meta.json").read_text())

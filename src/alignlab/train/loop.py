@@ -185,7 +185,8 @@ def train(
             _evaluate(model, eval_fn, log, done, dist)
         if (s.save_every and done % s.save_every == 0) or done == total:
             if dist.is_main:
-                save_checkpoint(ckpt_root, done, model, optimizer, scheduler, {"key": key}, extra_modules)
+                save_checkpoint(ckpt_root, done, model, optimizer, scheduler, {"key": key}, extra_modules,
+                                with_optimizer=done != total)
             barrier(dist)
 
     if not last and log is not None:  # resumed after the final checkpoint: report its last line

@@ -281,7 +281,7 @@ def _save(root, iteration, policy, optimizer, scheduler, key, stage, extra_modul
     if dist.is_main:
         meta = {"key": key, "iteration": iteration, "finished": finished,
                 "state": {part: obj.state_dict() for part, obj in stage.state.items()}}
-        save_checkpoint(root, iteration, policy, optimizer, scheduler, meta, extra_modules)
+        save_checkpoint(root, iteration, policy, optimizer, scheduler, meta, extra_modules, with_optimizer=not finished)
     barrier(dist)
 
 
