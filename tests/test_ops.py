@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -152,6 +153,56 @@ def test_token_logps_mask_alignment_with_a_loss_mask(tiny_model, tiny_tokenizer)
     # The sum of the response's log-probs is log p(response | prompt) via the chain rule.
     manual = _manual_token_logps(tiny_model, ids)[prompt_len - 1 :].sum()
     torch.testing.assert_close(sequence_logps(masked, mask)[0], manual, rtol=0, atol=1e-10)
+
+
+def test_token_logps_projects_only_from_the_first_scored_position(tiny_model, tiny_tokenizer, monkeypatch):
+    # right-padded rows whose responses start at 4 and 7: the LM head skips the 3 positions that
+    # predict no scored token in any row; values and gradients equal the full projection's
+    rows = [tiny_tokenizer(t)["input_ids"] for t in ("the film was a delight to", "a dull and tedious movie with a plot")]
+    width = max(map(len, rows))
+    input_ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
+    attention_mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    loss_mask = torch.zeros_like(input_ids)
+    loss_mask[0, 4 : len(rows[0])] = 1
+    loss_mask[1, 7 : len(rows[1])] = 1
+    kept = []
+    real_forward = tiny_model.forward
+
+    def spy(*args, **kwargs):
+        kept.append(kwargs.get("logits_to_keep"))
+        return real_forward(*args, **kwargs)
+
+    def run(project_all):
+        monkeypatch.setattr(logps_module, "_takes_logits_to_keep", lambda model: not project_all)
+        monkeypatch.setattr(tiny_model, "forward", spy)
+        tiny_model.zero_grad(set_to_none=True)
+        logps, mask = token_logps(tiny_model, input_ids, attention_mask, loss_mask, temperature=0.8)
+        (logps * torch.arange(1, width, dtype=logps.dtype)).sum().backward()  # position-dependent weights
+        return logps.detach(), mask, [p.grad.clone() for p in tiny_model.parameters()]
+
+    full, full_mask, full_grads = run(project_all=True)
+    part, part_mask, part_grads = run(project_all=False)
+    assert kept == [None, width - 3]
+    assert part.shape == full.shape == (2, width - 1) and torch.equal(part_mask, full_mask)
+    torch.testing.assert_close(part, full, rtol=0, atol=1e-6)
+    assert (part[:, :3] == 0).all() and (part[loss_mask[:, 1:] == 1] < 0).all()
+    for a, b in zip(part_grads, full_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_transformers_and_peft_models_take_logits_to_keep_and_a_bare_one_does_not(tiny_model):
+    from peft import LoraConfig, get_peft_model
+
+    from alignlab.ops.logps import _takes_logits_to_keep
+
+    class Bare(torch.nn.Module):
+        def forward(self, input_ids, attention_mask=None, use_cache=False):
+            return input_ids
+
+    assert _takes_logits_to_keep(tiny_model)
+    lora = get_peft_model(copy.deepcopy(tiny_model), LoraConfig(r=2, target_modules=["c_attn"]))
+    assert _takes_logits_to_keep(lora)
+    assert not _takes_logits_to_keep(Bare())
 
 
 def test_token_logps_gradients_flow_and_bad_temperature(tiny_model, tiny_tokenizer):

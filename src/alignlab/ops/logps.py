@@ -92,8 +92,38 @@ def token_logps(
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     extra = {} if position_ids is None else {"position_ids": position_ids}
+    # Positions before the first scored token (the prompts, in a right-padded batch) need no
+    # logits: the LM head projects only the rest, as `logits_to_keep` lets transformers do.
+    skip = _unscored_prefix(loss_mask) if _takes_logits_to_keep(model) else 0
+    if skip:
+        extra["logits_to_keep"] = input_ids.shape[1] - skip
     logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **extra).logits
-    return logps_from_logits(logits, input_ids, attention_mask, loss_mask, temperature)
+    if not skip:
+        return logps_from_logits(logits, input_ids, attention_mask, loss_mask, temperature)
+    logps, mask = logps_from_logits(logits, input_ids[:, skip:], attention_mask[:, skip:], loss_mask[:, skip:],
+                                    temperature)
+    return torch.nn.functional.pad(logps, (skip, 0)), loss_mask[:, 1:]
+
+
+def _unscored_prefix(loss_mask: Tensor | None) -> int:
+    """How many leading positions predict no scored token: logits position t predicts token t+1,
+    so that is the index of the first column where loss_mask[:, 1:] is set anywhere."""
+    if loss_mask is None:
+        return 0
+    scored = (loss_mask[:, 1:] != 0).any(0).nonzero()
+    return int(scored[0]) if len(scored) else 0
+
+
+def _takes_logits_to_keep(model) -> bool:
+    """Whether the (PEFT-unwrapped) model's forward accepts `logits_to_keep`, as transformers'
+    causal LMs do; a custom model without it gets full logits."""
+    import inspect
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        return "logits_to_keep" in inspect.signature(inner.forward).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def logps_from_logits(
