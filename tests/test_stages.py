@@ -340,17 +340,23 @@ def test_dpo_conservative_and_soft_labels(base_model, data_dir, tmp_path, varian
 # --- sampling pairs, evaluating ---------------------------------------------------------------
 
 
-def test_sample_pairs_writes_loadable_disjoint_splits(base_model, data_dir, tmp_path):
-    out = tmp_path / "pairs"
+def _sample_pairs(base_model, data_dir, out, eval_fraction):
+    """Run sample_pairs (16 prompts, 4 samples each); return its metrics and the loaded splits."""
     metrics = run_stage("sample_pairs", out, model=base_model, prompts=str(data_dir / "sentiment_prompts.jsonl"),
-                        task="sentiment", samples_per_prompt=4, eval_fraction=0.25, seed=3,
+                        task="sentiment", samples_per_prompt=4, eval_fraction=eval_fraction, seed=3,
                         sampling={"max_new_tokens": 12, "batch_size": 64})
     train = load_preferences(out / "data" / "train.jsonl")
     test = load_preferences(out / "data" / "test.jsonl")
     assert len(train) == metrics["train_pairs"] > 0 and len(test) == metrics["test_pairs"] > 0
+    assert {e.prompt for e in train}.isdisjoint({e.prompt for e in test})
+    return metrics, train, test
+
+
+def test_sample_pairs_writes_loadable_disjoint_splits(base_model, data_dir, tmp_path):
+    out = tmp_path / "pairs"
+    metrics, _, _ = _sample_pairs(base_model, data_dir, out, eval_fraction=0.25)
     assert metrics["samples"] == 16 * 4
     assert metrics["train_pairs"] + metrics["test_pairs"] + metrics["dropped_pairs"] == 16 * 6
-    assert {e.prompt for e in train}.isdisjoint({e.prompt for e in test})
     raw = [json.loads(x) for x in (out / "data" / "train.jsonl").read_text().splitlines()]
     assert all(r["chosen_gold"] > r["rejected_gold"] for r in raw)  # labelled by the gold reward
     gold = get_task("sentiment").gold_reward([r["prompt"] for r in raw], [r["chosen"] for r in raw])
@@ -359,14 +365,8 @@ def test_sample_pairs_writes_loadable_disjoint_splits(base_model, data_dir, tmp_
 
 def test_sample_pairs_holds_out_a_prompt_when_the_drawn_ones_give_no_pair(base_model, data_dir, tmp_path):
     # 16 prompts x 0.01 rounds to no held-out prompt: one training prompt moves over whole
-    out = tmp_path / "pairs"
-    metrics = run_stage("sample_pairs", out, model=base_model, prompts=str(data_dir / "sentiment_prompts.jsonl"),
-                        task="sentiment", samples_per_prompt=4, eval_fraction=0.01, seed=3,
-                        sampling={"max_new_tokens": 12, "batch_size": 64})
-    train = load_preferences(out / "data" / "train.jsonl")
-    test = load_preferences(out / "data" / "test.jsonl")
-    assert len(test) == metrics["test_pairs"] > 0 and len(train) == metrics["train_pairs"] > 0
-    assert len({e.prompt for e in test}) == 1 and {e.prompt for e in train}.isdisjoint({e.prompt for e in test})
+    _, _, test = _sample_pairs(base_model, data_dir, tmp_path / "pairs", eval_fraction=0.01)
+    assert len({e.prompt for e in test}) == 1
 
 
 def test_sample_pairs_with_no_pair_past_min_gap_is_a_clear_error(base_model, data_dir, tmp_path):
