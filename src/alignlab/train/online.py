@@ -183,7 +183,7 @@ def run_online(
     last: dict = {}
     for iteration in range(start, s.iterations):
         tick = time.perf_counter()
-        with autocast:  # rollout at the training precision, as the update sees it (bf16 samples ~2x faster on a GPU)
+        with autocast:  # rollout at the training precision, as the update sees it (and as TRL's generate runs)
             experience, figures = stage.collect(iteration)
         figures, n = _global_figures(figures, _count(experience), dist)
         rollout_s = time.perf_counter() - tick
