@@ -187,7 +187,7 @@ def trl_child(a) -> dict:
         "num_generations": a.k, "steps_per_generation": 1, "num_iterations": 1,
         "max_completion_length": MAX_NEW_TOKENS, "temperature": TEMPERATURE, "top_k": 0, "top_p": 1.0,
         "beta": BETA[a.algo], "epsilon": CLIP, "disable_dropout": True, "shuffle_dataset": False,
-        "log_completions": False,
+        "log_completions": False, "cache_implementation": "static" if a.cache == "static" else None,
     }
     if a.algo == "grpo":
         args = trl.GRPOConfig(**base, **shared, loss_type="grpo", scale_rewards="group", use_bias_correction_kl=False)
@@ -241,7 +241,8 @@ def trl_child(a) -> dict:
                           f"use_bias_correction_kl={args.use_bias_correction_kl}, " if a.algo == "grpo" else
                           f"normalize_advantages={args.normalize_advantages}, ")
                        + f"beta={args.beta}, generation_batch_size={args.generation_batch_size}, "
-                       f"gradient_checkpointing={args.gradient_checkpointing}")
+                       f"gradient_checkpointing={args.gradient_checkpointing}, "
+                       f"cache_implementation={args.cache_implementation}")
     return result
 
 
@@ -255,7 +256,8 @@ def child(argv: list[str]) -> None:
     parser.add_argument("--draw", choices=["multinomial", "inverse_cdf"], default="multinomial",
                         help="alignlab only: how generate draws tokens (sampling.draw)")
     parser.add_argument("--cache", choices=["dynamic", "static"], default="dynamic",
-                        help="alignlab only: generate's KV cache (sampling.cache; static compiles on a GPU)")
+                        help="generate's KV cache (alignlab: sampling.cache; TRL: cache_implementation); "
+                             "static compiles decoding on a GPU")
     a = parser.parse_args(argv)
     if a.batch != a.prompts * a.k:
         parser.error(f"--batch must be --prompts × --k = {a.prompts * a.k} (completions per optimizer step)")
@@ -338,7 +340,7 @@ def driver(argv: list[str]) -> None:
     parser.add_argument("--no-inverse-cdf", action="store_true",
                         help="skip the alignlab runs with sampling.draw: inverse_cdf")
     parser.add_argument("--static-cache", action="store_true",
-                        help="add alignlab runs with sampling.cache: static (compiled decoding on a GPU)")
+                        help="add alignlab and TRL runs with a static KV cache (compiled decoding on a GPU)")
     parser.add_argument("--no-trl-gc", action="store_true",
                         help="skip the TRL runs with gradient checkpointing on (its configs' default)")
     a = parser.parse_args(argv)
@@ -356,8 +358,9 @@ def driver(argv: list[str]) -> None:
             contenders[f"alignlab-{algo}-icdf"] = ("rl.py", base + ["--tool", "alignlab", "--algo", algo,
                                                                    "--draw", "inverse_cdf"])
         if a.static_cache:
-            contenders[f"alignlab-{algo}-static"] = ("rl.py", base + ["--tool", "alignlab", "--algo", algo,
-                                                                     "--cache", "static"])
+            for tool in ("alignlab", "trl"):
+                contenders[f"{tool}-{algo}-static"] = ("rl.py", base + ["--tool", tool, "--algo", algo,
+                                                                       "--cache", "static"])
         if not a.no_trl_gc:
             contenders[f"trl-{algo}-gc"] = ("rl.py", base + ["--tool", "trl", "--algo", algo, "--gc", "on"])
     print(f"RL: {a.steps} steps x {a.prompts} prompts x {a.k} samples, {a.repeats} repeats, {a.threads} threads",
@@ -372,8 +375,9 @@ def driver(argv: list[str]) -> None:
         comparisons += [(f"rl_{algo}_trl_gc", f"alignlab-{algo}", f"trl-{algo}-gc") for algo in algos]
     if not a.no_inverse_cdf:  # alignlab drawing tokens by inverse CDF, against plain TRL
         comparisons += [(f"rl_{algo}_inverse_cdf", f"alignlab-{algo}-icdf", f"trl-{algo}") for algo in algos]
-    if a.static_cache:  # alignlab decoding with a static, compiled KV cache, against plain TRL
+    if a.static_cache:  # decoding with a static, compiled KV cache: alignlab against plain TRL, and both with it
         comparisons += [(f"rl_{algo}_static_cache", f"alignlab-{algo}-static", f"trl-{algo}") for algo in algos]
+        comparisons += [(f"rl_{algo}_static_both", f"alignlab-{algo}-static", f"trl-{algo}-static") for algo in algos]
     for name, ours, theirs in comparisons:
         payload = rl_comparison(examples, rl_summary(runs[ours], examples),
                                 rl_summary(runs[theirs], examples), (ours, theirs), extra)
