@@ -8,6 +8,9 @@ chunks of rows and never holds a full-size log-softmax copy.
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 import torch
 from torch import Tensor
 
@@ -100,8 +103,8 @@ def token_logps(
     logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **extra).logits
     if not skip:
         return logps_from_logits(logits, input_ids, attention_mask, loss_mask, temperature)
-    logps, mask = logps_from_logits(logits, input_ids[:, skip:], attention_mask[:, skip:], loss_mask[:, skip:],
-                                    temperature)
+    logps, _ = logps_from_logits(logits, input_ids[:, skip:], attention_mask[:, skip:], loss_mask[:, skip:],
+                                 temperature)
     return torch.nn.functional.pad(logps, (skip, 0)), loss_mask[:, 1:]
 
 
@@ -117,11 +120,15 @@ def _unscored_prefix(loss_mask: Tensor | None) -> int:
 def _takes_logits_to_keep(model) -> bool:
     """Whether the (PEFT-unwrapped) model's forward accepts `logits_to_keep`, as transformers'
     causal LMs do; a custom model without it gets full logits."""
-    import inspect
-
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return _forward_takes_logits_to_keep(type(inner))
+
+
+@functools.cache
+def _forward_takes_logits_to_keep(model_class: type) -> bool:
+    # once per class: token_logps runs on every forward, signature inspection need not
     try:
-        return "logits_to_keep" in inspect.signature(inner.forward).parameters
+        return "logits_to_keep" in inspect.signature(model_class.forward).parameters
     except (TypeError, ValueError):
         return False
 
