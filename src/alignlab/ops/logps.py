@@ -14,6 +14,7 @@ import inspect
 import torch
 from torch import Tensor
 
+from alignlab.ops.shared_prefix import plan_shared_prefix, shared_prefix_logps
 from alignlab.ops.stats import masked_sum
 
 # How many logits one chunk may hold. Bounds the temporaries (logsumexp's exp buffer, or the
@@ -91,9 +92,20 @@ def token_logps(
     sampler's temperature when these log-probs are compared with the ones a sampler reported.
     `position_ids` is passed through when given (packed rows, left padding); otherwise the model
     numbers positions itself, which is right for right-padded batches.
+
+    Rows that share a prompt (everything before their first scored token), as GRPO's k samples or
+    DPO's chosen and rejected do, run it through the model once when that saves enough
+    (`alignlab.ops.shared_prefix`); the result is the same up to float rounding.
     """
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    if position_ids is None and loss_mask is not None and _can_share_prefixes(model):
+        plan = plan_shared_prefix(input_ids, attention_mask, loss_mask)
+        if plan is not None:
+            mask = loss_mask[:, 1:]
+            logps = shared_prefix_logps(model, plan, input_ids.shape[1], temperature)
+            keep = mask if mask.dtype == torch.bool else mask != 0
+            return torch.where(keep, logps, torch.zeros((), dtype=logps.dtype, device=logps.device)), mask
     extra = {} if position_ids is None else {"position_ids": position_ids}
     # Positions before the first scored token (the prompts, in a right-padded batch) need no
     # logits: the LM head projects only the rest, as `logits_to_keep` lets transformers do.
@@ -122,6 +134,32 @@ def _takes_logits_to_keep(model) -> bool:
     causal LMs do; a custom model without it gets full logits."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     return _forward_takes_logits_to_keep(type(inner))
+
+
+def _can_share_prefixes(model) -> bool:
+    """Whether the prompt-once route applies: a transformers causal LM (bare or under LoRA) with
+    eager or SDPA attention over full (not sliding-window) layers, which returns its KV cache
+    here. Not under gradient checkpointing (transformers turns the cache off in training then),
+    nor prompt-learning PEFT (its virtual tokens live in the cache). Other kernels (flash
+    attention's unpadded batches) and sliding windows (a cache that drops old positions) are not
+    verified with a masked gap between prompt and tail, so they take the one-pass route."""
+    if not _takes_logits_to_keep(model):
+        return False
+    peft_config = getattr(model, "peft_config", None)
+    if peft_config and any(c.is_prompt_learning for c in peft_config.values()):
+        return False
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    # transformers 5 renamed the flag (the old name warns); older versions have only the old one
+    name = "is_activation_checkpointing" if hasattr(type(inner), "is_activation_checkpointing") else "is_gradient_checkpointing"
+    if getattr(inner, name, False):
+        return False
+    config = inner.config
+    if getattr(config, "_attn_implementation", None) not in ("eager", "sdpa"):
+        return False
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None:
+        return all(kind == "full_attention" for kind in layer_types)
+    return not (getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True))
 
 
 @functools.cache
