@@ -268,7 +268,8 @@ def test_winrate_stage_model_against_itself(tiny_model_dir, tmp_path):
                                                  "not the worst", "a dull", "the cast", "i think"]])
     settings = {"model_a": str(tiny_model_dir), "model_b": str(tiny_model_dir), "prompts": str(prompts),
                     "judge": {"type": "reward_model", "path": str(tiny_model_dir)}, "samples_per_prompt": 2,
-                    "sampling": {"max_new_tokens": 8}, "resamples": 500, "seed": 3}
+                    "sampling": {"max_new_tokens": 8}, "resamples": 500,
+                    "seed": 5}  # a seed whose 32 samples are all non-empty: the labels below are a pair file
     out = tmp_path / "winrate"
     metrics = run(WinRateConfig.model_validate(settings), out)
 

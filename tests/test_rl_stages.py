@@ -26,7 +26,7 @@ def score(prompts, completions):
 def flaky(prompts, completions):
     out = []
     for c in completions:
-        if "o" in c[:3]:
+        if len(c) % 3 == 0:  # about a third of the samples, whatever the sampler's random stream
             raise ValueError("cannot score this one")
         out.append(c.count("e") / max(len(c), 1))
     return out

@@ -143,7 +143,7 @@ def test_eos_ends_a_row_and_sets_finished(eos_prone_policy, tiny_tokenizer, prom
     assert any(rollouts.finished) and not all(rollouts.finished)
     for ids, logps, finished in zip(rollouts.completion_ids, rollouts.logps, rollouts.finished):
         assert 1 <= len(ids) <= settings.max_new_tokens and len(logps) == len(ids)
-        assert eos not in ids[:-1] and tiny_tokenizer.pad_token_id not in ids
+        assert eos not in ids[:-1]  # generate's padding after EOS is cut (pad itself is a token a model may draw)
         assert finished == (ids[-1] == eos)
         if not finished:
             assert len(ids) == settings.max_new_tokens

