@@ -253,8 +253,8 @@ def child(argv: list[str]) -> None:
     parser.add_argument("--prompts", type=int, required=True, help="prompts per optimizer step")
     parser.add_argument("--schedule", choices=["constant", "linear"], required=True)
     parser.add_argument("--profile", default=None, help="write a cProfile of the timed part into this folder")
-    parser.add_argument("--draw", choices=["multinomial", "inverse_cdf"], default="multinomial",
-                        help="alignlab only: how generate draws tokens (sampling.draw)")
+    parser.add_argument("--draw", choices=["inverse_cdf", "multinomial"], default="inverse_cdf",
+                        help="alignlab only: how generate draws tokens (sampling.draw; inverse_cdf is its default)")
     parser.add_argument("--cache", choices=["dynamic", "static"], default="dynamic",
                         help="generate's KV cache (alignlab: sampling.cache; TRL: cache_implementation); "
                              "static compiles decoding on a GPU")
@@ -337,8 +337,9 @@ def driver(argv: list[str]) -> None:
     parser.add_argument("--k", type=int, default=4, help="completions per prompt")
     parser.add_argument("--schedule", choices=["constant", "linear"], default="constant")
     parser.add_argument("--algos", default="grpo,rloo", help="comma-separated: grpo, rloo")
-    parser.add_argument("--no-inverse-cdf", action="store_true",
-                        help="skip the alignlab runs with sampling.draw: inverse_cdf")
+    parser.add_argument("--multinomial", action="store_true",
+                        help="add alignlab runs that draw with torch.multinomial, as transformers and TRL do "
+                             "(sampling.draw: multinomial; alignlab's default is inverse_cdf)")
     parser.add_argument("--static-cache", action="store_true",
                         help="add alignlab and TRL runs with a static KV cache (compiled decoding on a GPU)")
     parser.add_argument("--no-trl-gc", action="store_true",
@@ -354,9 +355,9 @@ def driver(argv: list[str]) -> None:
     for algo in algos:
         contenders[f"alignlab-{algo}"] = ("rl.py", base + ["--tool", "alignlab", "--algo", algo])
         contenders[f"trl-{algo}"] = ("rl.py", base + ["--tool", "trl", "--algo", algo])
-        if not a.no_inverse_cdf:
-            contenders[f"alignlab-{algo}-icdf"] = ("rl.py", base + ["--tool", "alignlab", "--algo", algo,
-                                                                   "--draw", "inverse_cdf"])
+        if a.multinomial:
+            contenders[f"alignlab-{algo}-multinomial"] = ("rl.py", base + ["--tool", "alignlab", "--algo", algo,
+                                                                          "--draw", "multinomial"])
         if a.static_cache:
             for tool in ("alignlab", "trl"):
                 contenders[f"{tool}-{algo}-static"] = ("rl.py", base + ["--tool", tool, "--algo", algo,
@@ -373,8 +374,8 @@ def driver(argv: list[str]) -> None:
     comparisons = [(f"rl_{algo}", f"alignlab-{algo}", f"trl-{algo}") for algo in algos]
     if not a.no_trl_gc:  # TRL with its configs' default gradient checkpointing
         comparisons += [(f"rl_{algo}_trl_gc", f"alignlab-{algo}", f"trl-{algo}-gc") for algo in algos]
-    if not a.no_inverse_cdf:  # alignlab drawing tokens by inverse CDF, against plain TRL
-        comparisons += [(f"rl_{algo}_inverse_cdf", f"alignlab-{algo}-icdf", f"trl-{algo}") for algo in algos]
+    if a.multinomial:  # alignlab drawing tokens as transformers does, against plain TRL
+        comparisons += [(f"rl_{algo}_multinomial", f"alignlab-{algo}-multinomial", f"trl-{algo}") for algo in algos]
     if a.static_cache:  # decoding with a static, compiled KV cache: alignlab against plain TRL, and both with it
         comparisons += [(f"rl_{algo}_static_cache", f"alignlab-{algo}-static", f"trl-{algo}") for algo in algos]
         comparisons += [(f"rl_{algo}_static_both", f"alignlab-{algo}-static", f"trl-{algo}-static") for algo in algos]

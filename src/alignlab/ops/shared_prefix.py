@@ -2,12 +2,13 @@
 
 GRPO and RLOO score k samples of every prompt, DPO a chosen and a rejected answer to each. The
 prompt positions of those rows are identical, and a causal LM's activations there do not depend on
-what follows them. So the distinct prompts go through the model once (left-padded, keeping their
-KV cache), each row gets its prompt's cache, and only the completions run on top of it. Values
-and gradients equal those of one forward over the whole rows up to float rounding (tested). The
-saving is the repeated prompt positions. On the bench's GRPO job (k = 4, prompts of 3–11 tokens,
-32-token answers) the log-prob forward took 32% less time and forward + backward 14% less. Long
-shared prompts save most.
+what follows them. So the distinct prompts (all but their last token) go through the model once,
+keeping their KV cache; each row gets a copy of its prompt's cache, and only its tail (the
+prompt's last token and the completion) runs on top of it. Values and gradients equal those of one
+forward over the whole rows up to float rounding (tested). The saving is the repeated prompt
+positions: on the bench's GRPO job (k = 4, prompts of 3–11 tokens, 32-token answers) a prototype
+took the log-prob forward from 0.250 to 0.170 s and forward + backward from 0.541 to 0.464 s
+(medians of 8). Long shared prompts save most.
 
 The prompt of a row is everything before its first scored token (loss_mask). Rows must be
 right-padded, as `token_logps` expects when it gets no position ids.
