@@ -103,9 +103,7 @@ def token_logps(
         plan = plan_shared_prefix(input_ids, attention_mask, loss_mask)
         if plan is not None:
             mask = loss_mask[:, 1:]
-            logps = shared_prefix_logps(model, plan, input_ids.shape[1], temperature)
-            keep = mask if mask.dtype == torch.bool else mask != 0
-            return torch.where(keep, logps, torch.zeros((), dtype=logps.dtype, device=logps.device)), mask
+            return _zero_where_unscored(shared_prefix_logps(model, plan, input_ids.shape[1], temperature), mask), mask
     extra = {} if position_ids is None else {"position_ids": position_ids}
     # Positions before the first scored token (the prompts, in a right-padded batch) need no
     # logits: the LM head projects only the rest, as `logits_to_keep` lets transformers do.
@@ -132,8 +130,12 @@ def _unscored_prefix(loss_mask: Tensor | None) -> int:
 def _takes_logits_to_keep(model) -> bool:
     """Whether the (PEFT-unwrapped) model's forward accepts `logits_to_keep`, as transformers'
     causal LMs do; a custom model without it gets full logits."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return _forward_takes_logits_to_keep(type(inner))
+    return _forward_takes_logits_to_keep(type(_unwrapped(model)))
+
+
+def _unwrapped(model):
+    """The transformers model under a PEFT wrapper (the model itself when there is none)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def _can_share_prefixes(model) -> bool:
@@ -148,7 +150,7 @@ def _can_share_prefixes(model) -> bool:
     peft_config = getattr(model, "peft_config", None)
     if peft_config and any(c.is_prompt_learning for c in peft_config.values()):
         return False
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = _unwrapped(model)
     # transformers 5 renamed the flag (the old name warns); older versions have only the old one
     name = "is_activation_checkpointing" if hasattr(type(inner), "is_activation_checkpointing") else "is_gradient_checkpointing"
     if getattr(inner, name, False):
@@ -182,9 +184,13 @@ def logps_from_logits(
     targets = torch.cat([input_ids[:, 1:], input_ids[:, :1]], dim=1)
     logps = _selective_log_softmax(logits, targets, temperature)[:, :-1]
     mask = (attention_mask if loss_mask is None else loss_mask)[:, 1:]
+    return _zero_where_unscored(logps, mask), mask
+
+
+def _zero_where_unscored(logps: Tensor, mask: Tensor) -> Tensor:
+    """logps with exactly 0 wherever mask is 0 (a where, not a product: no NaN or -inf leaks through)."""
     keep = mask if mask.dtype == torch.bool else mask != 0
-    logps = torch.where(keep, logps, torch.zeros((), dtype=logps.dtype, device=logps.device))
-    return logps, mask
+    return torch.where(keep, logps, torch.zeros((), dtype=logps.dtype, device=logps.device))
 
 
 def sequence_logps(token_logps: Tensor, mask: Tensor, reduction: str = "sum") -> Tensor:
