@@ -8,12 +8,10 @@ chunks of rows and never holds a full-size log-softmax copy.
 
 from __future__ import annotations
 
-import functools
-import inspect
-
 import torch
 from torch import Tensor
 
+from alignlab.ops.forward_args import takes, unwrapped
 from alignlab.ops.shared_prefix import plan_shared_prefix, shared_prefix_logps
 from alignlab.ops.stats import masked_sum
 
@@ -130,12 +128,7 @@ def _unscored_prefix(loss_mask: Tensor | None) -> int:
 def _takes_logits_to_keep(model) -> bool:
     """Whether the (PEFT-unwrapped) model's forward accepts `logits_to_keep`, as transformers'
     causal LMs do; a custom model without it gets full logits."""
-    return _forward_takes_logits_to_keep(type(_unwrapped(model)))
-
-
-def _unwrapped(model):
-    """The transformers model under a PEFT wrapper (the model itself when there is none)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
+    return takes(model, "logits_to_keep")
 
 
 def _can_share_prefixes(model) -> bool:
@@ -150,7 +143,7 @@ def _can_share_prefixes(model) -> bool:
     peft_config = getattr(model, "peft_config", None)
     if peft_config and any(c.is_prompt_learning for c in peft_config.values()):
         return False
-    inner = _unwrapped(model)
+    inner = unwrapped(model)
     # transformers 5 renamed the flag (the old name warns); older versions have only the old one
     name = "is_activation_checkpointing" if hasattr(type(inner), "is_activation_checkpointing") else "is_gradient_checkpointing"
     if getattr(inner, name, False):
@@ -162,15 +155,6 @@ def _can_share_prefixes(model) -> bool:
     if layer_types is not None:
         return all(kind == "full_attention" for kind in layer_types)
     return not (getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True))
-
-
-@functools.cache
-def _forward_takes_logits_to_keep(model_class: type) -> bool:
-    # once per class: token_logps runs on every forward, signature inspection need not
-    try:
-        return "logits_to_keep" in inspect.signature(model_class.forward).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def logps_from_logits(

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from alignlab.ops.forward_args import cache_keyword, returned_cache
+
 # Take the two-pass route only when it skips at least this share of the token positions a single
 # pass would run: below that, a second model call costs more than it saves.
 MIN_SAVING = 0.1
@@ -85,7 +87,7 @@ def shared_prefix_logps(model, plan: SharedPrefixPlan, width: int, temperature: 
     from alignlab.ops.logps import _selective_log_softmax  # logps imports this module
 
     head = model(input_ids=plan.prefix_ids, attention_mask=plan.prefix_mask, use_cache=True, logits_to_keep=1)
-    cache = head.past_key_values
+    cache = returned_cache(head)
     if cache is None:
         raise RuntimeError(f"{type(model).__name__} returned no KV cache; the prompt-once log-prob pass needs one")
     cache.reorder_cache(plan.owner)  # each row's copy of its prompt's keys and values
@@ -96,7 +98,7 @@ def shared_prefix_logps(model, plan: SharedPrefixPlan, width: int, temperature: 
         # the prompt's padding sits between its tokens and the tail: masked, and the positions
         # are given explicitly, so it changes nothing
         attention_mask=torch.cat([plan.prefix_mask[plan.owner], plan.tail_mask], dim=1),
-        position_ids=plan.starts[:, None] + offsets, past_key_values=cache, use_cache=True,
+        position_ids=plan.starts[:, None] + offsets, use_cache=True, **{cache_keyword(model): cache},
     )
     # tail position j predicts tail token j+1; scoring the contiguous logits against the ids
     # shifted left (the last column is a dummy, dropped) avoids a strided copy

@@ -32,7 +32,6 @@ memory), for every item of that batch.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +53,7 @@ from alignlab.feedback.llm.base import (
 from alignlab.feedback.llm.cache import CachedBatch, CallCache
 from alignlab.models.load import load_causal_lm, load_tokenizer, resolve_device
 from alignlab.models.reference import model_fingerprint
+from alignlab.ops.forward_args import takes
 from alignlab.rollout.local import left_pad
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ class LocalLLM:
         self.eos_ids = _eos_ids(self.model, tokenizer)
         self.context_length = _context_length(self.model, tokenizer)
         self._identity: str | None = None
-        self._takes_logits_to_keep = "logits_to_keep" in inspect.signature(self.model.forward).parameters
+        self._takes_logits_to_keep = takes(self.model, "logits_to_keep")
 
     def __repr__(self) -> str:
         return f"LocalLLM({self.name!r}, device={str(self.device)!r}, dtype={self.dtype!r})"
