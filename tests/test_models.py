@@ -159,9 +159,9 @@ def test_reward_model_saves_and_loads_with_plain_transformers(tiny_tokenizer, ti
     assert not info["missing_keys"] and not info["mismatched_keys"]  # the head came back
     assert plain.config.num_labels == 1
     assert plain.config.pad_token_id == tiny_tokenizer.pad_token_id
-    with torch.no_grad():
+    with torch.no_grad():  # alignlab runs gpt2's gelu_new as one fused kernel: equal up to rounding
         torch.testing.assert_close(plain(input_ids=ids, attention_mask=mask).logits[:, 0],
-                                   reward_scores(model, ids, mask), rtol=0, atol=0)
+                                   reward_scores(model, ids, mask), rtol=0, atol=1e-6)
     # Loading a saved reward model with alignlab keeps the trained head too.
     again = load_reward_model(out)
     assert torch.equal(again.score.weight, model.score.weight)

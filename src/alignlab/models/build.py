@@ -20,6 +20,8 @@ from transformers import (
     Qwen2Config,
 )
 
+from alignlab.models.fused import fuse_activations
+
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
 
 
@@ -75,4 +77,6 @@ def new_causal_lm(
     else:
         raise ValueError(f"unknown architecture {arch!r}; choose gpt2, llama or qwen2")
     torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(config)
+    model = AutoModelForCausalLM.from_config(config)
+    fuse_activations(model)  # gpt2's gelu_new as one kernel; the config keeps its name
+    return model

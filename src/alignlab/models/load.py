@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from alignlab.models.fused import fuse_activations
+
 log = logging.getLogger(__name__)
 
 DTYPES: dict[str, torch.dtype | str] = {
@@ -139,6 +141,7 @@ def load_causal_lm(
     `dtype` is one of float32, bfloat16, float16 or auto (the checkpoint's own). `device=None`
     leaves the model where transformers puts it (the CPU); "auto" picks CUDA when present. The
     model's config is left untouched (dropout included): call `disable_dropout` where wanted.
+    Op-by-op tanh-GELU activations run as one fused kernel (`alignlab.models.fused`).
     """
     source = checkpoint_source(name_or_path)
     kwargs = weight_loading_kwargs(source, trust_remote_code)
@@ -148,6 +151,7 @@ def load_causal_lm(
         model = AutoModelForCausalLM.from_pretrained(source, dtype=resolve_dtype(dtype), **kwargs)
     except OSError as err:
         raise OSError(f"could not load a causal LM from {str(name_or_path)!r}: {err}") from err
+    fuse_activations(model)
     if device is not None:
         model.to(resolve_device(device))
     return model

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 
+from alignlab.models.fused import fuse_activations
 from alignlab.models.load import checkpoint_source, resolve_device, resolve_dtype, weight_loading_kwargs
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ def load_reward_model(
         log.warning("%s lacks backbone weights, left randomly initialised: %s", name_or_path, backbone_missing)
     if head_missing:
         _init_head(model, head_missing, head_seed)
+    fuse_activations(model)
 
     if tokenizer is not None:
         if tokenizer.pad_token_id is None:

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModelForTokenClassification, PreTrainedModel
 
+from alignlab.models.fused import fuse_activations
 from alignlab.models.load import (
     checkpoint_source,
     disable_dropout,
@@ -55,6 +56,7 @@ def load_critic(
                 for param in module.parameters():
                     param.zero_()
     disable_dropout(model)
+    fuse_activations(model)
     if device is not None:
         model.to(resolve_device(device))
     return model
