@@ -248,6 +248,43 @@ def test_a_static_cache_samples_what_the_dynamic_one_does(tiny_tokenizer, prompt
             assert a == pytest.approx(b, abs=1e-5)
 
 
+@pytest.mark.parametrize("arch,attention", [("gpt2", "sdpa"), ("gpt2", "eager"), ("llama", "sdpa"), ("llama", "eager")])
+def test_repeated_prompts_prefilled_once_sample_what_generate_alone_does(tiny_tokenizer, prompts, arch, attention,
+                                                                        monkeypatch):
+    import alignlab.rollout.local as local
+
+    model = new_causal_lm(tiny_tokenizer, arch, hidden_size=32, num_layers=2, num_heads=2, max_positions=64).eval()
+    model.config._attn_implementation = attention
+    repeated = [p for p in prompts for _ in range(3)]  # 1- to 9-token prompts, 3 samples each
+    settings = SamplingSettings(max_new_tokens=6, temperature=0.9, batch_size=12)
+    caches = []
+    real = local.prefill_distinct
+    monkeypatch.setattr(local, "prefill_distinct", lambda *a, **k: caches.append(real(*a, **k)) or caches[-1])
+    once = sample(model, repeated, settings, **ids_of(tiny_tokenizer), seed=5)
+    assert len(caches) == 3 and all(c is not None for c in caches)  # every batch took the prefill route
+    monkeypatch.setattr(local, "prefill_distinct", lambda *a, **k: None)
+    alone = sample(model, repeated, settings, **ids_of(tiny_tokenizer), seed=5)
+    assert once.completion_ids == alone.completion_ids
+    for a, b in zip(once.logps, alone.logps):
+        assert a == pytest.approx(b, abs=1e-5)
+
+
+def test_prefill_is_skipped_where_it_saves_nothing(policy):
+    from alignlab.rollout.local import left_pad
+    from alignlab.rollout.prefill import prefill_distinct
+
+    distinct = [[5, 6], [7, 8, 9], [10], [11, 12]]
+    assert prefill_distinct(policy, distinct, *left_pad(distinct, 0)) is None  # nothing repeats
+    ones = [[5], [5], [6], [6]]
+    assert prefill_distinct(policy, ones, *left_pad(ones, 0)) is None  # one-token prompts: no prefill to share
+    pairs = [[5, 6], [5, 6], [7, 8, 9], [7, 8, 9]]
+    cache = prefill_distinct(policy, pairs, *left_pad(pairs, 0))
+    assert cache is not None and cache.get_seq_length() == 2
+    # every row holds its own prompt's keys: rows 0 and 1 alike, rows 1 and 2 not
+    keys = cache.layers[0].keys
+    assert torch.equal(keys[0], keys[1]) and torch.equal(keys[2], keys[3]) and not torch.equal(keys[1], keys[2])
+
+
 def test_left_pad_rounds_the_width_up():
     from alignlab.rollout.local import left_pad
 

@@ -13,6 +13,9 @@ The cost of `generate` is memory: `output_logits=True` keeps a float32 copy of e
 logits, batch x new tokens x vocabulary x 4 bytes (64 x 512 x 150k is ~20 GB), so lower
 `batch_size` for large vocabularies or long completions (GPU users sample with vLLM instead).
 
+A batch that repeats prompts (k samples of each) prefills each distinct prompt once and hands
+`generate` the copied cache (`alignlab.rollout.prefill`).
+
 Each drawn token's log-prob is that of the tempered, untruncated distribution (see
 `alignlab.rollout.base`). The returned completions hold the sampled ids up to and including EOS
 when one was produced (no padding).
@@ -29,8 +32,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel
 
+from alignlab.ops.forward_args import cache_keyword
 from alignlab.rollout.base import Rollouts
 from alignlab.rollout.draw import InverseCDFDraw
+from alignlab.rollout.prefill import prefill_distinct
 
 
 # With a static cache every batch width is a compiled shape: widths are rounded up to a multiple
@@ -113,11 +118,14 @@ def sample(
         with _seeded(device, seed):
             for start in range(0, len(order), settings.batch_size):
                 idx = order[start : start + settings.batch_size]
-                ids, mask = left_pad([prompts[i] for i in idx], pad_id, multiple_of=step)
-                out = model.generate(
-                    input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config,
-                    logits_processor=processors,
-                )
+                batch = [prompts[i] for i in idx]
+                ids, mask = left_pad(batch, pad_id, multiple_of=step)
+                ids, mask = ids.to(device), mask.to(device)
+                # k samples of one prompt: its prefill runs once (a static cache is generate's own)
+                cache = prefill_distinct(model, batch, ids, mask) if settings.cache == "dynamic" else None
+                extra = {} if cache is None else {cache_keyword(model): cache}
+                out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
+                                     logits_processor=processors, **extra)
                 drawn = out.sequences[:, ids.shape[1] :]
                 drawn_logps = _tempered_logps(out.logits, drawn, settings.temperature)
                 for row, i in enumerate(idx):
