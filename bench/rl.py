@@ -46,6 +46,7 @@ code, so profiled runs are never the timed ones.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 import time
@@ -258,7 +259,11 @@ def child(argv: list[str]) -> None:
     parser.add_argument("--cache", choices=["dynamic", "static"], default="dynamic",
                         help="generate's KV cache (alignlab: sampling.cache; TRL: cache_implementation); "
                              "static compiles decoding on a GPU")
+    parser.add_argument("--unfused", action="store_true",
+                        help="alignlab only: keep transformers' op-by-op gelu_new (ALIGNLAB_FUSED_ACTIVATIONS=0)")
     a = parser.parse_args(argv)
+    if a.unfused:
+        os.environ["ALIGNLAB_FUSED_ACTIVATIONS"] = "0"  # read when alignlab loads the model
     if a.batch != a.prompts * a.k:
         parser.error(f"--batch must be --prompts × --k = {a.prompts * a.k} (completions per optimizer step)")
     common.child_main(a, alignlab_child, trl_child)
@@ -344,6 +349,9 @@ def driver(argv: list[str]) -> None:
                         help="add alignlab and TRL runs with a static KV cache (compiled decoding on a GPU)")
     parser.add_argument("--no-trl-gc", action="store_true",
                         help="skip the TRL runs with gradient checkpointing on (its configs' default)")
+    parser.add_argument("--unfused", action="store_true",
+                        help="add alignlab runs with transformers' op-by-op gelu_new, as TRL runs it "
+                             "(alignlab's loaders fuse it into one kernel by default)")
     a = parser.parse_args(argv)
     a.batch = a.prompts * a.k
     algos = [x for x in a.algos.split(",") if x]
@@ -362,6 +370,9 @@ def driver(argv: list[str]) -> None:
             for tool in ("alignlab", "trl"):
                 contenders[f"{tool}-{algo}-static"] = ("rl.py", base + ["--tool", tool, "--algo", algo,
                                                                        "--cache", "static"])
+        if a.unfused:
+            contenders[f"alignlab-{algo}-unfused"] = ("rl.py", base + ["--tool", "alignlab", "--algo", algo,
+                                                                      "--unfused"])
         if not a.no_trl_gc:
             contenders[f"trl-{algo}-gc"] = ("rl.py", base + ["--tool", "trl", "--algo", algo, "--gc", "on"])
     print(f"RL: {a.steps} steps x {a.prompts} prompts x {a.k} samples, {a.repeats} repeats, {a.threads} threads",
@@ -376,6 +387,8 @@ def driver(argv: list[str]) -> None:
         comparisons += [(f"rl_{algo}_trl_gc", f"alignlab-{algo}", f"trl-{algo}-gc") for algo in algos]
     if a.multinomial:  # alignlab drawing tokens as transformers does, against plain TRL
         comparisons += [(f"rl_{algo}_multinomial", f"alignlab-{algo}-multinomial", f"trl-{algo}") for algo in algos]
+    if a.unfused:  # alignlab with the model's activation as transformers runs it, against plain TRL
+        comparisons += [(f"rl_{algo}_unfused", f"alignlab-{algo}-unfused", f"trl-{algo}") for algo in algos]
     if a.static_cache:  # decoding with a static, compiled KV cache: alignlab against plain TRL, and both with it
         comparisons += [(f"rl_{algo}_static_cache", f"alignlab-{algo}-static", f"trl-{algo}") for algo in algos]
         comparisons += [(f"rl_{algo}_static_both", f"alignlab-{algo}-static", f"trl-{algo}-static") for algo in algos]
