@@ -249,6 +249,18 @@ def test_human_labels_judge_looks_pairs_up_in_either_order(tmp_path):
     assert results[6].p_a == 0.0  # conversations match too
 
 
+def test_human_labels_may_compare_an_empty_answer_which_training_data_may_not(tmp_path):
+    from alignlab.data.errors import DataError
+    from alignlab.data.formats import load_preferences
+
+    path = tmp_path / "labels.jsonl"
+    write_jsonl(path, [{"prompt": "p1", "chosen": "a real answer", "rejected": ""}])
+    with pytest.raises(DataError, match="line 1: field 'rejected': empty response"):
+        load_preferences(path)  # as training data: refused
+    (result,) = HumanLabelsJudge(path).judge(["p1"], [""], ["a real answer"])
+    assert (result.p_a, result.winner) == (0.0, "b")
+
+
 def test_judgement_validates_its_probability():
     with pytest.raises(ValueError):
         Judgement(1.5)
@@ -269,7 +281,7 @@ def test_winrate_stage_model_against_itself(tiny_model_dir, tmp_path):
     settings = {"model_a": str(tiny_model_dir), "model_b": str(tiny_model_dir), "prompts": str(prompts),
                     "judge": {"type": "reward_model", "path": str(tiny_model_dir)}, "samples_per_prompt": 2,
                     "sampling": {"max_new_tokens": 8}, "resamples": 500,
-                    "seed": 5}  # a seed whose 32 samples are all non-empty: the labels below are a pair file
+                    "seed": 3}  # one of its 32 samples is empty: people may label that too
     out = tmp_path / "winrate"
     metrics = run(WinRateConfig.model_validate(settings), out)
 

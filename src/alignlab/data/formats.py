@@ -77,9 +77,13 @@ def load_sft(path: str | Path, split: str | None = None) -> list[SFTExample]:
     return sft_from_records(read_records(path, split))
 
 
-def load_preferences(path: str | Path, split: str | None = None) -> list[PreferenceExample]:
-    """Preference pairs from a data file or dataset directory; rankings become all ordered pairs."""
-    return preferences_from_records(read_records(path, split))
+def load_preferences(path: str | Path, split: str | None = None, *,
+                     allow_empty_responses: bool = False) -> list[PreferenceExample]:
+    """Preference pairs from a data file or dataset directory; rankings become all ordered pairs.
+
+    `allow_empty_responses` accepts an empty chosen or rejected text next to an explicit prompt: a
+    file of people's labels may compare a model's empty answer; training data may not."""
+    return preferences_from_records(read_records(path, split), allow_empty_responses)
 
 
 def load_prompts(path: str | Path, split: str | None = None) -> list[PromptExample]:
@@ -91,10 +95,11 @@ def sft_from_records(records: Iterable[tuple[dict, Source]]) -> list[SFTExample]
     return [parse_sft_record(record, source) for record, source in records]
 
 
-def preferences_from_records(records: Iterable[tuple[dict, Source]]) -> list[PreferenceExample]:
+def preferences_from_records(records: Iterable[tuple[dict, Source]],
+                             allow_empty_responses: bool = False) -> list[PreferenceExample]:
     examples: list[PreferenceExample] = []
     for record, source in records:
-        examples.extend(parse_preference_record(record, source))
+        examples.extend(parse_preference_record(record, source, allow_empty_responses))
     return examples
 
 
@@ -133,7 +138,7 @@ def parse_sft_record(record: dict, source: Source) -> SFTExample:
 # --- preferences ------------------------------------------------------------------------------
 
 
-def parse_preference_record(record: dict, source: Source) -> list[PreferenceExample]:
+def parse_preference_record(record: dict, source: Source, allow_empty_responses: bool = False) -> list[PreferenceExample]:
     """Preference pairs from one record: one pair, or K(K-1)/2 pairs for a K-way ranking."""
     if _present(record, "responses") or _present(record, "ranking"):
         return _ranking_pairs(record, source)
@@ -149,8 +154,8 @@ def parse_preference_record(record: dict, source: Source) -> list[PreferenceExam
         prompt, chosen, rejected = _implicit_prompt(record, source)
     else:
         prompt = _prompt(record, source)
-        chosen = _response(record, "chosen", source, like=prompt)
-        rejected = _response(record, "rejected", source, like=prompt)
+        chosen = _response(record, "chosen", source, like=prompt, allow_empty=allow_empty_responses)
+        rejected = _response(record, "rejected", source, like=prompt, allow_empty=allow_empty_responses)
         if chosen == rejected:
             raise DataError(source, "rejected", "chosen and rejected are identical")
     return [PreferenceExample(prompt, chosen, rejected, source, label, margin)]
@@ -339,12 +344,15 @@ def _prompt(record: dict, source: Source, allow_empty: bool = True) -> PromptLik
     return value
 
 
-def _response(record: dict, name: str, source: Source, like: PromptLike) -> PromptLike:
-    return _check_response(_require(record, name, source), name, source, like, field_name=name)
+def _response(record: dict, name: str, source: Source, like: PromptLike, allow_empty: bool = False) -> PromptLike:
+    return _check_response(_require(record, name, source), name, source, like, field_name=name,
+                           allow_empty=allow_empty)
 
 
-def _check_response(value: Any, label: str, source: Source, like: PromptLike, field_name: str) -> PromptLike:
-    """A response must be of the prompt's kind (text or conversational) and not empty."""
+def _check_response(value: Any, label: str, source: Source, like: PromptLike, field_name: str,
+                    allow_empty: bool = False) -> PromptLike:
+    """A response must be of the prompt's kind (text or conversational) and, unless `allow_empty`,
+    not empty."""
     where = "" if label == field_name else f"{label}: "
     if isinstance(like, str):
         if not isinstance(value, str):
@@ -352,7 +360,7 @@ def _check_response(value: Any, label: str, source: Source, like: PromptLike, fi
                 source, field_name,
                 f"{where}must be a non-empty string (got {_describe(value)})",
             )
-        if not value.strip():
+        if not value.strip() and not allow_empty:
             raise DataError(source, field_name, f"{where}empty response")
         return value
     if not isinstance(value, list):

@@ -319,8 +319,9 @@ class PairLabels:
 
     @classmethod
     def from_file(cls, path: str | Path) -> PairLabels:
-        """Labels from a preference file (prompt/chosen/rejected, optional soft `label`)."""
-        return cls(load_preferences(path), where=str(path))
+        """Labels from a preference file (prompt/chosen/rejected, optional soft `label`). An empty
+        response is a valid answer to judge (a tiny model often ends at once), so it is accepted."""
+        return cls(load_preferences(path, allow_empty_responses=True), where=str(path))
 
     def __len__(self) -> int:
         return sum(len(v) for v in self.labels.values())
