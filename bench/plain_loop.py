@@ -1,7 +1,7 @@
 """The practical limit: a bare PyTorch loop over exactly alignlab's batches.
 
 Only forward, loss, backward and `torch.optim.AdamW` step (no gradient clipping, no logging, no
-checkpoint), on the same model and the same padded batches (alignlab's tokenization, collation and
+checkpoint), on the same model (with alignlab's fused GELU) and the same padded batches (alignlab's tokenization, collation and
 length-grouped order, all built before the clock starts). Log-probs come from
 `F.cross_entropy(reduction="none")`, the plainest fused way to get them.
 
@@ -65,7 +65,11 @@ def child(argv: list[str]) -> None:
     a = parser.parse_args(argv)
     common.child_setup(a.threads)
     torch.manual_seed(0)
+    from alignlab.models.fused import fuse_activations
+
     model = AutoModelForCausalLM.from_pretrained(common.model_dir(), dtype=torch.float32)
+    # the same model compute as alignlab (its loaders fuse gpt2's GELU), so the ratio measures the loop
+    fuse_activations(model)
     batches = _batches(a.job, a)[: a.steps]
     if a.job == "dpo":
         model.eval()

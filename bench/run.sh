@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run every benchmark (alignlab against TRL and a plain PyTorch loop) and print the tables
-# (DPO, SFT, reward model; then online RL: GRPO and RLOO).
+# (DPO, SFT, reward model; then online RL: GRPO and RLOO, also with the model's unfused GELU).
 # Usage: bash bench/run.sh [--quick]      (--quick: 1 repeat, fewer steps: a smoke test, not a result)
 # Needs bench/.venv-trl (bash bench/setup.sh). Results: bench/out/*.json; the table: bench/out/table.md.
 set -euo pipefail
@@ -22,5 +22,5 @@ rm -f bench/out/rl_*.json
 "$PY" bench/dpo.py --steps "$DPO_STEPS" --batch 8 --repeats "$REPEATS" --threads "$THREADS" > /dev/null
 "$PY" bench/sft.py --steps "$SFT_STEPS" --batch 16 --repeats "$REPEATS" --threads "$THREADS" > /dev/null
 "$PY" bench/reward.py --steps "$RM_STEPS" --batch 8 --repeats "$REPEATS" --threads "$THREADS" > /dev/null
-"$PY" bench/rl.py --steps "$RL_STEPS" --prompts 16 --k 4 --repeats "$REPEATS" --threads "$THREADS" > /dev/null
+"$PY" bench/rl.py --steps "$RL_STEPS" --prompts 16 --k 4 --repeats "$REPEATS" --threads "$THREADS" --unfused > /dev/null
 "$PY" bench/common.py table | tee bench/out/table.md
