@@ -17,6 +17,13 @@ def unwrapped(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def is_prompt_learning(model) -> bool:
+    """Whether PEFT prompt learning wraps `model`: its virtual tokens sit in front of every input
+    (and in the KV cache), so a prompt's cache cannot be computed by a plain forward and reused."""
+    peft_config = getattr(model, "peft_config", None)
+    return bool(peft_config) and any(c.is_prompt_learning for c in peft_config.values())
+
+
 def takes(model, name: str) -> bool:
     """Whether the (PEFT-unwrapped) model's forward has a parameter `name`."""
     return name in _parameters(type(unwrapped(model)))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from alignlab.ops.forward_args import takes, unwrapped
+from alignlab.ops.forward_args import is_prompt_learning, takes, unwrapped
 from alignlab.ops.shared_prefix import plan_shared_prefix, shared_prefix_logps
 from alignlab.ops.stats import masked_sum
 
@@ -140,8 +140,7 @@ def _can_share_prefixes(model) -> bool:
     verified with a masked gap between prompt and tail, so they take the one-pass route."""
     if not _takes_logits_to_keep(model):
         return False
-    peft_config = getattr(model, "peft_config", None)
-    if peft_config and any(c.is_prompt_learning for c in peft_config.values()):
+    if is_prompt_learning(model):
         return False
     inner = unwrapped(model)
     # transformers 5 renamed the flag (the old name warns); older versions have only the old one

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from alignlab.ops.forward_args import returned_cache, takes
+from alignlab.ops.forward_args import is_prompt_learning, returned_cache, takes
 
 # Only worth a second model call when at least this share of the prompt rows are repeats.
 MIN_REPEATS = 0.1
@@ -25,7 +25,7 @@ def prefill_distinct(model, prompts: list[list[int]], ids: Tensor, mask: Tensor,
     """A KV cache of `ids[:, :-1]` for every row (left-padded, as `left_pad` builds them), computed
     once per distinct prompt; None when too few prompts repeat, the prompts are a single token
     wide, or the model keeps no cache that can be copied row by row (then `generate` prefills)."""
-    if ids.shape[1] < 2 or _is_prompt_learning(model):
+    if ids.shape[1] < 2 or is_prompt_learning(model):
         return None
     distinct: dict[tuple[int, ...], int] = {}
     owner = [distinct.setdefault(tuple(prompt), len(distinct)) for prompt in prompts]
@@ -42,9 +42,3 @@ def prefill_distinct(model, prompts: list[list[int]], ids: Tensor, mask: Tensor,
         return None
     cache.reorder_cache(torch.tensor(owner, device=ids.device))
     return cache
-
-
-def _is_prompt_learning(model) -> bool:
-    # prompt tuning's virtual tokens are put in front by generate itself, not by a plain forward
-    peft_config = getattr(model, "peft_config", None)
-    return bool(peft_config) and any(c.is_prompt_learning for c in peft_config.values())
