@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check "${ALIGNLAB_TORCH:-torch==2.13.0}"
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]"
+# the versions the README's figures come from (see scripts/constraints.txt)
+.venv/bin/python -m pip install -q --disable-pip-version-check -c scripts/constraints.txt -e ".[dev]"
