@@ -56,7 +56,7 @@ def main() -> None:
     from alignlab.data.tokenize import tokenize_preferences
     from alignlab.models import load_tokenizer
     from alignlab.ops import token_logps
-    from alignlab.ops.logps import selective_log_softmax
+    from alignlab.ops.selective import selective_log_softmax
 
     torch.set_num_threads(a.threads)
     common.build_model()

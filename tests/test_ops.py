@@ -11,6 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from alignlab.ops import logps as logps_module
+from alignlab.ops import selective as selective_module
 from alignlab.ops import (
     kl_estimate,
     kl_k1,
@@ -65,7 +66,7 @@ def test_selective_log_softmax_half_precision_is_computed_in_float32(shape, dtyp
 
 def test_selective_log_softmax_chunking_and_strided_views(monkeypatch):
     """Many small chunks and a non-flattenable view (logits[:, :-1]) give the same answer."""
-    monkeypatch.setattr(logps_module, "CHUNK_ELEMENTS", 30)  # 3 rows of V=10 per chunk
+    monkeypatch.setattr(selective_module, "CHUNK_ELEMENTS", 30)  # 3 rows of V=10 per chunk
     gen = torch.Generator().manual_seed(0)
     full = torch.randn(3, 8, 10, generator=gen, dtype=torch.float64)
     view = full[:, :-1]

@@ -1,6 +1,7 @@
 """Tensor operations shared by every objective: log-probs, masked statistics, KL estimators."""
 
-from alignlab.ops.logps import selective_log_softmax, sequence_logps, token_logps
+from alignlab.ops.logps import sequence_logps, token_logps
+from alignlab.ops.selective import selective_log_softmax
 from alignlab.ops.stats import (
     kl_estimate,
     kl_k1,

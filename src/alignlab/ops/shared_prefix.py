@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from alignlab.ops.forward_args import cache_keyword, returned_cache
+from alignlab.ops.selective import selective_log_softmax
 
 # Take the two-pass route only when it skips at least this share of the token positions a single
 # pass would run: below that, a second model call costs more than it saves.
@@ -84,8 +85,6 @@ def shared_prefix_logps(model, plan: SharedPrefixPlan, width: int, temperature: 
     """`[B, width - 1]` log-probs in `token_logps`' layout (column t: the token at t+1), from one
     pass over the distinct prompts and one over the tails; columns outside the tails hold
     arbitrary values for the caller to mask."""
-    from alignlab.ops.logps import _selective_log_softmax  # logps imports this module
-
     head = model(input_ids=plan.prefix_ids, attention_mask=plan.prefix_mask, use_cache=True, logits_to_keep=1)
     cache = returned_cache(head)
     if cache is None:
@@ -103,7 +102,7 @@ def shared_prefix_logps(model, plan: SharedPrefixPlan, width: int, temperature: 
     # tail position j predicts tail token j+1; scoring the contiguous logits against the ids
     # shifted left (the last column is a dummy, dropped) avoids a strided copy
     shifted = torch.cat([plan.tail_ids[:, 1:], plan.tail_ids[:, :1]], dim=1)
-    logps = _selective_log_softmax(tail.logits, shifted, temperature)[:, :-1]
+    logps = selective_log_softmax(tail.logits, shifted, temperature)[:, :-1]
     # tail token j+1 of row r is input token starts[r] + j + 1, i.e. token_logps column starts[r] + j
     columns = plan.starts[:, None] + offsets[:-1]
     placed = logps.new_zeros(len(logps), width - 1 + tail_width).scatter(1, columns, logps)
