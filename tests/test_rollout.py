@@ -269,6 +269,32 @@ def test_repeated_prompts_prefilled_once_sample_what_generate_alone_does(tiny_to
         assert a == pytest.approx(b, abs=1e-5)
 
 
+def test_a_lora_policy_takes_the_prefill_route_too(tiny_tokenizer, prompts, monkeypatch):
+    import alignlab.rollout.local as local
+    from alignlab.models import LoraSettings, apply_lora
+
+    model = apply_lora(new_causal_lm(tiny_tokenizer, "gpt2", hidden_size=32, num_layers=2, num_heads=2,
+                                     max_positions=64), LoraSettings(r=4, alpha=8))
+    with torch.no_grad():  # a non-zero adapter, so the adapted and the base model differ
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    repeated = [p for p in prompts for _ in range(2)]
+    settings = SamplingSettings(max_new_tokens=6, batch_size=20)
+    real, taken = local.prefill_distinct, []
+    monkeypatch.setattr(local, "prefill_distinct", lambda *a, **k: taken.append(real(*a, **k)) or taken[-1])
+    once = sample(model, repeated, settings, **ids_of(tiny_tokenizer), seed=1)
+    assert taken and taken[0] is not None
+    monkeypatch.setattr(local, "prefill_distinct", lambda *a, **k: None)
+    alone = sample(model, repeated, settings, **ids_of(tiny_tokenizer), seed=1)
+    assert once.completion_ids == alone.completion_ids
+    for a, b in zip(once.logps, alone.logps):
+        assert a == pytest.approx(b, abs=1e-5)
+    with model.disable_adapter():  # the adapter matters: the base model samples something else
+        base = sample(model, repeated, settings, **ids_of(tiny_tokenizer), seed=1)
+    assert base.logps != once.logps
+
+
 def test_prefill_is_skipped_where_it_saves_nothing(policy):
     from alignlab.rollout.local import left_pad
     from alignlab.rollout.prefill import prefill_distinct
