@@ -259,6 +259,15 @@ def test_human_labels_may_compare_an_empty_answer_which_training_data_may_not(tm
         load_preferences(path)  # as training data: refused
     (result,) = HumanLabelsJudge(path).judge(["p1"], [""], ["a real answer"])
     assert (result.p_a, result.winner) == (0.0, "b")
+    # the same for conversations: an assistant message with no content is an answer to judge
+    chat = tmp_path / "chat_labels.jsonl"
+    prompt = [{"role": "user", "content": "hi"}]
+    empty, real = [{"role": "assistant", "content": ""}], [{"role": "assistant", "content": "hello"}]
+    write_jsonl(chat, [{"prompt": prompt, "chosen": empty, "rejected": real}])
+    with pytest.raises(DataError, match="line 1: field 'chosen': empty response"):
+        load_preferences(chat)
+    (result,) = HumanLabelsJudge(chat).judge([prompt], [empty], [real])
+    assert (result.p_a, result.winner) == (1.0, "a")
 
 
 def test_judgement_validates_its_probability():

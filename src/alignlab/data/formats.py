@@ -352,7 +352,8 @@ def _response(record: dict, name: str, source: Source, like: PromptLike, allow_e
 def _check_response(value: Any, label: str, source: Source, like: PromptLike, field_name: str,
                     allow_empty: bool = False) -> PromptLike:
     """A response must be of the prompt's kind (text or conversational) and, unless `allow_empty`,
-    not empty."""
+    not empty: no text, or messages whose contents are all blank (a list of no messages at all is
+    refused either way)."""
     where = "" if label == field_name else f"{label}: "
     if isinstance(like, str):
         if not isinstance(value, str):
@@ -371,7 +372,8 @@ def _check_response(value: Any, label: str, source: Source, like: PromptLike, fi
     messages = _validate_messages(value, source, field_name, where)
     if not messages:
         raise DataError(source, field_name, f"{where}empty response (no messages)")
-    _check_nonempty_response(messages, source, field_name, where)
+    if not allow_empty:
+        _check_nonempty_response(messages, source, field_name, where)
     return messages
 
 
