@@ -5,8 +5,10 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 
 # tests/test_labelling_browser.py drives Debian's chromium (nothing is downloaded at test time):
-# install it once when missing. Non-interactive, so it also works under CI=true with no stdin.
+# install it once when missing, system-wide with apt-get (as root, or through sudo without a
+# password). Non-interactive, so it also works under CI=true with no stdin.
 if [ ! -x /usr/bin/chromium ]; then
+  echo "scripts/test.sh: installing chromium system-wide with apt-get (for tests/test_labelling_browser.py)"
   as_root=""
   [ "$(id -u)" -eq 0 ] || as_root="sudo -n"
   apt_log="$(mktemp)"

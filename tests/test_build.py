@@ -19,4 +19,11 @@ def test_each_architecture_builds_and_round_trips(tiny_tokenizer, tmp_path):
         again = AutoModelForCausalLM.from_pretrained(tmp_path / arch)
         tok = AutoTokenizer.from_pretrained(tmp_path / arch)
         ids = torch.tensor([tok("the film")["input_ids"]])
-        assert torch.equal(model(ids).logits, again(ids).logits)
+        if arch == "gpt2":
+            # alignlab runs gpt2's gelu_new as one fused kernel and plain transformers as its op-by-op
+            # formula: the same function to ~2.4e-7 a value, whose rounding depends on the CPU's vector
+            # width (bitwise equal on AVX2, not on AVX-512); 1e-5 is ~40 such errors through a layer
+            torch.testing.assert_close(model(ids).logits, again(ids).logits, rtol=0, atol=1e-5)
+        else:
+            # llama/qwen2 run the same modules in both: the same ops in the same process round the same
+            assert torch.equal(model(ids).logits, again(ids).logits)

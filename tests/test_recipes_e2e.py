@@ -231,6 +231,24 @@ def test_a_second_run_skips_every_stage_and_touches_nothing(run):
     assert seconds < min(10.0, 0.2 * run.seconds)
 
 
+def test_the_command_ends_with_the_headline_result(run):
+    # `alignlab run` prints the report's result, not only "all stages finished"
+    from typer.testing import CliRunner
+
+    from alignlab.cli import app
+
+    result = CliRunner().invoke(app, ["run", str(run.recipe), "--out", str(run.dir)])
+    assert result.exit_code == 0, result.output
+    report = run.metrics("report")
+    dpo, sft = report["models"]["dpo"], report["models"]["sft"]
+    gain = report["gold_gain_over_baseline"]["dpo"]
+    assert f"dpo: gold reward {gain:+.3f} over sft ({sft['gold_mean']:.3f} -> {dpo['gold_mean']:.3f}), " \
+           f"KL {dpo['kl_mean']:.2f} nats" in result.stdout
+    accuracy = run.metrics("reward_model")["eval"]["accuracy"]
+    assert f"reward model: held-out pairwise accuracy {accuracy:.3f}" in result.stdout
+    assert f"report: {run.dir / 'report' / 'report.md'}" in result.stdout
+
+
 def test_changed_settings_of_a_finished_stage_ask_for_redo(run, tmp_path):
     changed = copy.deepcopy(RECIPE)
     changed["stages"]["dpo"]["beta"] = 0.5

@@ -41,6 +41,24 @@ def run(
     from alignlab.pipeline.runner import run_recipe
 
     _guarded(lambda: run_recipe(recipe, out, redo, until))
+    _guarded(lambda: _print_headlines(recipe, out))
+
+
+def _print_headlines(recipe: Path, out: Optional[Path]) -> None:
+    """After a recipe, its report stages' headline figures: a run should end with its result."""
+    from alignlab.pipeline.recipe import load_recipe
+    from alignlab.stages.common import done_hash
+    from alignlab.stages.report import headline
+    from alignlab.train.distributed import launched_rank
+
+    if launched_rank()[0] != 0:
+        return
+    _, run_dir, stages = load_recipe(recipe, out)
+    for stage in stages:
+        stage_dir = run_dir / stage.name
+        if stage.type == "report" and done_hash(stage_dir) is not None:
+            summary = json.loads((stage_dir / "metrics.json").read_text())
+            typer.echo("\n".join(headline(summary)))
 
 
 def parse_overrides(args: list[str]) -> dict:

@@ -17,6 +17,24 @@ class ReportConfig(StageConfig):
     title: str = "alignlab report"
 
 
+def headline(summary: dict) -> list[str]:
+    """The report's result in a few terminal lines: each model's gold gain over the baseline with its
+    KL, the reward model's held-out accuracy, and where report.md is."""
+    models = summary.get("models", {})
+    base = summary.get("baseline")
+    lines = []
+    for name, gain in summary.get("gold_gain_over_baseline", {}).items() if base in models else ():
+        m = models[name]
+        kl = f", KL {m['kl_mean']:.2f} nats" if m.get("kl_mean") is not None else ""
+        lines.append(f"{name}: gold reward {gain:+.3f} over {base} "
+                     f"({models[base]['gold_mean']:.3f} -> {m['gold_mean']:.3f}){kl}")
+    accuracy = summary.get("reward model", {}).get("held-out pairwise accuracy")
+    if accuracy is not None:
+        pairs = summary["reward model"].get("held-out pairs")
+        lines.append(f"reward model: held-out pairwise accuracy {accuracy:.3f}"
+                     + (f" on {pairs} pairs" if pairs else ""))
+    lines.append(f"report: {summary['report']}")
+    return lines
 
 
 def run(cfg: ReportConfig, out: Path) -> dict:
@@ -32,7 +50,7 @@ def run(cfg: ReportConfig, out: Path) -> dict:
         extra["reward model"] = {"held-out pairwise accuracy": rm.get("eval", {}).get("accuracy"),
                                  "held-out pairs": rm.get("eval_pairs"), "train pairs": rm.get("train_pairs")}
     path = write_report(cfg.title, models, extra, out, baseline=cfg.baseline)
-    summary = {"report": str(path), "models": models, **{k: v for k, v in extra.items()}}
+    summary = {"report": str(path), "models": models, "baseline": cfg.baseline, **extra}
     if cfg.baseline in models:
         base = models[cfg.baseline].get("gold_mean")
         summary["gold_gain_over_baseline"] = {
