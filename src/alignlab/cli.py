@@ -16,13 +16,17 @@ from typing import Optional
 import typer
 import yaml
 from pydantic import ValidationError
+from safetensors import SafetensorError
 
 from alignlab.stages import STAGES
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Align language models: SFT, reward models, DPO and more, from one recipe or one stage at a time.")
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, RuntimeError, KeyError)
+# What a user's input causes (bad settings, data, paths, model files) and gets as one `error:` line.
+# OSError covers a missing file, a parent that is a file, no permission, a full disk.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, KeyError, SafetensorError)
+PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 def _fail(message: str) -> None:
@@ -40,7 +44,7 @@ def run(
     """Run a recipe: finished stages are skipped, an unfinished one resumes from its checkpoint."""
     from alignlab.pipeline.runner import run_recipe
 
-    _guarded(lambda: run_recipe(recipe, out, redo, until))
+    _guarded(lambda: (check_writable(out, "--out") if out else None, run_recipe(recipe, out, redo, until)))
     _guarded(lambda: _print_headlines(recipe, out))
 
 
@@ -59,6 +63,18 @@ def _print_headlines(recipe: Path, out: Optional[Path]) -> None:
         if stage.type == "report" and done_hash(stage_dir) is not None:
             summary = json.loads((stage_dir / "metrics.json").read_text())
             typer.echo("\n".join(headline(summary)))
+
+
+def check_writable(path: Path, what: str) -> None:
+    """Refuse, before any work, an output path that cannot be created: its nearest existing ancestor
+    must be a directory this process may write in (a model loaded first would be time lost)."""
+    ancestor = path.absolute()
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise NotADirectoryError(f"{what} {path}: {ancestor} is a file, not a directory")
+    if ancestor != path.absolute() and not os.access(ancestor, os.W_OK | os.X_OK):
+        raise PermissionError(f"{what} {path}: no permission to create it in {ancestor}")
 
 
 def parse_overrides(args: list[str]) -> dict:
@@ -106,7 +122,40 @@ def _guarded(fn) -> None:
     except USER_ERRORS as e:
         if os.environ.get("ALIGNLAB_DEBUG"):
             raise
-        _fail(str(e) if not isinstance(e, KeyError) else str(e.args[0]))
+        _fail(_describe(e))
+    except RuntimeError as e:
+        if _out_of_memory(e) and not os.environ.get("ALIGNLAB_DEBUG"):
+            _fail(f"out of memory: {str(e).splitlines()[0]} (lower train.micro_batch_size or the lengths, "
+                  "or turn on train.gradient_checkpointing)")
+        # alignlab's own RuntimeErrors are messages for the user (a diverged loss, a stale checkpoint);
+        # one from torch or another library's insides is a bug, and its traceback is what a report needs
+        if os.environ.get("ALIGNLAB_DEBUG") or not _raised_by_alignlab(e):
+            raise
+        _fail(str(e))
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, KeyError):
+        return str(e.args[0])
+    if isinstance(e, SafetensorError):
+        return f"a safetensors file could not be read (truncated or not safetensors?): {e}"
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        return f"{e.filename}: {e.strerror}"
+    return str(e)
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    import torch
+
+    return isinstance(e, torch.OutOfMemoryError)
+
+
+def _raised_by_alignlab(e: BaseException) -> bool:
+    """Whether the innermost frame of `e`'s traceback is alignlab's own code."""
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(PACKAGE_DIR)
 
 
 def _settings_help(config_cls) -> str:
@@ -129,6 +178,7 @@ def _stage_command(kind: str):
         config_cls, run_stage = stage.load()
 
         def go():
+            check_writable(out, "--out")
             base = yaml.safe_load(config.read_text()) if config else {}
             cfg = config_cls.model_validate(_merge(base or {}, parse_overrides(list(ctx.args))))
             metrics = run_stage(cfg, out)
