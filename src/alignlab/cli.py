@@ -159,12 +159,10 @@ def _raised_by_alignlab(e: BaseException) -> bool:
 
 
 def _settings_help(config_cls) -> str:
-    lines = []
-    for name, field in config_cls.model_fields.items():
-        default = "required" if field.is_required() else f"default {field.default!r}"
-        desc = f": {field.description}" if field.description else ""
-        lines.append(f"--{name} ({default}){desc}")
-    return "\n\n".join(lines)
+    from alignlab.pipeline.settings_help import settings_lines
+
+    # "\b" keeps click/typer from joining the lines into one paragraph
+    return "\b\n" + "\n".join(settings_lines(config_cls))
 
 
 def _stage_command(kind: str):
