@@ -231,8 +231,16 @@ def _quiet_libraries() -> None:
     hf_logging.disable_progress_bar()
 
 
+def _working_directory_importable() -> None:
+    """A `callable` reward's `my_rewards:fn` is found in the working directory, as `python -m` finds
+    it there: the console script's own sys.path[0] is its bin directory."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+
+
 def main() -> None:
     _quiet_libraries()
+    _working_directory_importable()
     app()
 
 
