@@ -62,8 +62,8 @@ online = {"model": "@sft/model", "prompts": "@task/data/prompts_train.jsonl", "r
           "sampling": {"max_new_tokens": 16}}
 train = {"iterations": 4, "prompts_per_iteration": 8, "lr": 1e-3, "save_every": 2, "device": "cuda", "precision": "bf16"}
 stages["grpo"] = {**online, "samples_per_prompt": 4, "train": {**train, "minibatch_size": 16}}
-stages["ppo"] = {**online, "kl": {"beta": 0.05, "target": 4.0, "horizon": 100}, "update_epochs": 2,
-                 "train": {**train, "minibatch_size": 4}}
+stages["ppo"] = {**online, "kl": {"beta": 0.05, "target": 4.0, "horizon": 100},
+                 "train": {**train, "minibatch_size": 4, "update_epochs": 2}}
 recipe["stages"] = stages
 open("/tmp/tiny-gpu.yaml", "w").write(yaml.safe_dump(recipe, sort_keys=False))
 PY

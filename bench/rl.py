@@ -126,7 +126,7 @@ def alignlab_child(a) -> dict:
         "max_prompt_length": common.SPEC.max_prompt_length,
         "sampling": SamplingSettings(max_new_tokens=MAX_NEW_TOKENS, temperature=TEMPERATURE, top_k=0, top_p=1.0,
                                      batch_size=a.prompts * a.k, draw=a.draw, cache=a.cache),
-        "samples_per_prompt": a.k, "update_epochs": 1, "clip_low": CLIP, "beta": BETA[a.algo], "train": settings,
+        "samples_per_prompt": a.k, "clip_low": CLIP, "beta": BETA[a.algo], "train": settings,
     }
     if a.algo == "grpo":
         cfg = stage.GRPOConfig(**shared, scale_rewards=True, aggregation="sequence_mean")

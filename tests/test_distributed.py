@@ -184,8 +184,8 @@ def test_a_recipe_under_torchrun_trains_in_parallel_and_samples_once(tmp_path):
                   "device": "cpu"},
     }, "ppo": {
         "model": "@sft/model", "prompts": "@task/data/prompts_train.jsonl", "reward": {"type": "gold", "task": "sentiment"},
-        "kl": {"beta": 0.05, "target": 4.0, "horizon": 100}, "update_epochs": 2, "sampling": {"max_new_tokens": 8},
-        "train": {"iterations": 2, "prompts_per_iteration": 4, "minibatch_size": 2, "lr": 1e-3, "save_every": 1,
+        "kl": {"beta": 0.05, "target": 4.0, "horizon": 100}, "sampling": {"max_new_tokens": 8},
+        "train": {"update_epochs": 2, "iterations": 2, "prompts_per_iteration": 4, "minibatch_size": 2, "lr": 1e-3, "save_every": 1,
                   "device": "cpu"},
     }, "evaluate": stages["evaluate"], "report": stages["report"]}
     path = tmp_path / "tiny.yaml"

@@ -206,12 +206,12 @@ def policy_inputs():
     [
         ("token_mean", [[1 / 6] * 4, [1 / 6] * 4]),
         ("sequence_mean", [[1 / 8] * 4, [1 / 4] * 4]),  # 1/(B·|o_i|)
-        ("token_sum_norm", [[1 / 8] * 4, [1 / 8] * 4]),  # 1/(B·T)
+        ("token_sum_norm", [[1 / 10] * 4, [1 / 10] * 4]),  # 1/(B·max_tokens), max_tokens 5
     ],
 )
 def test_clipped_policy_loss_by_hand(aggregation, weights):
     logps, old, adv, mask = policy_inputs()
-    loss, metrics = clipped_policy_loss(logps, old, adv, mask, aggregation=aggregation)
+    loss, metrics = clipped_policy_loss(logps, old, adv, mask, aggregation=aggregation, max_tokens=5)
     kept = [(b, i) for b in range(2) for i in range(4) if MASK[b][i]]
     expected = sum(TOKEN_LOSS[b][i] * weights[b][i] for b, i in kept)
     assert loss.item() == pytest.approx(expected, abs=1e-12)
@@ -244,8 +244,9 @@ def test_aggregate_modes_on_a_ragged_mask():
     mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
     assert aggregate(x, mask, "token_mean").item() == pytest.approx(15 / 5)
     assert aggregate(x, mask, "sequence_mean").item() == pytest.approx((2 + 4.5) / 2)
-    assert aggregate(x, mask, "token_sum_norm").item() == pytest.approx(15 / 8)
     assert aggregate(x, mask, "token_sum_norm", max_tokens=10).item() == pytest.approx(15 / 20)
+    with pytest.raises(ValueError, match="needs max_tokens"):  # never the padded width
+        aggregate(x, mask, "token_sum_norm")
     with pytest.raises(ValueError, match="token_mean, sequence_mean, sequence_sum, token_sum_norm"):
         aggregate(x, mask, "mean")
 
@@ -267,11 +268,79 @@ def test_gradcheck_clipped_policy_and_grpo():
     for aggregation in ("token_mean", "sequence_mean", "token_sum_norm"):
 
         def policy(lp, aggregation=aggregation):
-            return clipped_policy_loss(lp, old, adv, mask, aggregation=aggregation)[0]
+            return clipped_policy_loss(lp, old, adv, mask, aggregation=aggregation, max_tokens=7)[0]
 
         assert torch.autograd.gradcheck(policy, (logps,))
     grpo = lambda lp: grpo_loss(lp, old, ref, adv[:, 0], mask, beta=0.1)[0]
     assert torch.autograd.gradcheck(grpo, (logps,))
+    corrected = lambda lp: grpo_loss(lp, old, ref, adv[:, 0], mask, beta=0.1, kl_bias_correction=True)[0]
+    assert torch.autograd.gradcheck(corrected, (logps,))
+
+
+def test_dr_grpo_loss_does_not_depend_on_padding():
+    # the same rows padded to 10 and to 40 columns (a micro-batch's longest row sets the width):
+    # dividing by B × width gave 0.245 against 0.061; B × max_new_tokens gives one loss and gradient
+    gen = torch.Generator().manual_seed(3)
+    narrow_lp = -torch.rand(2, 10, generator=gen, dtype=torch.float64)
+    narrow_mask = torch.tensor([[0, 0, 1, 1, 1, 1, 0, 0, 0, 0], [0, 1, 1, 1, 1, 1, 1, 1, 1, 1]])
+    adv = t([1.0, -0.5])
+    results = []
+    for width in (10, 40):
+        lp = torch.cat([narrow_lp, torch.zeros(2, width - 10, dtype=torch.float64)], dim=1).requires_grad_()
+        mask = torch.cat([narrow_mask, torch.zeros(2, width - 10, dtype=torch.long)], dim=1)
+        ref = lp.detach() - 0.2
+        loss, _ = grpo_loss(lp, lp, ref, adv, mask, beta=0.04, aggregation="token_sum_norm", max_tokens=16)
+        (grad,) = torch.autograd.grad(loss, lp)
+        results.append((loss, grad[:, :10]))
+    close(results[0][0], results[1][0])
+    close(results[0][1], results[1][1])
+    # by hand: Σ over masked tokens of (−A + 0.04·k3) / (2 × 16), k3 of a constant log-ratio 0.2
+    k3 = math.exp(-0.2) + 0.2 - 1
+    assert results[0][0].item() == pytest.approx(((-1.0 + 0.04 * k3) * 4 + (0.5 + 0.04 * k3) * 9) / 32, abs=1e-12)
+
+
+def _categorical_kl_gradients(theta_old, theta_ref, theta, bias_correction):
+    """Exact expectations over a 5-way categorical (no sampling): the gradient in θ of
+    E_{y~π_old}[per-token KL term of grpo_loss at y], and of the true KL(π_θ‖π_ref)."""
+    theta = theta.clone().requires_grad_()
+    logp = torch.log_softmax(theta, -1)
+    old, ref = torch.log_softmax(theta_old, -1), torch.log_softmax(theta_ref, -1)
+    terms = []
+    for y in range(5):  # each outcome as a one-token batch, with zero advantage
+        loss, _ = grpo_loss(logp[y].view(1, 1), old[y].view(1, 1), ref[y].view(1, 1), t([0.0]), torch.ones(1, 1),
+                            beta=1.0, aggregation="token_mean", kl_bias_correction=bias_correction)
+        terms.append(old[y].exp() * loss)
+    (expected_grad,) = torch.autograd.grad(sum(terms), theta, retain_graph=True)
+    true_kl = (logp.exp() * (logp - ref)).sum()
+    (kl_grad,) = torch.autograd.grad(true_kl, theta, retain_graph=True)
+    reverse_kl = (ref.exp() * (ref - logp)).sum()
+    (reverse_grad,) = torch.autograd.grad(reverse_kl, theta)
+    return expected_grad, kl_grad, reverse_grad
+
+
+@pytest.mark.parametrize("off_policy", [False, True])
+def test_grpo_kl_bias_correction_gives_the_gradient_of_kl_to_the_reference(off_policy):
+    theta_ref = t([0.3, -1.0, 0.5, 0.0, 1.2])
+    theta = t([1.0, 0.2, -0.7, 0.4, 0.1])
+    theta_old = theta + (t([0.5, -0.3, 0.2, 0.0, -0.6]) if off_policy else 0.0)
+    corrected, kl_grad, _ = _categorical_kl_gradients(theta_old, theta_ref, theta, bias_correction=True)
+    close(corrected, kl_grad, tol=1e-12)
+    plain, kl_grad, reverse_grad = _categorical_kl_gradients(theta_old, theta_ref, theta, bias_correction=False)
+    assert (plain - kl_grad).abs().max() > 1e-2  # the plain k3 term is not KL(π‖π_ref)'s gradient
+    if not off_policy:
+        close(plain, reverse_grad, tol=1e-12)  # on-policy it is the reverse KL's, KL(π_ref‖π)
+
+
+def test_grpo_kl_bias_correction_value_is_ratio_times_k3():
+    logps, old, mask, _ = _away_from_clip_inputs(4)
+    ref = old - 0.3
+    adv = t([0.0, 0.0, 0.0])
+    loss, metrics = grpo_loss(logps, old, ref, adv, mask, beta=0.5, aggregation="token_mean", kl_bias_correction=True)
+    rho = (logps - old).exp()
+    d = ref - logps
+    k3 = d.exp() - d - 1
+    close(loss, 0.5 * (rho * k3)[mask.bool()].mean(), tol=1e-12)
+    close(metrics["kl"], k3[mask.bool()].mean(), tol=1e-12)  # the logged KL stays the plain k3 mean
 
 
 # --- value loss and PPO -------------------------------------------------------------------------

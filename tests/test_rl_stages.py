@@ -70,8 +70,8 @@ def test_ppo_raises_the_toy_reward(rl_setup, critic):
 
     tmp, model, prompts = rl_setup
     cfg = PPOConfig(model=model, prompts=prompts, reward={"type": "callable", "function": "toy_reward_mod:score"},
-                    critic=critic, kl={"beta": 0.01}, vf_coef=0.5, update_epochs=4,
-                    sampling={"max_new_tokens": 12}, train=_train(iterations=20, minibatch_size=8, lr=1e-2))
+                    critic=critic, kl={"beta": 0.01}, vf_coef=0.5,
+                    sampling={"max_new_tokens": 12}, train=_train(update_epochs=4, iterations=20, minibatch_size=8, lr=1e-2))
     out = tmp / f"ppo-{critic}"
     metrics = run(cfg, out)
     before, after = _sample_reward(model, prompts), _sample_reward(str(out / "model"), prompts)
@@ -141,8 +141,8 @@ def test_a_killed_run_resumes_to_the_same_weights(rl_setup, monkeypatch):
 
     tmp, model, prompts = rl_setup
     cfg = PPOConfig(model=model, prompts=prompts, reward={"type": "callable", "function": "toy_reward_mod:score"},
-                    kl={"beta": 0.05, "target": 1.0, "horizon": 100}, update_epochs=2, sampling={"max_new_tokens": 8},
-                    train=_train(iterations=6, save_every=2, minibatch_size=4))
+                    kl={"beta": 0.05, "target": 1.0, "horizon": 100}, sampling={"max_new_tokens": 8},
+                    train=_train(update_epochs=2, iterations=6, save_every=2, minibatch_size=4))
     run(cfg, tmp / "whole")
 
     real, calls = online_common.sample_and_score, {"n": 0}
@@ -187,8 +187,8 @@ def test_ppo_with_lora_keeps_one_model_in_memory(rl_setup, monkeypatch):
     monkeypatch.setattr(reference.FrozenCopy, "from_pretrained", classmethod(no_copies))
     # 30 iterations: at 20 the margin below held for 6 of seeds 0-7 on a CPU and 2 of 0-3 on a GPU; at 30, all 8
     cfg = PPOConfig(model=model, prompts=prompts, reward={"type": "callable", "function": "toy_reward_mod:score"},
-                    critic="shared", lora={"r": 8, "alpha": 16}, kl={"beta": 0.01}, vf_coef=0.5, update_epochs=4,
-                    sampling={"max_new_tokens": 12}, train=_train(iterations=30, minibatch_size=8, lr=3e-3))
+                    critic="shared", lora={"r": 8, "alpha": 16}, kl={"beta": 0.01}, vf_coef=0.5,
+                    sampling={"max_new_tokens": 12}, train=_train(update_epochs=4, iterations=30, minibatch_size=8, lr=3e-3))
     out = tmp / "ppo-lora"
     run(cfg, out)
     log = _log(out)
@@ -234,8 +234,8 @@ def test_ppo_samples_with_a_vllm_engine_whose_weights_follow_the_policy(rl_setup
         monkeypatch.setattr(VLLMSampler, "load_weights", lambda self, model: None)
     tmp, model, prompts = rl_setup
     cfg = PPOConfig(model=model, prompts=prompts, reward={"type": "callable", "function": "toy_reward_mod:score"},
-                    rollout_backend="vllm", vllm={"gpu_memory_utilization": 0.5}, update_epochs=2,
-                    sampling={"max_new_tokens": 8}, train=_train(iterations=3, minibatch_size=4, lr=1e-2))
+                    rollout_backend="vllm", vllm={"gpu_memory_utilization": 0.5},
+                    sampling={"max_new_tokens": 8}, train=_train(update_epochs=2, iterations=3, minibatch_size=4, lr=1e-2))
     run(cfg, tmp / f"ppo-vllm-{synced}")
     engine = fake_vllm.ENGINES[-1]
     assert engine.options == {"gpu_memory_utilization": 0.5}
@@ -246,3 +246,28 @@ def test_ppo_samples_with_a_vllm_engine_whose_weights_follow_the_policy(rl_setup
         assert max(drift) < 1e-4
     else:
         assert engine.reloads == 0 and max(drift[1:]) > 1e-3
+
+
+def test_dr_grpo_update_does_not_depend_on_micro_batching(rl_setup):
+    # each micro-batch drops the padding columns its rows share, so its width varies with the micro-batch
+    # size; Dr. GRPO divides by B × max_new_tokens, so one micro-batch or four give the same update
+    from safetensors.torch import load_file
+
+    from alignlab.stages.policy_gradient import GRPOConfig, run_grpo
+
+    tmp, model, prompts = rl_setup
+    weights = {}
+    for micro in (16, 4):
+        cfg = GRPOConfig(model=model, prompts=prompts, reward={"type": "callable", "function": "toy_reward_mod:score"},
+                         samples_per_prompt=4, beta=0.04, scale_rewards=False, aggregation="token_sum_norm",
+                         sampling={"max_new_tokens": 12},
+                         train=_train(iterations=2, prompts_per_iteration=4, minibatch_size=16, micro_batch_size=micro,
+                                      lr=1e-2, update_epochs=2))
+        run_grpo(cfg, tmp / f"dr-grpo-{micro}")
+        weights[micro] = load_file(str(tmp / f"dr-grpo-{micro}" / "model" / "model.safetensors"))
+    start = load_file(str(__import__("pathlib").Path(model) / "model.safetensors"))
+    # float32 sums split four ways round differently from one sum: 1e-5 is many such roundings
+    # through two updates of Adam; an unequal normaliser moves the weights by ~lr (1e-2)
+    worst = max((weights[16][k] - weights[4][k]).abs().max().item() for k in weights[16])
+    moved = max((weights[16][k] - start[k]).abs().max().item() for k in weights[16])
+    assert worst < 1e-5 and moved > 1e-3, (worst, moved)

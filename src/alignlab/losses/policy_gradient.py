@@ -31,9 +31,10 @@ def aggregate(per_token: Tensor, mask: Tensor, mode: str, max_tokens: int | None
       counts as 0.
     - "sequence_sum": Σ over each row's masked tokens, then mean over rows; with on-policy samples
       its gradient is REINFORCE on the whole sequence's log-prob (RLOO, Ahmadian et al. 2024).
-    - "token_sum_norm": Σ over masked tokens / (B × max_tokens) with a constant max_tokens
-      (default T), so the weight of a token depends on neither its response's length nor the
-      batch's token count (Dr. GRPO, Liu et al. 2025).
+    - "token_sum_norm": Σ over masked tokens / (B × max_tokens) with a constant max_tokens (the
+      sampling's max_new_tokens, required), so the weight of a token depends on neither its
+      response's length, nor the batch's token count, nor how wide padding made the tensor
+      (Dr. GRPO, Liu et al. 2025; TRL divides by batch × max_completion_length too).
     """
     if mode not in AGGREGATIONS:
         raise ValueError(f"unknown aggregation {mode!r}; choose one of {', '.join(AGGREGATIONS)}")
@@ -43,7 +44,9 @@ def aggregate(per_token: Tensor, mask: Tensor, mode: str, max_tokens: int | None
         return masked_mean(per_token, mask, dim=-1).mean()
     if mode == "sequence_sum":
         return masked_sum(per_token, mask, dim=-1).mean()
-    max_tokens = per_token.shape[-1] if max_tokens is None else max_tokens
+    if max_tokens is None:
+        # a constant is the point of this mode: the padded width changes with each batch's longest row
+        raise ValueError("aggregation 'token_sum_norm' needs max_tokens (e.g. the sampling's max_new_tokens)")
     if not max_tokens > 0:
         raise ValueError(f"max_tokens must be > 0, got {max_tokens}")
     return masked_sum(per_token, mask) / (per_token.shape[0] * max_tokens)
@@ -91,6 +94,7 @@ def clipped_policy_loss(
     clip_low: float = 0.2,
     clip_high: float | None = None,
     aggregation: str = "token_mean",
+    max_tokens: int | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """PPO's clipped surrogate, per token, aggregated over the masked tokens.
 
@@ -109,7 +113,7 @@ def clipped_policy_loss(
     sampler and trainer agree on the log-probs).
     """
     per_token, metrics = _clipped_surrogate(logps, old_logps, advantages, mask, clip_low, clip_high)
-    loss = aggregate(per_token, mask, aggregation)
+    loss = aggregate(per_token, mask, aggregation, max_tokens)
     return loss, {"loss": loss.detach(), **metrics}
 
 
@@ -203,6 +207,8 @@ def grpo_loss(
     clip_low: float = 0.2,
     clip_high: float | None = None,
     aggregation: str = "sequence_mean",
+    max_tokens: int | None = None,
+    kl_bias_correction: bool = False,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """GRPO loss: PPO's clipped surrogate plus a per-token KL penalty to the reference.
 
@@ -212,9 +218,17 @@ def grpo_loss(
         k3_t = π_ref(y_t)/π_θ(y_t) − log(π_ref(y_t)/π_θ(y_t)) − 1
 
     aggregated as `aggregation` says ("sequence_mean" is the paper's 1/G Σ_i 1/|o_i| Σ_t; TRL's
-    "dapo" is "token_mean"; Dr. GRPO is "token_sum_norm" with unscaled advantages). advantages:
-    `[B]` (from `group_normalised_advantages`) or `[B, T]`. beta is a Python number (paper 0.04);
-    with beta = 0 the reference is not needed (ref_logps may be None).
+    "dapo" is "token_mean"; Dr. GRPO is "token_sum_norm" with unscaled advantages and
+    `max_tokens` = the sampling's max_new_tokens, a constant). advantages: `[B]` (from
+    `group_normalised_advantages`) or `[B, T]`. beta is a Python number (paper 0.04); with
+    beta = 0 the reference is not needed (ref_logps may be None).
+
+    kl_bias_correction: the KL term becomes ρ_t·k3_t (ρ_t = π_θ/π_old, gradient through ρ), as TRL
+    does by default (`use_bias_correction_kl`). Its expected gradient over tokens drawn from π_old
+    is exactly ∇KL(π_θ‖π_ref), on- and off-policy. The plain k3 term's expected gradient is
+    E_π_old[(1 − π_ref/π_θ)∇log π_θ], which on-policy is ∇KL(π_ref‖π_θ), the reverse KL, and
+    off-policy neither: still a penalty that vanishes at π_θ = π_ref, but not the stated KL's
+    gradient. The logged `kl` metric is the plain k3 mean either way.
 
     metrics: loss; policy_loss (the aggregated surrogate alone); kl (mean k3 over masked tokens,
     present whenever ref_logps is given); clip_fraction; approx_kl (k3 of KL(π_old‖π_θ));
@@ -228,10 +242,11 @@ def grpo_loss(
     if ref_logps is not None:
         kl = kl_k3(logps, ref_logps.detach())
         if beta != 0:
-            per_token = surrogate + beta * kl
+            penalty = kl * torch.exp(logps - old_logps.detach()) if kl_bias_correction else kl
+            per_token = surrogate + beta * penalty
         kl_metric = {"kl": masked_mean(kl.detach(), mask)}
-    loss = aggregate(per_token, mask, aggregation)
-    policy_loss = aggregate(surrogate.detach(), mask, aggregation)
+    loss = aggregate(per_token, mask, aggregation, max_tokens)
+    policy_loss = aggregate(surrogate.detach(), mask, aggregation, max_tokens)
     return loss, {"loss": loss.detach(), "policy_loss": policy_loss, **kl_metric, **metrics}
 
 

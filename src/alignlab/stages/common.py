@@ -11,10 +11,10 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from alignlab.train.checkpoint import write_text_atomic
 from alignlab.train.distributed import Dist, barrier, init_distributed, pick_device
@@ -24,9 +24,39 @@ METRICS = "metrics.json"
 
 
 class StageConfig(BaseModel):
-    """Base of every stage's settings: unknown keys are errors."""
+    """Base of every stage's settings: unknown keys are errors.
+
+    A block a stage declares with its own defaults (PPO's `train: OnlineSettings(update_epochs=4)`,
+    SL-CAI's `sampling: SamplingSettings(max_new_tokens=128)`) keeps them when the user sets only
+    some of its keys: `train: {lr: 1e-5}` changes the learning rate, not PPO's four epochs."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    moved: ClassVar[dict[str, str]] = {}
+    """old key -> its one home now, for an error that says where a setting went"""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stage_defaults_under_partial_blocks(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        for old, new in cls.moved.items():
+            if old in data:
+                raise ValueError(f"`{old}` is set as `{new}` (one home per setting)")
+        merged = dict(data)
+        for name, field in cls.model_fields.items():
+            given = merged.get(name)
+            if isinstance(given, BaseModel) and type(given) is type(field.default):
+                given = given.model_dump(exclude_unset=True)  # an object from Python: only what was set in it
+            if isinstance(field.default, BaseModel) and isinstance(given, dict):
+                merged[name] = _deep_merge(field.default.model_dump(exclude_unset=True), given)
+        return merged
+
+
+def _deep_merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def runtime(device_name: str) -> tuple[torch.device, Dist]:

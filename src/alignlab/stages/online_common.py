@@ -4,7 +4,7 @@ and scoring with faulty samples dropped, and no-grad log-prob passes over an exp
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -35,6 +35,7 @@ class OnlineConfig(StageConfig):
         "are pushed into it before every iteration")
     vllm: dict[str, Any] = Field({}, description="keyword arguments for vllm.LLM, e.g. gpu_memory_utilization")
     train: OnlineSettings = OnlineSettings()
+    moved: ClassVar[dict[str, str]] = {"update_epochs": "train.update_epochs"}
 
 
 def iteration_seed(seed: int, iteration: int, rank: int = 0) -> int:
@@ -185,14 +186,14 @@ class OnlineRun:
     sampler: Sampler
 
     @classmethod
-    def start(cls, cfg: OnlineConfig, **settings_update) -> OnlineRun:
+    def start(cls, cfg: OnlineConfig) -> OnlineRun:
         from alignlab.feedback import build_reward
         from alignlab.models import disable_dropout, load_tokenizer
         from alignlab.stages.common import load_policy, runtime, seed_everything
 
         tokenizer = load_tokenizer(cfg.model)
         texts, ids = load_prompt_ids(cfg.prompts, tokenizer, cfg.max_prompt_length)
-        settings = cfg.train.model_copy(update=settings_update)
+        settings = cfg.train
         device, dist = runtime(settings.device)
         seed_everything(settings.seed)
         reward = build_reward(cfg.reward, tokenizer, device)  # a bad reward fails before the model loads

@@ -2,7 +2,10 @@
 
 - GRPO (Shao et al. 2024): advantage (r − mean_group)/std_group, shared by every token of a
   sample; clipped ratio per token; KL to the reference as a k3 term in the loss (β 0.04 in the
-  paper). `scale_rewards: false` with `aggregation: token_sum_norm` is Dr. GRPO (Liu et al. 2025).
+  paper). `scale_rewards: false` with `aggregation: token_sum_norm` is Dr. GRPO (Liu et al. 2025):
+  each token's term divided by the constant batch × `sampling.max_new_tokens`.
+  `kl_bias_correction: true` weighs the k3 term by π/π_old, as TRL does by default; see
+  `alignlab.losses.policy_gradient.grpo_loss` for what each gives.
 - RLOO (Ahmadian et al. 2024): R_i = r_i − β·KL_i (sequence k1 KL in the reward), advantage
   R_i − mean of the other k−1 samples' R; REINFORCE on the sequence log-prob (clipped ratio when
   the samples are reused for more than one step).
@@ -49,12 +52,14 @@ class GroupConfig(OnlineConfig):
     lora: LoraSettings | None = None
     clip_low: float = Field(0.2, gt=0)
     clip_high: float | None = Field(None, gt=0, description="default: clip_low (DAPO raises it)")
-    update_epochs: int = Field(1, gt=0)
     track_kl: bool = Field(True, description="measure KL to the reference even when beta is 0")
 
 
 class GRPOConfig(GroupConfig):
     beta: float = Field(0.04, ge=0, description="k3 KL coefficient in the loss")
+    kl_bias_correction: bool = Field(
+        False, description="weigh the k3 term by π/π_old (TRL's default): its gradient is then that of "
+        "KL(π‖π_ref) also off-policy; false: the paper's plain k3")
     scale_rewards: bool = Field(True, description="divide by the group's std (false: Dr. GRPO)")
     aggregation: Aggregation = "sequence_mean"
 
@@ -65,7 +70,7 @@ class RLOOConfig(GroupConfig):
 
 
 def run_group(cfg: GroupConfig, out: Path, algorithm: str) -> dict:
-    job = OnlineRun.start(cfg, update_epochs=cfg.update_epochs)
+    job = OnlineRun.start(cfg)
     tokenizer, settings, device, policy = job.tokenizer, job.settings, job.device, job.policy
     need_ref = cfg.beta > 0 or cfg.track_kl or settings.max_kl is not None
     reference = job.reference() if need_ref else None
@@ -73,6 +78,7 @@ def run_group(cfg: GroupConfig, out: Path, algorithm: str) -> dict:
     samples = settings.prompts_per_iteration * k
     on_policy = settings.update_epochs == 1 and settings.minibatch_size >= samples
     micro = settings.micro_batch_size or settings.minibatch_size
+    max_tokens = cfg.sampling.max_new_tokens  # token_sum_norm's constant (Dr. GRPO), never the padded width
 
     def logps_of(model_fn):
         return lambda b: model_fn(b["input_ids"], b["attention_mask"], b["loss_mask"], temperature)[0]
@@ -110,9 +116,10 @@ def run_group(cfg: GroupConfig, out: Path, algorithm: str) -> dict:
         old = b.get("old_logps", logps.detach())
         if algorithm == "grpo":
             return grpo_loss(logps, old, b.get("ref_logps"), b["advantages"], mask, beta=cfg.beta,
-                             clip_low=cfg.clip_low, clip_high=cfg.clip_high, aggregation=cfg.aggregation)
+                             clip_low=cfg.clip_low, clip_high=cfg.clip_high, aggregation=cfg.aggregation,
+                             max_tokens=max_tokens, kl_bias_correction=cfg.kl_bias_correction)
         return clipped_policy_loss(logps, old, b["advantages"], mask, clip_low=cfg.clip_low, clip_high=cfg.clip_high,
-                                   aggregation=cfg.aggregation)
+                                   aggregation=cfg.aggregation, max_tokens=max_tokens)
 
     # each micro-batch's mean loss weighs by the units its aggregation averages over
     stage = OnlineStage(collect, loss, weight=(lambda b: b["loss_mask"][:, 1:].sum()) if cfg.aggregation == "token_mean" else (

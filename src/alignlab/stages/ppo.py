@@ -38,7 +38,7 @@ from alignlab.stages.online_common import (
 )
 from alignlab.train.distributed import all_reduce_sum
 from alignlab.train.kl_control import make_kl_controller
-from alignlab.train.online import OnlineStage, run_online
+from alignlab.train.online import OnlineSettings, OnlineStage, run_online
 
 
 class KLSettings(StageConfig):
@@ -58,7 +58,7 @@ class PPOConfig(OnlineConfig):
     clip: float = Field(0.2, gt=0)
     value_clip: float | None = Field(0.2, gt=0)
     vf_coef: float = Field(0.1, ge=0)
-    update_epochs: int = Field(4, gt=0)
+    train: OnlineSettings = OnlineSettings(update_epochs=4)  # PPO reuses each rollout for 4 epochs
     whiten_rewards: bool = False
     whiten_advantages: bool = True
 
@@ -75,7 +75,7 @@ def _policy_forward(policy, head, batch, temperature):
 
 
 def run(cfg: PPOConfig, out: Path) -> dict:
-    job = OnlineRun.start(cfg, update_epochs=cfg.update_epochs)
+    job = OnlineRun.start(cfg)
     tokenizer, settings, device, policy = job.tokenizer, job.settings, job.device, job.policy
     reference = job.reference()
     head, critic = None, None
