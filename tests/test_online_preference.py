@@ -227,7 +227,9 @@ def test_a_killed_online_dpo_run_resumes_to_the_same_weights(setup, monkeypatch)
     calls.clear()
     monkeypatch.setattr(online_common, "sample_and_score", lambda *a, **k: calls.append(k["seed"]) or real(*a, **k))
     run_online_dpo(cfg, tmp / "killed")
-    assert calls == [4, 5]  # resumed at the checkpoint (iteration 5 re-collected with its seed), not from scratch
+    # resumed at the checkpoint (iteration 5 re-collected with its seed), not from scratch; then the
+    # final policy's samples for samples.jsonl
+    assert calls == [4, 5, 6]
     whole = load_causal_lm(tmp / "whole" / "model").state_dict()
     again = load_causal_lm(tmp / "killed" / "model").state_dict()
     assert all(torch.equal(whole[k], again[k]) for k in whole)

@@ -164,6 +164,24 @@ def test_a_killed_run_resumes_to_the_same_weights(rl_setup, monkeypatch):
     assert all(torch.equal(whole[k], again[k]) for k in whole)
     assert resumed["final_beta"] == json.loads((tmp / "whole" / "metrics.json").read_text())["final_beta"]
     assert len(_log(tmp / "killed")) == 6
+    # the samples shown: every iteration's once, as in the run that was never killed
+    assert (tmp / "killed" / "samples.jsonl").read_text() == (tmp / "whole" / "samples.jsonl").read_text()
+
+
+def test_grpo_writes_what_the_policy_says(rl_setup):
+    from alignlab.stages.policy_gradient import GRPOConfig, run_grpo
+
+    tmp, model, prompts = rl_setup
+    cfg = GRPOConfig(model=model, prompts=prompts, reward={"type": "callable", "function": "toy_reward_mod:score"},
+                     samples_per_prompt=2, sampling={"max_new_tokens": 6},
+                     train=_train(iterations=3, prompts_per_iteration=4, minibatch_size=8, log_samples=3))
+    run_grpo(cfg, tmp / "shown")
+    records = [json.loads(x) for x in (tmp / "shown" / "samples.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 1, 1, 2, 2, 2, 3, 3, 3, 3, 3, 3]
+    assert [r.get("final", False) for r in records] == [False] * 9 + [True] * 3  # and the final policy's
+    for r in records:
+        assert r["prompt"] in PROMPTS and isinstance(r["completion"], str)
+        assert r["reward"] == pytest.approx(r["completion"].count("e") / max(len(r["completion"]), 1))
 
 
 def test_ppo_with_lora_keeps_one_model_in_memory(rl_setup, monkeypatch):
@@ -242,7 +260,8 @@ def test_ppo_samples_with_a_vllm_engine_whose_weights_follow_the_policy(rl_setup
     drift = [abs(x["sampler/mean_ratio"] - 1) for x in _log(tmp / f"ppo-vllm-{synced}")]
     assert drift[0] < 1e-4  # the engine starts from the same model
     if synced:
-        assert engine.reloads == 3 and engine.prefix_cache_resets == 3
+        # one sync per iteration, and one more for the final policy's samples (samples.jsonl)
+        assert engine.reloads == 4 and engine.prefix_cache_resets == 4
         assert max(drift) < 1e-4
     else:
         assert engine.reloads == 0 and max(drift[1:]) > 1e-3

@@ -16,7 +16,7 @@ from alignlab.feedback import RewardSpec, ScoringBatch, score_safely
 from alignlab.rollout import LocalSampler, Rollouts, Sampler, SamplingSettings, VLLMSampler, logp_mismatch, sample, to_batch
 from alignlab.stages.common import StageConfig
 from alignlab.train.distributed import Dist
-from alignlab.train.online import OnlineSettings
+from alignlab.train.online import OnlineSettings, OnlineStage
 
 
 class OnlineConfig(StageConfig):
@@ -184,6 +184,7 @@ class OnlineRun:
     stream: PromptStream
     dist: Dist
     sampler: Sampler
+    last_scored: ScoredRollouts | None = None
 
     @classmethod
     def start(cls, cfg: OnlineConfig) -> OnlineRun:
@@ -223,6 +224,33 @@ class OnlineRun:
             from alignlab.models import merged_for_saving
 
             self.sampler.load_weights(merged_for_saving(self.policy))
+        self.last_scored = self._score(idx, k, iteration_seed(self.settings.seed, iteration, self.dist.rank))
+        return self.last_scored
+
+    def _score(self, idx: list[int], k: int, seed: int) -> ScoredRollouts:
         return sample_and_score(self.sampler, self.tokenizer, [self.prompt_texts[i] for i in idx],
                                 [self.prompt_ids[i] for i in idx], k, self.cfg.sampling, self.reward,
-                                self.cfg.on_reward_error, seed=iteration_seed(self.settings.seed, iteration, self.dist.rank))
+                                self.cfg.on_reward_error, seed=seed)
+
+    def recent_samples(self, n: int) -> list[dict]:
+        """Up to n of the last iteration's scored samples, for samples.jsonl."""
+        return _records(self.last_scored, n) if self.last_scored is not None else []
+
+    def fresh_samples(self, n: int) -> list[dict]:
+        """One new sample for each of n prompts from the policy as it is now (after the last update)."""
+        idx = self.stream.indices(self.settings.iterations)[:n]
+        if isinstance(self.sampler, VLLMSampler):
+            from alignlab.models import merged_for_saving
+
+            self.sampler.load_weights(merged_for_saving(self.policy))
+        self.policy.eval()
+        return _records(self._score(idx, 1, iteration_seed(self.settings.seed, self.settings.iterations)), n)
+
+    def online_stage(self, collect, loss, **kwargs) -> OnlineStage:
+        """The loop's view of this run's algorithm, with its samples shown in samples.jsonl."""
+        return OnlineStage(collect, loss, recent_samples=self.recent_samples, fresh_samples=self.fresh_samples, **kwargs)
+
+
+def _records(scored: ScoredRollouts, n: int) -> list[dict]:
+    return [{"prompt": p, "completion": c, "reward": float(r)}
+            for p, c, r in zip(scored.prompts[:n], scored.completions[:n], scored.scores[:n].tolist())]

@@ -252,7 +252,7 @@ def run_online_dpo(cfg: OnlineDPOConfig, out: Path) -> dict:
         }
         return experience, figures
 
-    stage = OnlineStage(collect, pair_loss_fn(policy, cfg, temperature, device))
+    stage = job.online_stage(collect, pair_loss_fn(policy, cfg, temperature, device))
     return _finish_stage(policy, tokenizer, stage, settings, out, device, cfg, file_fingerprint(cfg.prompts),
                          "online_dpo", {"prompts": len(job.prompt_ids), "objective": cfg.loss}, job.dist)
 

@@ -42,7 +42,7 @@ from alignlab.stages.online_common import (
     mismatch_figures,
     rollout_batch,
 )
-from alignlab.train.online import OnlineStage, run_online
+from alignlab.train.online import run_online
 
 Aggregation = Literal[AGGREGATIONS]
 
@@ -122,7 +122,7 @@ def run_group(cfg: GroupConfig, out: Path, algorithm: str) -> dict:
                                    aggregation=cfg.aggregation, max_tokens=max_tokens)
 
     # each micro-batch's mean loss weighs by the units its aggregation averages over
-    stage = OnlineStage(collect, loss, weight=(lambda b: b["loss_mask"][:, 1:].sum()) if cfg.aggregation == "token_mean" else (
+    stage = job.online_stage(collect, loss, weight=(lambda b: b["loss_mask"][:, 1:].sum()) if cfg.aggregation == "token_mean" else (
         lambda b: torch.tensor(float(b["input_ids"].shape[0]))))
     out.mkdir(parents=True, exist_ok=True)
     result = run_online(policy, stage, settings, out, device=device, expected_samples=samples,

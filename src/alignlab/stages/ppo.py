@@ -38,7 +38,7 @@ from alignlab.stages.online_common import (
 )
 from alignlab.train.distributed import all_reduce_sum
 from alignlab.train.kl_control import make_kl_controller
-from alignlab.train.online import OnlineSettings, OnlineStage, run_online
+from alignlab.train.online import OnlineSettings, run_online
 
 
 class KLSettings(StageConfig):
@@ -135,7 +135,7 @@ def run(cfg: PPOConfig, out: Path) -> dict:
         kl_ctl.update(figures["kl"], settings.prompts_per_iteration)
         return {"beta_next": kl_ctl.beta}
 
-    stage = OnlineStage(collect, loss, weight=lambda b: b["loss_mask"][:, 1:].sum(), after_iteration=after_iteration,
+    stage = job.online_stage(collect, loss, weight=lambda b: b["loss_mask"][:, 1:].sum(), after_iteration=after_iteration,
                         state={"kl_controller": kl_ctl})
     out.mkdir(parents=True, exist_ok=True)
     result = run_online(policy, stage, settings, out, device=device, expected_samples=settings.prompts_per_iteration,

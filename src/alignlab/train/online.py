@@ -86,6 +86,8 @@ class OnlineSettings(BaseModel):
     gradient_checkpointing: bool = Field(
         False, description="recompute the policy's activations in the backward pass: less memory, about one more forward"
     )
+    log_samples: int = Field(4, ge=0, description="samples (prompt, completion, reward) written to samples.jsonl each "
+                             "iteration, and as many from the final policy; 0: none")
 
 
 @dataclass
@@ -102,6 +104,10 @@ class OnlineStage:
     """runs after each update (e.g. the adaptive KL controller); may add figures to the log"""
     state: dict[str, Any] = field(default_factory=dict)
     """objects with state_dict()/load_state_dict() saved in checkpoints (e.g. the KL controller)"""
+    recent_samples: Callable[[int], list[dict]] | None = None
+    """n -> up to n of the last collected samples as {prompt, completion, reward}, for samples.jsonl"""
+    fresh_samples: Callable[[int], list[dict]] | None = None
+    """n -> n new samples from the current policy (the final one's, after the last update)"""
 
 
 def _trim(batch: Experience) -> Experience:
@@ -128,7 +134,8 @@ def _rows(experience: Experience, index: Tensor) -> Experience:
 
 
 def _key(settings: OnlineSettings, extra: str) -> str:
-    payload = json.dumps([settings.model_dump(exclude={"log_every", "save_every", "device", "gradient_checkpointing"}), extra])
+    payload = json.dumps([settings.model_dump(exclude={"log_every", "save_every", "device", "gradient_checkpointing",
+                                                       "log_samples"}), extra])
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -177,6 +184,9 @@ def run_online(
             start = s.iterations
 
     log = StepLog(out_dir / "log.jsonl", resume_step=start) if dist.is_main else None
+    show = dist.is_main and s.log_samples > 0 and stage.recent_samples is not None
+    # what the policy says, readable as it trains; a resumed run drops the lines past its checkpoint
+    samples_log = StepLog(out_dir / "samples.jsonl", resume_step=start, tensorboard=False) if show else None
     bar = Progress(s.iterations, start, name) if dist.is_main else None
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if s.precision == "bf16" else contextlib.nullcontext()
     micro = s.micro_batch_size or s.minibatch_size
@@ -187,6 +197,9 @@ def run_online(
             experience, figures = stage.collect(iteration)
         figures, n = _global_figures(figures, _count(experience), dist)
         rollout_s = time.perf_counter() - tick
+        if samples_log is not None:
+            for record in stage.recent_samples(s.log_samples):
+                samples_log.write({"step": iteration + 1, **record})
         if s.max_kl is not None and figures.get("kl", 0.0) > s.max_kl:
             kept = latest_checkpoint(ckpt_root)
             raise KLBoundError(
@@ -216,12 +229,17 @@ def run_online(
             if dist.is_main:
                 save_snapshot(out_dir / "snapshots" / f"iter-{done:05d}")
             barrier(dist)
+    if samples_log is not None and stage.fresh_samples is not None and start < s.iterations:
+        for record in stage.fresh_samples(s.log_samples):
+            samples_log.write({"step": s.iterations, "final": True, **record})
     _save(ckpt_root, s.iterations, policy, optimizer, scheduler, key, stage, extra_modules, dist, finished=True)
     if not last:
         last = _last_logged(out_dir / "log.jsonl")
     if log is not None:
         log.close()
         bar.close()
+    if samples_log is not None:
+        samples_log.close()
     return {"train": last, "iterations": s.iterations}
 
 
