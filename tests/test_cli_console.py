@@ -30,7 +30,7 @@ def test_a_callable_reward_is_imported_from_the_working_directory(tiny_model_dir
         [str(ALIGNLAB), "grpo", "--model", str(tiny_model_dir), "--prompts", "prompts.jsonl", "--out", "grpo",
          "--reward", '{type: callable, function: "my_rewards:count_e"}', "--samples_per_prompt", "2",
          "--train.iterations", "1", "--train.prompts_per_iteration", "2", "--train.minibatch_size", "4",
-         "--sampling.max_new_tokens", "4", "--train.device", "cpu"],
+         "--sampling.max_new_tokens", "4", "--train.device", "cpu", "--train.log_samples", "0"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr

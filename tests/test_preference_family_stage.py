@@ -73,7 +73,7 @@ def test_reference_free_objectives_load_no_reference(name, base_model, data_dir,
 def test_tr_dpo_hard_sync_makes_the_reference_the_policy(base_model, data_dir, tmp_path):
     out = tmp_path / "tr"
     dpo(base_model, data_dir, out, steps=5, ref_mode="live", ref_sync={"every": 2, "alpha": 1.0},
-        train={**FAST, "lr": 5e-3, "batch_size": 8, "max_steps": 5, "save_every": 2})
+        train={**FAST, "lr": 5e-3, "batch_size": 8, "max_steps": 5, "save_every": 2, "keep_checkpoints": True})
     log = train_lines(out)
     # α = 1 copies the policy into the reference after steps 2 and 4, so the loss of the next
     # step is taken at policy == reference: exactly ln 2 again

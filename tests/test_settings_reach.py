@@ -23,6 +23,7 @@ TRAIN = {
     "lr": 2e-4, "weight_decay": 0.01, "adam_betas": (0.8, 0.9), "adam_eps": 1e-6, "schedule": "cosine",
     "warmup_ratio": 0.1, "max_grad_norm": 0.5, "seed": 7, "precision": "bf16", "device": "cpu", "log_every": 2,
     "save_every": 3, "max_kl": 5.0, "snapshot_every": 2, "gradient_checkpointing": True, "log_samples": 2,
+    "keep_checkpoints": True,
 }
 SAMPLING = {"max_new_tokens": 5, "temperature": 0.7, "top_k": 3, "top_p": 0.9, "batch_size": 7,
             "draw": "multinomial", "cache": "static"}

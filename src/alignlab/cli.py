@@ -65,6 +65,27 @@ def _print_headlines(recipe: Path, out: Optional[Path]) -> None:
             typer.echo("\n".join(headline(summary)))
 
 
+def _finished_earlier(out: Path, cfg) -> bool:
+    """A finished stage is not run again (its checkpoints are gone, so it would start over): with
+    the same settings it is skipped, with others it is an error, as in a recipe."""
+    from alignlab.stages.common import config_hash, done_hash
+
+    found = done_hash(out)
+    if found is None:
+        return False
+    if found != config_hash(cfg):
+        raise ValueError(f"{out} holds this stage finished with other settings; pass another --out or delete it")
+    return True
+
+
+def _remove_if_empty(out: Path) -> None:
+    """A stage that failed before writing any file leaves no directory behind."""
+    import shutil
+
+    if out.is_dir() and not any(p.is_file() for p in out.rglob("*")):
+        shutil.rmtree(out, ignore_errors=True)
+
+
 def check_writable(path: Path, what: str) -> None:
     """Refuse, before any work, an output path that cannot be created: its nearest existing ancestor
     must be a directory this process may write in (a model loaded first would be time lost)."""
@@ -179,7 +200,17 @@ def _stage_command(kind: str):
             check_writable(out, "--out")
             base = yaml.safe_load(config.read_text()) if config else {}
             cfg = config_cls.model_validate(_merge(base or {}, parse_overrides(list(ctx.args))))
-            metrics = run_stage(cfg, out)
+            if _finished_earlier(out, cfg):
+                typer.secho(f"{out}: finished earlier with these settings; its metrics:", err=True)
+                typer.echo((out / "metrics.json").read_text())
+                return
+            existed = out.exists()
+            try:
+                metrics = run_stage(cfg, out)
+            except BaseException:
+                if not existed:
+                    _remove_if_empty(out)
+                raise
             typer.echo(json.dumps(metrics, indent=1, default=float))
 
         _guarded(go)

@@ -129,9 +129,8 @@ def parse_sft_record(record: dict, source: Source) -> SFTExample:
     if _present(record, "text"):
         text = _text(record, "text", source, allow_empty=False)
         return SFTExample("", text, source)
-    raise DataError(
-        source, "completion",
-        "missing field: expected 'prompt' and 'completion', 'messages', or 'text'",
+    raise _missing(
+        record, source, "completion", "missing field: expected 'prompt' and 'completion', 'messages', or 'text'",
     )
 
 
@@ -144,12 +143,12 @@ def parse_preference_record(record: dict, source: Source, allow_empty_responses:
         return _ranking_pairs(record, source)
     for name in ("chosen", "rejected"):
         if not _present(record, name):
-            raise DataError(
-                source, name,
-                "missing field: expected 'chosen' and 'rejected' (or 'responses' and 'ranking')",
-            )
+            raise _missing(record, source, name,
+                           "missing field: expected 'chosen' and 'rejected' (or 'responses' and 'ranking')")
     label = _label(record, source)
     margin = _margin(record, source)
+    if "prompt" in record and record["prompt"] is None:  # not the same as leaving it out (an implicit prompt)
+        raise DataError(source, "prompt", "is null")
     if _should_extract_prompt(record):
         prompt, chosen, rejected = _implicit_prompt(record, source)
     else:
@@ -276,7 +275,8 @@ def _label(record: dict, source: Source) -> float:
     if not _is_number(value):
         raise DataError(source, "label", f"must be a number in [0, 1] (got {_describe(value)})")
     if not 0.0 <= value <= 1.0:
-        raise DataError(source, "label", f"must be in [0, 1] (got {value!r})")
+        shown = repr(value) if math.isfinite(value) else _describe(value)
+        raise DataError(source, "label", f"must be in [0, 1] (got {shown})")
     return float(value)
 
 
@@ -301,7 +301,7 @@ def parse_prompt_record(record: dict, source: Source) -> PromptExample:
         prompt = _messages(record, "messages", source)
         key = "messages"
     else:
-        raise DataError(source, "prompt", "missing field: expected 'prompt' or 'messages'")
+        raise _missing(record, source, "prompt", "missing field: expected 'prompt' or 'messages'")
     meta = {k: v for k, v in record.items() if k != key}
     return PromptExample(prompt, source, meta)
 
@@ -313,11 +313,16 @@ def _present(record: dict, name: str) -> bool:
     return record.get(name) is not None
 
 
+def _missing(record: dict, source: Source, name: str, message: str) -> DataError:
+    """The error for a required field that is absent, or that is there as null (which says so)."""
+    return DataError(source, name, "is null" if name in record else message)
+
+
 def _require(record: dict, name: str, source: Source) -> Any:
     if name not in record:
         raise DataError(source, name, "missing field")
     if record[name] is None:
-        raise DataError(source, name, "missing field (null)")
+        raise DataError(source, name, "is null")
     return record[name]
 
 
@@ -426,6 +431,8 @@ def _is_number(value: Any) -> bool:
 def _describe(value: Any) -> str:
     if value is None:
         return "null"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("inf" if value > 0 else "-inf")
     if isinstance(value, list):
         return f"list of {len(value)}"
     return type(value).__name__

@@ -1,6 +1,13 @@
 """Models: loading, reward models, LoRA, reference policies and saving in Hugging Face format."""
 
-from alignlab.models.load import disable_dropout, load_causal_lm, load_tokenizer, resolve_device
+from alignlab.models.load import (
+    check_length_limit,
+    disable_dropout,
+    load_causal_lm,
+    load_tokenizer,
+    resolve_device,
+    resolve_max_length,
+)
 from alignlab.models.lora import LoraSettings, apply_lora, is_lora, merged_for_saving
 from alignlab.models.reference import (
     AdapterDisabled,
@@ -20,6 +27,7 @@ __all__ = [
     "LoraSettings",
     "Reference",
     "apply_lora",
+    "check_length_limit",
     "disable_dropout",
     "fingerprint",
     "is_lora",
@@ -29,6 +37,7 @@ __all__ = [
     "merged_for_saving",
     "model_fingerprint",
     "resolve_device",
+    "resolve_max_length",
     "reward_scores",
     "save_pretrained_atomic",
 ]

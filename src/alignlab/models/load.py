@@ -75,6 +75,11 @@ def checkpoint_source(name_or_path: str | Path, marker_files: tuple[str, ...] = 
                 f"directory {text!r} has no {' or '.join(marker_files)}; is it a saved model?"
             )
         return str(path)
+    if path.suffix.lower() == ".gguf" and path.is_file():
+        raise ValueError(
+            f"{text!r} is a GGUF file; alignlab trains models saved in Hugging Face format. Convert it first: "
+            "transformers' AutoModelForCausalLM.from_pretrained(DIR, gguf_file=NAME), then save_pretrained"
+        )
     if path.exists():
         raise NotADirectoryError(f"model path {text!r} is a file; pass the directory that holds it")
     if isinstance(name_or_path, Path) or not _HUB_ID.match(text) or text.count("/") > 1:
@@ -126,7 +131,68 @@ def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False) ->
         )
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
+    check_tokenizer(tokenizer, str(name_or_path))
     return tokenizer
+
+
+# Smaller than any real tokenizer (a byte-level one alone has 256 pieces), larger than what
+# transformers builds from a directory with a config but no tokenizer files (0-2 pieces).
+MIN_VOCAB = 32
+PROBE = "The film was good, 42 times!"
+
+
+def check_tokenizer(tokenizer: PreTrainedTokenizerBase, source: str) -> None:
+    """Refuse a tokenizer that cannot carry text: a tiny vocabulary, or one that does not give a probe
+    string back (whitespace aside: sentencepiece tokenizers add or drop a leading space). Training
+    on one would run to the end on two tokens an example and exit as if all went well."""
+    if len(tokenizer) < MIN_VOCAB:
+        raise ValueError(
+            f"{source}: the tokenizer has {len(tokenizer)} tokens; are its files (tokenizer.json, "
+            "tokenizer_config.json, vocab) missing from the directory?"
+        )
+    ids = tokenizer(PROBE, add_special_tokens=False)["input_ids"]
+    back = tokenizer.decode(ids, skip_special_tokens=True)
+    if "".join(back.split()) != "".join(PROBE.split()):
+        raise ValueError(f"{source}: the tokenizer does not round-trip text ({PROBE!r} came back as {back!r})")
+
+
+POSITION_KEYS = ("n_positions", "max_position_embeddings")
+
+
+def position_limit(name_or_path: str | Path, trust_remote_code: bool = False) -> tuple[int, str] | None:
+    """The most positions the model was built for, with the config key that says so, or None."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(checkpoint_source(name_or_path), trust_remote_code=trust_remote_code)
+    for key in POSITION_KEYS:
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value, key
+    return None
+
+
+def check_length_limit(name_or_path: str | Path, length: int, what: str, fix: str | None = None) -> None:
+    """Refuse, before any work, a length past the model's positions: a row longer than GPT-2's
+    `n_positions` crashes deep in the forward with an IndexError; a rotary model was not trained there."""
+    limit = position_limit(name_or_path)
+    if limit is not None and length > limit[0]:
+        raise ValueError(
+            f"{what} {length} exceeds the {limit[0]} positions of model {str(name_or_path)!r} "
+            f"({limit[1]} in its config.json); {fix or f'set {what} to {limit[0]} or less'}"
+        )
+
+
+DEFAULT_MAX_LENGTH = 512
+
+
+def resolve_max_length(name_or_path: str | Path, max_length: int | None) -> int:
+    """`max_length` as set, checked against the model's positions; unset (None), 512 or the model's
+    limit if that is smaller (the quickstart's GPT-2 holds 256)."""
+    if max_length is None:
+        limit = position_limit(name_or_path)
+        return min(DEFAULT_MAX_LENGTH, limit[0]) if limit else DEFAULT_MAX_LENGTH
+    check_length_limit(name_or_path, max_length, "max_length")
+    return max_length
 
 
 def load_causal_lm(

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import shutil
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -68,7 +70,21 @@ def runtime(device_name: str) -> tuple[torch.device, Dist]:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, default=float) + "\n")
+    """Strict JSON: a NaN or infinite figure (a metric of nothing, a diverged value) is written as
+    null, which every JSON reader takes; Python's json would write the non-standard NaN."""
+    write_text_atomic(path, json.dumps(_finite_or_null(obj), indent=2, default=float, allow_nan=False) + "\n")
+
+
+def _finite_or_null(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_null(v) for v in obj]
+    if isinstance(obj, torch.Tensor) and obj.numel() == 1:
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
 
 
 def config_hash(config: BaseModel) -> str:
@@ -89,10 +105,15 @@ def file_fingerprint(path: str | Path) -> str:
 
 
 def finish(out: Path, config: BaseModel, metrics: dict, dist: Dist = Dist()) -> dict:
-    """Write metrics.json, then done.json (the stage's completion mark)."""
+    """Write metrics.json, then done.json (the stage's completion mark), then drop the checkpoints:
+    the model is written, so they only take disk (a whole model and its optimizer state) unless
+    `train.keep_checkpoints` asks for them. A kill before the deletion leaves a finished stage with
+    checkpoints, which a rerun skips all the same."""
     if dist.is_main:
         write_json(out / METRICS, metrics)
         write_json(out / DONE, {"config_hash": config_hash(config)})
+        if not getattr(getattr(config, "train", None), "keep_checkpoints", False):
+            shutil.rmtree(out / "checkpoints", ignore_errors=True)
     barrier(dist)
     return metrics
 

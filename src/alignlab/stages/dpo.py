@@ -31,6 +31,7 @@ from alignlab.losses.preference import (
 from alignlab.models import (
     LogpsCache,
     LoraSettings,
+    resolve_max_length,
     load_tokenizer,
     model_fingerprint,
     save_pretrained_atomic,
@@ -86,7 +87,7 @@ class DPOConfig(StageConfig):
     ref_mode: Literal["precompute", "live", "none"] | None = Field(None, description="default: precompute, or none when reference-free")
     ref_sync: RefSync | None = Field(None, description="TR-DPO reference updates (needs ref_mode live)")
     cache_dir: str | None = Field(None, description="where precomputed reference log-probs live; default <out>/cache")
-    max_length: int = 512
+    max_length: int | None = Field(None, gt=0, description="longest row in tokens; default: 512, or the model's position limit if smaller")
     max_prompt_length: int = 256
     dtype: str = "float32"
     lora: LoraSettings | None = None
@@ -165,8 +166,9 @@ def objective_fn(cfg: DPOConfig, live_ref, soft: bool):
 
 def run(cfg: DPOConfig, out: Path) -> dict:
     tokenizer = load_tokenizer(cfg.model)
+    max_length = resolve_max_length(cfg.model, cfg.max_length)
     train_ex, eval_ex, pairs, eval_pairs, stats = load_pair_splits(
-        cfg.data, cfg.eval_data, cfg.eval_fraction, cfg.train.seed, tokenizer, cfg.max_length,
+        cfg.data, cfg.eval_data, cfg.eval_fraction, cfg.train.seed, tokenizer, max_length,
         cfg.max_prompt_length,
     )
     soft = any(e.label != 1.0 for e in train_ex)  # decided once: no host sync per step

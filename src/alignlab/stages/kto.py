@@ -21,7 +21,7 @@ from alignlab.data.collate import pad_rows
 from alignlab.data.tokenize import TokenizedRow, tokenize_example
 from alignlab.data.unpaired import UnpairedExample, load_unpaired
 from alignlab.losses.kto import kto_loss, kto_reference_point, kto_weight_ratio_ok
-from alignlab.models import LoraSettings, load_tokenizer, save_pretrained_atomic
+from alignlab.models import LoraSettings, load_tokenizer, resolve_max_length, save_pretrained_atomic
 from alignlab.ops import sequence_logps, token_logps
 from alignlab.stages.common import (
     StageConfig,
@@ -49,15 +49,16 @@ class KTOConfig(StageConfig):
     beta: float = Field(0.1, gt=0)
     desirable_weight: float = Field(1.0, gt=0)
     undesirable_weight: float = Field(1.0, gt=0)
-    max_length: int = 512
+    max_length: int | None = Field(None, gt=0, description="longest row in tokens; default: 512, or the model's position limit if smaller")
     max_prompt_length: int = 256
     dtype: str = "float32"
     lora: LoraSettings | None = None
+    allow_one_sided: bool = Field(False, description="train on data whose labels are all desirable or all undesirable")
     train: TrainSettings = TrainSettings(lr=5e-6, batch_size=16, warmup_ratio=0.1)
 
 
-def _tokenize(examples: list[UnpairedExample], tokenizer, cfg: KTOConfig) -> list[TokenizedRow]:
-    return [tokenize_example(tokenizer, e.prompt, e.completion, cfg.max_length, cfg.max_prompt_length,
+def _tokenize(examples: list[UnpairedExample], tokenizer, cfg: KTOConfig, max_length: int) -> list[TokenizedRow]:
+    return [tokenize_example(tokenizer, e.prompt, e.completion, max_length, cfg.max_prompt_length,
                              source=e.source)[0] for e in examples]
 
 
@@ -118,7 +119,7 @@ def kto_objective(cfg: KTOConfig, ref, z0_of_step: dict | None = None):
     return compute
 
 
-def step_reference_point(cfg: KTOConfig, ref, rows: list[TokenizedRow], pad: int):
+def step_reference_point(cfg: KTOConfig, ref, rows: list[TokenizedRow], pad: int, max_length: int):
     """(prepare hook for the training loop, the dict it writes the step's z₀ into).
 
     The mismatched pairs pair each example of the global batch with the next one in it; each
@@ -136,7 +137,7 @@ def step_reference_point(cfg: KTOConfig, ref, rows: list[TokenizedRow], pad: int
             partner = dict(zip(step, step[1:] + step[:1]))
             for start in range(0, len(mine), chunk):
                 part = [(a, partner[a]) for a in mine[start : start + chunk]]
-                batch = {k: v.to(device) for k, v in pad_rows(mismatched_rows(rows, part, cfg.max_length), pad).items()}
+                batch = {k: v.to(device) for k, v in pad_rows(mismatched_rows(rows, part, max_length), pad).items()}
                 log_ratio = _seq(_policy(model), batch) - _seq(ref.token_logps, batch)
                 total += log_ratio.float().sum()
                 count += log_ratio.numel()
@@ -148,14 +149,22 @@ def step_reference_point(cfg: KTOConfig, ref, rows: list[TokenizedRow], pad: int
 
 def run(cfg: KTOConfig, out: Path) -> dict:
     tokenizer = load_tokenizer(cfg.model)
+    max_length = resolve_max_length(cfg.model, cfg.max_length)
     examples = load_unpaired(cfg.data, unpair=cfg.unpair)
-    rows = _tokenize(examples, tokenizer, cfg)
+    rows = _tokenize(examples, tokenizer, cfg, max_length)
     labels = torch.tensor([e.desirable for e in examples])
     eval_rows, eval_labels = [], torch.zeros(0, dtype=torch.bool)
     if cfg.eval_data:
         eval_ex = load_unpaired(cfg.eval_data, unpair=cfg.unpair)
-        eval_rows, eval_labels = _tokenize(eval_ex, tokenizer, cfg), torch.tensor([e.desirable for e in eval_ex])
+        eval_rows, eval_labels = _tokenize(eval_ex, tokenizer, cfg, max_length), torch.tensor([e.desirable for e in eval_ex])
     n_good = int(labels.sum())
+    if n_good in (0, len(rows)) and not cfg.allow_one_sided:
+        kind = "desirable" if n_good else "undesirable"
+        raise ValueError(
+            f"{cfg.data}: all {len(rows)} examples are {kind}; KTO weighs desirable against undesirable ones "
+            "around its reference point, so one side alone mostly pushes every example the same way. "
+            "Add examples of the other label, or set allow_one_sided: true to train anyway"
+        )
     if not kto_weight_ratio_ok(cfg.desirable_weight, cfg.undesirable_weight, n_good, len(rows) - n_good):
         log.warning("KTO: desirable_weight·n_desirable / (undesirable_weight·n_undesirable) is outside [1, 4/3], "
                     "the range the KTO paper recommends (%d desirable, %d undesirable)", n_good, len(rows) - n_good)
@@ -164,8 +173,8 @@ def run(cfg: KTOConfig, out: Path) -> dict:
     model = load_policy(cfg.model, cfg.dtype, device, cfg.lora)
     ref = frozen_reference(model, cfg.model, cfg.ref_model or cfg.model, cfg.lora, cfg.dtype, device)
     pad = tokenizer.pad_token_id
-    prepare, z0_of_step = step_reference_point(cfg, ref, rows, pad)
-    fns = StepFns(lambda idx: kto_batch(rows, labels, idx, pad, cfg.max_length, mismatched=False),
+    prepare, z0_of_step = step_reference_point(cfg, ref, rows, pad, max_length)
+    fns = StepFns(lambda idx: kto_batch(rows, labels, idx, pad, max_length, mismatched=False),
                   lambda b: torch.tensor(b["desirable"].shape[0]),
                   per_normaliser(kto_objective(cfg, ref, z0_of_step)), prepare=prepare)
     compute = kto_objective(cfg, ref)
@@ -174,7 +183,7 @@ def run(cfg: KTOConfig, out: Path) -> dict:
         model, [len(r) for r in rows], fns, cfg.train, out, device=device, dist=dist,
         data_key=file_fingerprint(cfg.data), name="kto",
         eval_fn=(lambda m: mean_over_batches(
-            m, len(eval_rows), lambda idx: kto_batch(eval_rows, eval_labels, idx, pad, cfg.max_length), compute,
+            m, len(eval_rows), lambda idx: kto_batch(eval_rows, eval_labels, idx, pad, max_length), compute,
         )) if eval_rows else None,
     )
     if dist.is_main:

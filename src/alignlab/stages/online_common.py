@@ -38,6 +38,16 @@ class OnlineConfig(StageConfig):
     moved: ClassVar[dict[str, str]] = {"update_epochs": "train.update_epochs"}
 
 
+def check_sample_lengths(model: str, prompt_ids: list[list[int]], max_new_tokens: int) -> None:
+    """The longest prompt and its sampled continuation must fit the model's positions."""
+    from alignlab.models import check_length_limit
+
+    longest = max(map(len, prompt_ids), default=0)
+    check_length_limit(model, longest + max_new_tokens,
+                       f"the longest prompt ({longest} tokens) + sampling.max_new_tokens ({max_new_tokens}) =",
+                       "lower sampling.max_new_tokens or max_prompt_length")
+
+
 def iteration_seed(seed: int, iteration: int, rank: int = 0) -> int:
     """The sampling seed of one iteration (and process): a resumed run draws the same samples again."""
     return seed * 100_003 + iteration + 1_000_000_007 * rank
@@ -194,6 +204,7 @@ class OnlineRun:
 
         tokenizer = load_tokenizer(cfg.model)
         texts, ids = load_prompt_ids(cfg.prompts, tokenizer, cfg.max_prompt_length)
+        check_sample_lengths(cfg.model, ids, cfg.sampling.max_new_tokens)
         settings = cfg.train
         device, dist = runtime(settings.device)
         seed_everything(settings.seed)

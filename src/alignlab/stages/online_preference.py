@@ -55,7 +55,7 @@ from alignlab.losses.preference import (
     PreferenceSettings,
     preference_objective,
 )
-from alignlab.models import LoraSettings, load_tokenizer, save_pretrained_atomic
+from alignlab.models import LoraSettings, load_tokenizer, resolve_max_length, save_pretrained_atomic
 from alignlab.models.load import disable_dropout
 from alignlab.ops import masked_sum, sequence_logps, token_logps
 from alignlab.rollout import SamplingSettings, sample
@@ -73,6 +73,7 @@ from alignlab.stages.online_common import (
     OnlineRun,
     PromptStream,
     batched_logps,
+    check_sample_lengths,
     iteration_seed,
     my_share,
     rollout_batch,
@@ -112,8 +113,9 @@ class SPINConfig(PairLossConfig):
     reference: Literal["previous", "initial"] = Field(
         "previous", description="previous: the policy that drew the samples (SPIN); initial: the starting model")
     dtype: str = "float32"
-    max_length: int = Field(512, gt=0, description="demonstrations are cut to this many tokens "
-                            "(the policy's samples are bounded by sampling.max_new_tokens)")
+    max_length: int | None = Field(
+        None, gt=0, description="demonstrations are cut to this many tokens; default: 512 or the model's position "
+        "limit if smaller (the policy's samples are bounded by sampling.max_new_tokens)")
     max_prompt_length: int = Field(256, gt=0)
     sampling: SamplingSettings = SamplingSettings()
     train: OnlineSettings = OnlineSettings()
@@ -285,7 +287,9 @@ def load_demonstrations(path: str, tokenizer, max_length: int,
 
 def run_spin(cfg: SPINConfig, out: Path) -> dict:
     tokenizer = load_tokenizer(cfg.model)
-    demos, stats = load_demonstrations(cfg.data, tokenizer, cfg.max_length, cfg.max_prompt_length)
+    max_length = resolve_max_length(cfg.model, cfg.max_length)
+    demos, stats = load_demonstrations(cfg.data, tokenizer, max_length, cfg.max_prompt_length)
+    check_sample_lengths(cfg.model, [d.prompt_ids for d in demos], cfg.sampling.max_new_tokens)
     settings = cfg.train
     device, dist = runtime(settings.device)
     seed_everything(settings.seed)

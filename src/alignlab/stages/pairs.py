@@ -23,7 +23,13 @@ def load_pair_splits(
         eval_ex = load_preferences(eval_data)
     elif eval_fraction > 0:
         prompts = sorted({str(e.prompt) for e in train_ex})
-        held = set(random.Random(seed).sample(prompts, max(1, round(eval_fraction * len(prompts)))))
+        if len(prompts) < 2:  # holding out by prompt would take every pair
+            raise ValueError(
+                f"{data}: all {len(train_ex)} pairs share one prompt, so no prompt can be held out for evaluation "
+                "and still leave pairs to train on; pass eval_data (held-out pairs) or set eval_fraction 0"
+            )
+        count = min(len(prompts) - 1, max(1, round(eval_fraction * len(prompts))))
+        held = set(random.Random(seed).sample(prompts, count))
         eval_ex = [e for e in train_ex if str(e.prompt) in held]
         train_ex = [e for e in train_ex if str(e.prompt) not in held]
     else:

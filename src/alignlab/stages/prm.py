@@ -26,7 +26,7 @@ from alignlab.data.stepwise import (
     tokenize_stepwise,
 )
 from alignlab.losses.prm import prm_loss
-from alignlab.models import load_tokenizer, save_pretrained_atomic
+from alignlab.models import load_tokenizer, resolve_max_length, save_pretrained_atomic
 from alignlab.models.value import load_critic
 from alignlab.stages.common import (
     StageConfig,
@@ -43,7 +43,7 @@ class PRMConfig(StageConfig):
     data: str = Field(description="step-labelled data: prompt, completions (steps), labels")
     eval_data: str | None = None
     eval_fraction: float = Field(0.1, ge=0, lt=1, description="examples held out when no eval_data")
-    max_length: int = Field(512, gt=0)
+    max_length: int | None = Field(None, gt=0, description="longest row in tokens; default: 512, or the model's position limit if smaller")
     separator: str = Field("\n", description="text after every step; the step is scored at its last token")
     last_only: bool = Field(False, description="train only each solution's last step (an outcome RM)")
     dtype: str = "float32"
@@ -130,14 +130,15 @@ def eval_prm(rows: list[StepRow], pad_id: int, last_only: bool, batch_size: int 
 
 def run(cfg: PRMConfig, out: Path) -> dict:
     tokenizer = load_tokenizer(cfg.model)
+    max_length = resolve_max_length(cfg.model, cfg.max_length)
     examples = load_stepwise(cfg.data)
     if cfg.eval_data:
         train_ex, eval_ex = examples, load_stepwise(cfg.eval_data)
     else:
         train_ex, eval_ex = split_examples(examples, cfg.eval_fraction, cfg.train.seed)
-    rows, stats = tokenize_stepwise(train_ex, tokenizer, cfg.max_length, cfg.separator)
+    rows, stats = tokenize_stepwise(train_ex, tokenizer, max_length, cfg.separator)
     eval_rows, eval_stats = (
-        tokenize_stepwise(eval_ex, tokenizer, cfg.max_length, cfg.separator) if eval_ex else ([], None)
+        tokenize_stepwise(eval_ex, tokenizer, max_length, cfg.separator) if eval_ex else ([], None)
     )
     device, dist = runtime(cfg.train.device)
     seed_everything(cfg.train.seed)

@@ -15,6 +15,7 @@ from alignlab.losses import bradley_terry_loss
 from alignlab.models import (
     LoraSettings,
     apply_lora,
+    resolve_max_length,
     load_reward_model,
     load_tokenizer,
     reward_scores,
@@ -38,7 +39,7 @@ class RewardModelConfig(StageConfig):
     data: str = Field(description="preference pairs or K-way rankings")
     eval_data: str | None = None
     eval_fraction: float = Field(0.1, ge=0, lt=1, description="held out by prompt when no eval_data")
-    max_length: int = 512
+    max_length: int | None = Field(None, gt=0, description="longest row in tokens; default: 512, or the model's position limit if smaller")
     max_prompt_length: int = 256
     margin: bool = Field(False, description="use each pair's `margin` field in the loss")
     center_coef: float = Field(0.0, ge=0)
@@ -68,8 +69,9 @@ def bt_objective(cfg: "RewardModelConfig"):
 
 def run(cfg: RewardModelConfig, out: Path) -> dict:
     tokenizer = load_tokenizer(cfg.model)
+    max_length = resolve_max_length(cfg.model, cfg.max_length)
     train_ex, eval_ex, pairs, eval_pairs, stats = load_pair_splits(
-        cfg.data, cfg.eval_data, cfg.eval_fraction, cfg.train.seed, tokenizer, cfg.max_length,
+        cfg.data, cfg.eval_data, cfg.eval_fraction, cfg.train.seed, tokenizer, max_length,
         cfg.max_prompt_length,
     )
     extras = {"label": labels_of(train_ex), "margin": torch.tensor([e.margin or 0.0 for e in train_ex])}

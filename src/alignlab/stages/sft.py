@@ -12,7 +12,7 @@ from alignlab.data.collate import pad_rows
 from alignlab.data.formats import load_sft
 from alignlab.data.tokenize import TokenizedRow, tokenize_sft
 from alignlab.losses import sft_loss
-from alignlab.models import LoraSettings, load_tokenizer, save_pretrained_atomic
+from alignlab.models import LoraSettings, load_tokenizer, resolve_max_length, save_pretrained_atomic
 from alignlab.ops import token_logps
 from alignlab.stages.common import (
     StageConfig,
@@ -29,7 +29,7 @@ class SFTConfig(StageConfig):
     model: str = Field(description="hub id or local directory of a causal LM")
     data: str = Field(description="SFT dataset: prompt/completion, messages or text")
     eval_data: str | None = None
-    max_length: int = Field(512, gt=0)
+    max_length: int | None = Field(None, gt=0, description="longest row in tokens; default: 512, or the model's position limit if smaller")
     max_prompt_length: int = Field(256, gt=0)
     dtype: str = "float32"
     lora: LoraSettings | None = None
@@ -71,10 +71,11 @@ def eval_nll(rows: list[TokenizedRow], pad_id: int, batch_size: int = 32):
 
 def run(cfg: SFTConfig, out: Path) -> dict:
     tokenizer = load_tokenizer(cfg.model)
-    rows, stats = tokenize_sft(load_sft(cfg.data), tokenizer, cfg.max_length, cfg.max_prompt_length)
+    max_length = resolve_max_length(cfg.model, cfg.max_length)
+    rows, stats = tokenize_sft(load_sft(cfg.data), tokenizer, max_length, cfg.max_prompt_length)
     eval_rows = None
     if cfg.eval_data:
-        eval_rows, _ = tokenize_sft(load_sft(cfg.eval_data), tokenizer, cfg.max_length, cfg.max_prompt_length)
+        eval_rows, _ = tokenize_sft(load_sft(cfg.eval_data), tokenizer, max_length, cfg.max_prompt_length)
     device, dist = runtime(cfg.train.device)
     seed_everything(cfg.train.seed)
     model = load_policy(cfg.model, cfg.dtype, device, cfg.lora)

@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors import safe_open
+from safetensors.torch import load_file, load_model, save_file, save_model
 
 LATEST = "latest"
 
@@ -66,9 +67,9 @@ def save_checkpoint(
     tmp = root / f".tmp-{name}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_model(model, str(tmp / "model.safetensors"))
+    save_weights(model, tmp / "model.safetensors")
     for part, module in (extra_modules or {}).items():
-        save_model(module, str(tmp / f"{part}.safetensors"))
+        save_weights(module, tmp / f"{part}.safetensors")
     state = {"scheduler": scheduler.state_dict(), "rng": rng_state()}
     if with_optimizer:
         state["optimizer"] = optimizer.state_dict()
@@ -81,6 +82,40 @@ def save_checkpoint(
     for old in sorted(p for p in root.glob("step-*") if p.name != name)[: max(0, _count(root) - keep)]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+TRAINABLE_ONLY = "trainable-only"
+
+
+def save_weights(module: torch.nn.Module, path: Path) -> None:
+    """A module's weights in safetensors. With frozen parameters (LoRA over a base model) only the
+    trainable ones are written: the frozen ones are the base model's files, reloaded on resume, so
+    a checkpoint of a 135M model's adapter is megabytes instead of the whole model."""
+    params = dict(module.named_parameters())
+    if all(p.requires_grad for p in params.values()):
+        save_model(module, str(path))
+        return
+    trainable = {name: p.detach().contiguous() for name, p in params.items() if p.requires_grad}
+    save_file(trainable, str(path), metadata={"alignlab": TRAINABLE_ONLY})
+
+
+def load_weights(module: torch.nn.Module, path: Path) -> None:
+    """Restore what `save_weights` wrote into `module` (built the same way, its frozen part loaded)."""
+    with safe_open(str(path), framework="pt") as f:
+        trainable_only = (f.metadata() or {}).get("alignlab") == TRAINABLE_ONLY
+    device = str(next(module.parameters()).device)
+    if not trainable_only:
+        load_model(module, str(path), device=device)
+        return
+    params = dict(module.named_parameters())
+    state = load_file(str(path), device=device)
+    unknown = sorted(set(state) - set(params))
+    if unknown:
+        raise ValueError(f"{path}: holds weights this model does not have ({', '.join(unknown[:3])}); "
+                         "was it written for another LoRA configuration?")
+    with torch.no_grad():
+        for name, tensor in state.items():
+            params[name].copy_(tensor)
 
 
 def _count(root: Path) -> int:
@@ -103,7 +138,7 @@ def load_checkpoint(
 ) -> dict:
     """Restore everything saved by `save_checkpoint`; returns its meta (with `step`)."""
     for name, module in {"model": model, **(extra_modules or {})}.items():
-        load_model(module, str(path / f"{name}.safetensors"), device=str(next(module.parameters()).device))
+        load_weights(module, path / f"{name}.safetensors")
     state = torch.load(path / "trainer_state.pt", weights_only=True)
     if "optimizer" in state:  # absent from the end-of-training checkpoint
         optimizer.load_state_dict(state["optimizer"])

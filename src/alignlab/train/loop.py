@@ -57,7 +57,8 @@ class StepFns:
 
 
 def _fingerprint(lengths: list[int], settings: TrainSettings, extra: str) -> str:
-    payload = json.dumps([lengths, settings.model_dump(exclude={"log_every", "eval_every", "save_every", "device", "gradient_checkpointing"}), extra])
+    payload = json.dumps([lengths, settings.model_dump(exclude={"log_every", "eval_every", "save_every", "device", "gradient_checkpointing",
+                                                            "keep_checkpoints"}), extra])
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -83,6 +84,8 @@ def train(
     """
     s = settings
     n = len(lengths)
+    if n == 0:
+        raise ValueError(f"{name}: no training examples")
     steps_per_epoch = math.ceil(n / s.batch_size)
     total = s.max_steps or max(1, math.ceil(s.epochs * steps_per_epoch))
     warmup = s.warmup_steps if s.warmup_steps is not None else int(s.warmup_ratio * total)

@@ -86,6 +86,7 @@ class OnlineSettings(BaseModel):
     gradient_checkpointing: bool = Field(
         False, description="recompute the policy's activations in the backward pass: less memory, about one more forward"
     )
+    keep_checkpoints: bool = Field(False, description="keep checkpoints/ after the model is written")
     log_samples: int = Field(4, ge=0, description="samples (prompt, completion, reward) written to samples.jsonl each "
                              "iteration, and as many from the final policy; 0: none")
 
@@ -135,7 +136,7 @@ def _rows(experience: Experience, index: Tensor) -> Experience:
 
 def _key(settings: OnlineSettings, extra: str) -> str:
     payload = json.dumps([settings.model_dump(exclude={"log_every", "save_every", "device", "gradient_checkpointing",
-                                                       "log_samples"}), extra])
+                                                       "log_samples", "keep_checkpoints"}), extra])
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

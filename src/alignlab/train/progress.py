@@ -13,10 +13,19 @@ def progress_enabled() -> bool:
 
 
 class StepLog:
-    """Appends one JSON object per logged step; on resume drops the lines past the resumed step."""
+    """Appends one JSON object per logged step; on resume drops the lines past the resumed step.
+
+    Nothing is created until the first record: a run that fails before its first step leaves no
+    log.jsonl or tensorboard/ behind. TensorBoard resumes at the checkpoint's step (`purge_step`),
+    so a resumed run's steps are not shown twice."""
 
     def __init__(self, path: Path, resume_step: int = 0, tensorboard: bool = True):
-        self.path = path
+        self.path, self.resume_step, self.tensorboard = path, resume_step, tensorboard
+        self._file = None
+        self._tb = None
+
+    def _open(self) -> None:
+        path, resume_step = self.path, self.resume_step
         path.parent.mkdir(parents=True, exist_ok=True)
         kept = []
         if path.exists() and resume_step > 0:
@@ -28,16 +37,19 @@ class StepLog:
                     break  # a line cut by a kill: everything after it is gone too
         path.write_text("".join(line + "\n" for line in kept))
         self._file = open(path, "a", encoding="utf-8")
-        self._tb = None
-        if tensorboard:
+        if self.tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self._tb = SummaryWriter(str(path.parent / "tensorboard"))
+                # events past the checkpoint (written before a kill) are dropped by TensorBoard's readers
+                self._tb = SummaryWriter(str(path.parent / "tensorboard"),
+                                         purge_step=resume_step + 1 if resume_step > 0 else None)
             except Exception:  # tensorboard not installed: log.jsonl is enough
                 self._tb = None
 
     def write(self, record: dict) -> None:
+        if self._file is None:
+            self._open()
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
         if self._tb is not None:
@@ -46,7 +58,8 @@ class StepLog:
                     self._tb.add_scalar(key, value, record["step"])
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
         if self._tb is not None:
             self._tb.close()
 

@@ -36,6 +36,7 @@ class TrainSettings(BaseModel):
     eval_every: int | None = Field(None, gt=0)
     save_every: int | None = Field(50, gt=0, description="checkpoint period in steps; None: only at the end")
     group_by_length: bool = True
+    keep_checkpoints: bool = Field(False, description="keep checkpoints/ after the model is written")
     gradient_checkpointing: bool = Field(
         False, description="recompute activations in the backward pass: less memory, about one more forward"
     )
