@@ -232,8 +232,12 @@ class LocalLLM:
             return LLMError(f"cannot render the conversation with the chat template: {err}", details={"cause": "input"})
 
     @torch.no_grad()
-    def generate(self, prompts: Sequence[str], settings: GenerationSettings, top_logprobs: int = 0) -> list[Generation | LLMError]:
-        """Generate for each prompt text, with token-level log-probs (no cache: `complete` caches)."""
+    def generate(self, prompts: Sequence[str], settings: GenerationSettings, top_logprobs: int = 0,
+                 seeds: Sequence[int] | None = None) -> list[Generation | LLMError]:
+        """Generate for each prompt text, with token-level log-probs (no cache: `complete` caches).
+        `seeds[i]`, when given, replaces `settings.seed` for prompt i, so requests that differ only in
+        their seed share one batch and each stays reproducible."""
+        seeds = list(seeds) if seeds is not None else [settings.seed] * len(prompts)
         results: list[Generation | LLMError | None] = [None] * len(prompts)
         encoded: dict[int, list[int]] = {}
         for i, prompt in enumerate(prompts):
@@ -252,7 +256,8 @@ class LocalLLM:
         for start in range(0, len(order), self.batch_size):
             chunk = order[start : start + self.batch_size]
             try:
-                generated = self._generate_batch([encoded[i] for i in chunk], settings, top_logprobs)
+                generated = self._generate_batch([encoded[i] for i in chunk], settings, top_logprobs,
+                                                 [seeds[i] for i in chunk])
             except RuntimeError as err:  # e.g. out of memory: this batch's items fail, the rest go on
                 generated = [LLMError(f"generation failed: {err}", details={"cause": "model"}) for _ in chunk]
             for i, result in zip(chunk, generated):
@@ -261,7 +266,8 @@ class LocalLLM:
 
     # -----------------------------------------------------------------------------------------
 
-    def _generate_batch(self, prompt_ids: list[list[int]], settings: GenerationSettings, top_logprobs: int) -> list[Generation]:
+    def _generate_batch(self, prompt_ids: list[list[int]], settings: GenerationSettings, top_logprobs: int,
+                        seeds: list[int]) -> list[Generation]:
         ids, mask = left_pad(prompt_ids, self.pad_id)
         config = GenerationConfig(
             do_sample=False,  # greedy; sampling is done by _RowSampler, which leaves one token per row
@@ -271,8 +277,8 @@ class LocalLLM:
         )
         processors = None
         if settings.temperature > 0:
-            seeds = [_row_seed(settings.seed, row) for row in prompt_ids]
-            processors = LogitsProcessorList([_RowSampler(seeds, settings.temperature, settings.top_p, self.device)])
+            row_seeds = [_row_seed(seed, row) for seed, row in zip(seeds, prompt_ids)]
+            processors = LogitsProcessorList([_RowSampler(row_seeds, settings.temperature, settings.top_p, self.device)])
         out = self.model.generate(
             input_ids=ids.to(self.device), attention_mask=mask.to(self.device), generation_config=config,
             logits_processor=processors, tokenizer=self.tokenizer if settings.stop else None,

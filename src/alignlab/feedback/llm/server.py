@@ -1,28 +1,39 @@
 """A small OpenAI-compatible HTTP server for a local model (`LocalLLM`), run with uvicorn.
 
-Endpoints (under /v1): `GET /models`, `POST /completions` (the legacy format: `prompt` a string
-or a list of strings, `max_tokens` (16 by default, as OpenAI), `temperature`, `top_p`, `stop`,
-`seed`, and `logprobs: k` for the k most likely tokens at each generated position) and
-`POST /chat/completions` (`messages`, `max_tokens` / `max_completion_tokens`, `temperature`,
-`top_p`, `stop`, `seed`, `logprobs: true` with `top_logprobs: k`). Enough for
-`OpenAICompatibleLLM` and for standard OpenAI clients; not supported (answered 400): streaming,
-`n > 1`, `echo`, token-id prompts, tools. Also `GET /health`.
+Endpoints: `GET /v1/models`, `GET /v1/models/{id}`, `POST /v1/completions` (the legacy format:
+`prompt` a string or a list of strings, `max_tokens` (16 by default, as OpenAI), `temperature`,
+`top_p`, `stop`, `seed`, `n`, `stream`, `logprobs: k` for the k most likely tokens at each
+generated position, `echo` with `max_tokens: 0` to score a text) and `POST /v1/chat/completions`
+(`messages`, `max_tokens` / `max_completion_tokens`, `temperature`, `top_p`, `stop`, `seed`, `n`,
+`stream`, `logprobs: true` with `top_logprobs: k`). `GET /health` answers without a key.
+Parameters it cannot honour (`tools`, `response_format` other than text, `logit_bias`, non-zero
+penalties, `best_of`, `suffix`, token-id prompts, or any key OpenAI's API does not have) are
+answered 400 naming the parameter, never silently ignored. Unknown routes and methods get
+OpenAI-shaped 404/405 errors.
 
 Choices:
 - Log-probs are the model's raw ones (before temperature and top-p), as vLLM reports by default.
-  Token texts are each token decoded alone; two tokens that decode to the same text (e.g. partial
-  UTF-8 bytes) keep the more likely one. The chosen token is listed among each step's
-  alternatives. `text_offset` counts from the start of the completion.
+  Each token is reported with its own bytes (`bytes`) and a text piece; the pieces of an answer
+  join back into its text (a character split over byte-level tokens is shown on the token that
+  completes it: `alignlab.feedback.llm.token_text`). In the legacy format two alternatives with the
+  same text keep the more likely one. `text_offset` counts from the start of the completion.
 - No `seed` in a request means a random one, as with OpenAI; with a seed, a sampled answer is
-  reproducible (see `LocalLLM`).
+  reproducible (see `LocalLLM`): each row samples from its own generator, so requests with
+  different seeds share a batch. Choice k of `n` uses the seed + k·1,000,003.
 - Concurrent requests are batched: while the model works on one batch, arriving requests queue,
-  and those with the same settings go together into the next one (one model call at a time).
-- `api_key` (or `serve(api_key_env=...)`) makes every request need `Authorization: Bearer <key>`.
+  and those whose settings differ only in their seed go together into the next one (one model
+  call at a time).
+- `stream: true` sends OpenAI's server-sent events (one chunk per token, then `[DONE]`; usage
+  last with `stream_options: {include_usage: true}`) once the answer is generated: the batch is
+  decoded as a whole, so the chunks arrive together at the end, not while the model decodes.
+- `api_key` (or `serve(api_key_env=...)`) makes every request except `/health` need
+  `Authorization: Bearer <key>`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import json
 import logging
@@ -38,12 +49,14 @@ from typing import Any, Callable
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 from alignlab.feedback.llm.base import GenerationSettings, LLMError
 from alignlab.feedback.llm.local import Generation, LocalLLM
+from alignlab.feedback.llm.token_text import TokenTexts, clip_to
 
 log = logging.getLogger(__name__)
 
@@ -70,22 +83,27 @@ class _Job:
 
 
 class _Batcher:
-    """Runs generation jobs one model call at a time, batching the jobs that queued meanwhile."""
+    """Runs generation jobs one model call at a time, batching the jobs that queued meanwhile.
+    Jobs whose settings differ only in the seed share a call: the model samples each row with its
+    own seed."""
 
     def __init__(self, llm: LocalLLM, max_batch: int):
         self.llm, self.max_batch = llm, max_batch
         self._queue: asyncio.Queue[_Job] | None = None
         self._worker: asyncio.Task | None = None
 
-    async def generate(self, prompts: list[str], settings: GenerationSettings, top_logprobs: int) -> list[Generation | LLMError]:
+    async def generate(self, prompts: list[str], settings: GenerationSettings, top_logprobs: int,
+                       n: int = 1) -> list[list[Generation | LLMError]]:
+        """n answers for each prompt (choice k seeded with seed + k·1,000,003)."""
         if self._worker is None:  # started on first use, on the server's own event loop
             self._queue = asyncio.Queue()
             self._worker = asyncio.create_task(self._run())
         loop = asyncio.get_running_loop()
-        jobs = [_Job(p, settings, top_logprobs, loop.create_future()) for p in prompts]
-        for job in jobs:
+        jobs = [[_Job(p, dataclasses.replace(settings, seed=(settings.seed + k * 1_000_003) % 2**63), top_logprobs,
+                      loop.create_future()) for k in range(n)] for p in prompts]
+        for job in (j for per_prompt in jobs for j in per_prompt):
             self._queue.put_nowait(job)
-        return list(await asyncio.gather(*(job.future for job in jobs)))
+        return [list(await asyncio.gather(*(job.future for job in per_prompt))) for per_prompt in jobs]
 
     async def stop(self) -> None:
         if self._worker is not None:
@@ -104,16 +122,50 @@ class _Batcher:
                 pending.append(self._queue.get_nowait())
             groups: dict[tuple, list[_Job]] = {}
             for job in pending:
-                groups.setdefault((job.settings, job.top_logprobs), []).append(job)
+                groups.setdefault((dataclasses.replace(job.settings, seed=0), job.top_logprobs), []).append(job)
             for (settings, top), jobs in groups.items():
                 try:
-                    results = await asyncio.to_thread(self.llm.generate, [j.prompt for j in jobs], settings, top)
+                    results = await asyncio.to_thread(self.llm.generate, [j.prompt for j in jobs], settings, top,
+                                                      [j.settings.seed for j in jobs])
                 except Exception as err:  # a bug or a broken model: fail these requests, keep serving
                     log.exception("generation failed")
                     results = [LLMError(f"generation failed: {type(err).__name__}: {err}", details={"cause": "model"})] * len(jobs)
                 for job, result in zip(jobs, results):
                     if not job.future.done():  # the client may have gone away
                         job.future.set_result(result)
+
+
+# OpenAI parameters each endpoint honours; the ones it cannot honour are accepted only with the
+# value that asks for nothing (a client library may send those).
+COMMON = {"model", "max_tokens", "temperature", "top_p", "n", "stream", "stream_options", "stop", "seed", "user",
+          "logprobs"}
+ALLOWED = {"completions": COMMON | {"prompt", "echo"},
+           "chat": COMMON | {"messages", "max_completion_tokens", "top_logprobs"}}
+NEUTRAL: dict[str, Callable[[Any], bool]] = {
+    "presence_penalty": lambda v: v == 0,
+    "frequency_penalty": lambda v: v == 0,
+    "logit_bias": lambda v: v == {},
+    "best_of": lambda v: v == 1,
+    "suffix": lambda v: v == "",
+    "response_format": lambda v: v == {"type": "text"},
+    "tools": lambda v: v == [],
+    "tool_choice": lambda v: v == "none",
+    "parallel_tool_calls": lambda v: True,  # meaningless without tools
+    "store": lambda v: v is False,
+    "metadata": lambda v: True,
+}
+
+
+def _refuse_unsupported(body: dict, endpoint: str) -> None:
+    for name, value in body.items():
+        if name in ALLOWED[endpoint] or value is None:
+            continue
+        if name in NEUTRAL:
+            if NEUTRAL[name](value):
+                continue
+            raise RequestError(f"`{name}` is not supported by this server (got {value!r})", param=name,
+                               code="unsupported_parameter")
+        raise RequestError(f"unknown or unsupported parameter `{name}`", param=name, code="unsupported_parameter")
 
 
 def make_app(
@@ -124,12 +176,15 @@ def make_app(
     default_max_tokens: int = 512,
     max_batch: int | None = None,
     api_key: str | None = None,
+    max_n: int = 16,
 ) -> Starlette:
     """The Starlette app serving `llm` under the model name `model_name` (default: the model
     directory's name). Requests naming another model get 404, as from vLLM."""
     served = model_name or (Path(llm.source).name if llm.source else llm.name)
     batcher = _Batcher(llm, max_batch or llm.batch_size)
+    texts = TokenTexts(llm.tokenizer)
     created = int(time.time())
+    model_card = {"id": served, "object": "model", "created": created, "owned_by": "alignlab"}
 
     def authorised(request: Request) -> bool:
         if api_key is None:
@@ -137,44 +192,55 @@ def make_app(
         given = request.headers.get("authorization", "")
         return hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode())
 
-    def endpoint(handler: Callable[[dict], Any]) -> Callable:
-        async def run(request: Request) -> JSONResponse:
+    def endpoint(handler: Callable[[dict], Any], public: bool = False, kind: str | None = None) -> Callable:
+        async def run(request: Request):
             try:
-                if not authorised(request):
+                if not public and not authorised(request):
                     raise RequestError("invalid or missing API key", status=401, code="invalid_api_key")
-                body = await _json_body(request) if request.method == "POST" else {}
-                if request.method == "POST":
+                body = await _json_body(request) if request.method == "POST" else dict(request.path_params)
+                if kind is not None:
+                    _refuse_unsupported(body, kind)
                     _check_model(body, served)
-                return JSONResponse(await handler(body))
+                answer = await handler(body)
+                return answer if isinstance(answer, StreamingResponse) else JSONResponse(answer)
             except RequestError as err:
                 return err.response()
         return run
 
     async def models(_: dict) -> dict:
-        return {"object": "list", "data": [{"id": served, "object": "model", "created": created, "owned_by": "alignlab"}]}
+        return {"object": "list", "data": [model_card]}
+
+    async def model(params: dict) -> dict:
+        if params["model_id"] != served:
+            raise RequestError(f"the model `{params['model_id']}` does not exist; this server serves `{served}`",
+                               status=404, param="model", code="model_not_found")
+        return model_card
 
     async def health(_: dict) -> dict:
         return {"status": "ok"}
 
-    async def completions(body: dict) -> dict:
+    async def completions(body: dict):
         prompts = _prompts(body)
         if body.get("echo"):  # scoring: the log-prob of every token of the prompt given what precedes it
-            choices = [{"index": i, "text": p, "finish_reason": "length", "logprobs": _echo_logprobs(llm, p)}
+            choices = [{"index": i, "text": p, "finish_reason": "length", "logprobs": _echo_logprobs(llm, texts, p)}
                        for i, p in enumerate(prompts)]
             return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
                     "model": served, "choices": choices}
         settings = _settings(body, default_max_tokens=16)
         top = _int_field(body, "logprobs", 0, 0, max_logprobs) if body.get("logprobs") is not None else None
-        results = _unwrap(await batcher.generate(prompts, settings, top or 0))
-        choices = [
-            {"index": i, "text": g.text, "finish_reason": g.finish_reason,
-             "logprobs": _legacy_logprobs(llm, g) if top is not None else None}
-            for i, g in enumerate(results)
-        ]
-        return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
-                "model": served, "choices": choices, "usage": _usage(results)}
+        n = _int_field(body, "n", 1, 1, max_n)
+        results = [_unwrap(per_prompt) for per_prompt in await batcher.generate(prompts, settings, top or 0, n)]
+        answers = [g for per_prompt in results for g in per_prompt]  # choice index = prompt * n + k, as OpenAI
+        reply = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
+                 "model": served}
+        if body.get("stream"):
+            return _stream(reply, answers, texts, top, chat=False, usage=_wants_usage(body))
+        choices = [{"index": i, "text": g.text, "finish_reason": g.finish_reason,
+                    "logprobs": _legacy_logprobs(texts, g) if top is not None else None}
+                   for i, g in enumerate(answers)]
+        return {**reply, "choices": choices, "usage": _usage(answers)}
 
-    async def chat_completions(body: dict) -> dict:
+    async def chat_completions(body: dict):
         messages = _messages(body)
         prompt = llm.render_chat(messages)
         if isinstance(prompt, LLMError):
@@ -185,25 +251,35 @@ def make_app(
         settings = _settings(body, default_max_tokens=max(1, min(default_max_tokens, room)))
         want_logprobs = body.get("logprobs") is True
         top = _int_field(body, "top_logprobs", 0, 0, max_logprobs) if want_logprobs else 0
-        (generation,) = _unwrap(await batcher.generate([prompt], settings, top))
-        choice = {"index": 0, "message": {"role": "assistant", "content": generation.text},
-                  "finish_reason": generation.finish_reason,
-                  "logprobs": _chat_logprobs(llm, generation) if want_logprobs else None}
-        return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
-                "model": served, "choices": [choice], "usage": _usage([generation])}
+        n = _int_field(body, "n", 1, 1, max_n)
+        (answers,) = [_unwrap(per_prompt) for per_prompt in await batcher.generate([prompt], settings, top, n)]
+        reply = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": served}
+        if body.get("stream"):
+            return _stream({**reply, "object": "chat.completion.chunk"}, answers, texts,
+                           top if want_logprobs else None, chat=True, usage=_wants_usage(body))
+        choices = [{"index": k, "message": {"role": "assistant", "content": g.text}, "finish_reason": g.finish_reason,
+                    "logprobs": _chat_logprobs(texts, g) if want_logprobs else None}
+                   for k, g in enumerate(answers)]
+        return {**reply, "object": "chat.completion", "choices": choices, "usage": _usage(answers)}
 
     @asynccontextmanager
     async def lifespan(_: Starlette):
         yield
         await batcher.stop()
 
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        # unknown routes and wrong methods in OpenAI's error shape, which clients parse
+        message = {404: f"no route {request.url.path}", 405: f"method {request.method} is not allowed on {request.url.path}"}
+        return RequestError(message.get(exc.status_code, str(exc.detail)), status=exc.status_code).response()
+
     routes = [
         Route("/v1/models", endpoint(models), methods=["GET"]),
-        Route("/health", endpoint(health), methods=["GET"]),
-        Route("/v1/completions", endpoint(completions), methods=["POST"]),
-        Route("/v1/chat/completions", endpoint(chat_completions), methods=["POST"]),
+        Route("/v1/models/{model_id:path}", endpoint(model), methods=["GET"]),
+        Route("/health", endpoint(health, public=True), methods=["GET"]),
+        Route("/v1/completions", endpoint(completions, kind="completions"), methods=["POST"]),
+        Route("/v1/chat/completions", endpoint(chat_completions, kind="chat"), methods=["POST"]),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    return Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: http_error, 405: http_error})
 
 
 def serve(
@@ -266,13 +342,18 @@ async def _json_body(request: Request) -> dict:
         raise RequestError(f"the request body is not valid JSON: {err}") from None
     if not isinstance(body, dict):
         raise RequestError("the request body must be a JSON object")
-    if body.get("stream"):
-        raise RequestError("streaming is not supported", param="stream")
-    if body.get("n", 1) != 1:
-        raise RequestError("only n=1 is supported", param="n")
     if body.get("echo") and body.get("max_tokens") != 0:
         raise RequestError("echo is supported for scoring a text only (max_tokens 0)", param="echo")
+    if body.get("echo") and (body.get("stream") or body.get("n", 1) != 1):
+        raise RequestError("echo (scoring) answers one choice, not streamed", param="echo")
     return body
+
+
+def _wants_usage(body: dict) -> bool:
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict) or set(options) - {"include_usage"}:
+        raise RequestError("`stream_options` may hold `include_usage` only", param="stream_options")
+    return bool(options.get("include_usage"))
 
 
 def _check_model(body: dict, served: str) -> None:
@@ -372,41 +453,87 @@ def _usage(generations: list[Generation]) -> dict:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def _token_text(llm: LocalLLM, token_id: int) -> str:
-    return llm.tokenizer.decode([token_id])
+def _steps(texts: TokenTexts, generation: Generation) -> list[dict]:
+    """Per generated token: its text piece (pieces join into the answer), bytes, log-prob and the
+    step's alternatives as (text, bytes, log-prob), the chosen token among them."""
+    ids = generation.token_ids
+    alternatives = [[t for t, _ in top] for top in generation.top_logprobs] or [[] for _ in ids]
+    pieces, other_pieces = texts.pieces(ids, alternatives)
+    pieces = clip_to(pieces, generation.text) if pieces else pieces
+    steps = []
+    for k, token_id in enumerate(ids):
+        own = (pieces[k], texts.token_bytes(token_id), generation.token_logprobs[k])
+        others = [(text, texts.token_bytes(t), lp) for text, (t, lp) in zip(other_pieces[k], generation.top_logprobs[k])
+                  ] if generation.top_logprobs else []
+        steps.append({"own": own, "top": others})
+    return steps
 
 
-def _alternatives(llm: LocalLLM, chosen_id: int, chosen_logp: float, top: list[tuple[int, float]]) -> dict[str, float]:
-    """{token text: log-prob} of a step's most likely tokens and the chosen one (more likely first wins)."""
+def _legacy_logprobs(texts: TokenTexts, generation: Generation) -> dict:
+    steps = _steps(texts, generation)
+    offsets, at = [], 0
+    for step in steps:
+        offsets.append(at)
+        at += len(step["own"][0])
+    return {"tokens": [s["own"][0] for s in steps], "token_logprobs": [s["own"][2] for s in steps],
+            "top_logprobs": [_legacy_top(s) for s in steps], "text_offset": offsets}
+
+
+def _legacy_top(step: dict) -> dict[str, float]:
+    """{text: log-prob} of a step's alternatives, the chosen token included; of equal texts the
+    more likely one is kept (the legacy format is keyed by text)."""
     alternatives: dict[str, float] = {}
-    for token_id, logp in sorted([*top, (chosen_id, chosen_logp)], key=lambda pair: -pair[1]):
-        alternatives.setdefault(_token_text(llm, token_id), logp)
+    for text, _, logp in sorted([*step["top"], step["own"]], key=lambda entry: -entry[2]):
+        alternatives.setdefault(text, logp)
     return alternatives
 
 
-def _legacy_logprobs(llm: LocalLLM, generation: Generation) -> dict:
-    tokens = [_token_text(llm, t) for t in generation.token_ids]
-    offsets = [len(llm.tokenizer.decode(generation.token_ids[:k], skip_special_tokens=True)) for k in range(len(tokens))]
-    top = [
-        _alternatives(llm, token_id, logp, alternatives)
-        for token_id, logp, alternatives in zip(generation.token_ids, generation.token_logprobs, generation.top_logprobs)
-    ]
-    return {"tokens": tokens, "token_logprobs": generation.token_logprobs, "top_logprobs": top, "text_offset": offsets}
-
-
-def _echo_logprobs(llm: LocalLLM, text: str) -> dict:
+def _echo_logprobs(llm: LocalLLM, texts: TokenTexts, text: str) -> dict:
     ids, logps = llm.prompt_logprobs(text)
-    offsets = [len(llm.tokenizer.decode(ids[:k], skip_special_tokens=True)) for k in range(len(ids))]
-    return {"tokens": [_token_text(llm, t) for t in ids], "token_logprobs": logps, "top_logprobs": None,
-            "text_offset": offsets}
+    pieces, _ = texts.pieces(ids)
+    offsets = [sum(len(p) for p in pieces[:k]) for k in range(len(pieces))]
+    return {"tokens": pieces, "token_logprobs": logps, "top_logprobs": None, "text_offset": offsets}
 
 
-def _chat_logprobs(llm: LocalLLM, generation: Generation) -> dict:
-    def entry(text: str, logp: float) -> dict:
-        return {"token": text, "logprob": logp, "bytes": list(text.encode("utf-8"))}
+def _chat_logprobs(texts: TokenTexts, generation: Generation) -> dict:
+    def entry(text: str, data: bytes, logp: float) -> dict:
+        return {"token": text, "logprob": logp, "bytes": list(data)}
 
-    content = []
-    for token_id, logp, alternatives in zip(generation.token_ids, generation.token_logprobs, generation.top_logprobs):
-        top = [entry(_token_text(llm, t), lp) for t, lp in alternatives]
-        content.append({**entry(_token_text(llm, token_id), logp), "top_logprobs": top})
-    return {"content": content}
+    return {"content": [{**entry(*step["own"]), "top_logprobs": [entry(*alt) for alt in step["top"]]}
+                        for step in _steps(texts, generation)]}
+
+
+def _stream(reply: dict, answers: list[Generation], texts: TokenTexts, top: int | None, chat: bool,
+            usage: bool) -> StreamingResponse:
+    """The answers as OpenAI's server-sent events: per choice one chunk a token, then its finish."""
+
+    def events():
+        for index, generation in enumerate(answers):
+            if chat:
+                yield _event(reply, {"index": index, "delta": {"role": "assistant", "content": ""},
+                                     "logprobs": None, "finish_reason": None})
+            at = 0  # text_offset of the token within the completion
+            for step in _steps(texts, generation):
+                text, data, logp = step["own"]
+                if chat:
+                    logprobs = ({"content": [{"token": text, "logprob": logp, "bytes": list(data), "top_logprobs": [
+                        {"token": t, "logprob": lp, "bytes": list(b)} for t, b, lp in step["top"]]}]}
+                        if top is not None else None)
+                    choice = {"index": index, "delta": {"content": text}, "logprobs": logprobs, "finish_reason": None}
+                else:
+                    logprobs = ({"tokens": [text], "token_logprobs": [logp], "top_logprobs": [_legacy_top(step)],
+                                 "text_offset": [at]} if top is not None else None)
+                    choice = {"index": index, "text": text, "logprobs": logprobs, "finish_reason": None}
+                at += len(text)
+                yield _event(reply, choice)
+            last = {"index": index, "finish_reason": generation.finish_reason, "logprobs": None}
+            yield _event(reply, {**last, "delta": {}} if chat else {**last, "text": ""})
+        if usage:
+            yield f"data: {json.dumps({**reply, 'choices': [], 'usage': _usage(answers)})}\n\n"
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
+def _event(reply: dict, choice: dict) -> str:
+    return f"data: {json.dumps({**reply, 'choices': [choice]})}\n\n"
