@@ -53,10 +53,62 @@ def test_a_model_directory_without_tokenizer_files_is_refused(tiny_model_dir, tm
     assert not out.exists()
 
 
+def test_a_config_only_directory_whose_tokenizer_cannot_be_built_is_one_line(tmp_path):
+    from transformers import LlamaConfig
+
+    from alignlab.models import load_tokenizer
+
+    LlamaConfig().save_pretrained(tmp_path)  # transformers' own message for this runs over 5 lines
+    with pytest.raises(ValueError) as info:
+        load_tokenizer(tmp_path)
+    message = str(info.value)
+    assert "\n" not in message and str(tmp_path) in message and "no tokenizer files" in message
+
+
+def _byte_level(**options):
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tok = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if options.get("lowercase"):
+        tok.normalizer = normalizers.Lowercase()
+    if options.get("decoder", True):
+        tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>")
+
+
+def _llama_like(add_prefix_space: bool):
+    from transformers import LlamaTokenizer
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"<0x{b:02X}>": 3 + b for b in range(256)}}
+    for piece in ("\u2581", "\u2581The", "\u2581film", "\u2581was", ",", "!"):  # as in Llama's, "\u2581" is a piece
+        vocab[piece] = len(vocab)
+    return LlamaTokenizer(vocab=vocab, merges=[], add_prefix_space=add_prefix_space)
+
+
 def test_real_tokenizers_pass_the_check(tiny_tokenizer):
+    from transformers import GPT2Tokenizer
+    from tokenizers import pre_tokenizers
+
     from alignlab.models.load import check_tokenizer
 
     check_tokenizer(tiny_tokenizer, "tiny")  # the project's byte-level BPE, as every built-in task's
+    gpt2 = GPT2Tokenizer(vocab={c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}, merges=[])
+    check_tokenizer(gpt2, "gpt2-like")  # GPT-2's pipeline, with its byte alphabet as the whole vocabulary
+    # Llama's sentencepiece-style pipeline (a leading space added on encoding, stripped on decoding)
+    check_tokenizer(_llama_like(add_prefix_space=True), "llama-like")
+    check_tokenizer(_llama_like(add_prefix_space=False), "llama-like, no prefix space")
+    check_tokenizer(_byte_level(lowercase=True), "lowercasing")  # loses case, still carries text
+
+
+def test_a_tokenizer_that_does_not_give_text_back_is_refused():
+    from alignlab.models.load import check_tokenizer
+
+    with pytest.raises(ValueError, match="does not give text back") as info:
+        check_tokenizer(_byte_level(decoder=False), "no-decoder")  # decodes to 'ĠThe Ġfilm ...'
+    assert str(info.value).startswith("no-decoder: ") and "\n" not in str(info.value)
 
 
 # --- 6: max_length past the model's positions ------------------------------------------------------
@@ -95,6 +147,20 @@ def test_rows_longer_than_the_positions_train_with_an_unset_max_length(tiny_mode
                       "--train.max_steps", "1", "--train.device", "cpu"])
     assert result.exit_code == 0, result.output
     assert json.loads((out / "metrics.json").read_text())["data"]["truncated"] == 2
+
+
+def test_the_dpo_reference_cache_is_keyed_by_the_length_used(tiny_model_dir, tmp_path):
+    from safetensors import safe_open
+
+    data = _write(tmp_path / "d.jsonl", _pairs(4, 2))
+    out = tmp_path / "out"
+    result = _invoke(["dpo", "--model", str(tiny_model_dir), "--data", data, "--out", str(out),
+                      "--eval_fraction", "0", "--train.max_steps", "1", "--train.device", "cpu"])
+    assert result.exit_code == 0, result.output
+    (cache,) = (out / "cache").glob("*.safetensors")
+    with safe_open(str(cache), "pt") as handle:
+        key = json.loads(next(iter(handle.metadata().values())))
+    assert key["max_length"] == 256  # unset: the model's 256 positions, which the rows were cut to
 
 
 def test_online_lengths_past_the_positions_are_refused(tiny_model_dir, tmp_path):
@@ -155,6 +221,27 @@ def test_a_null_field_says_null_and_a_missing_one_says_missing():
     assert "'prompt': is null" in _error(parse_preference_record, {"prompt": None, "chosen": "a", "rejected": "b"})
     assert "'chosen': is null" in _error(parse_preference_record, {"prompt": "p", "chosen": None, "rejected": "b"})
     assert "missing field" in _error(parse_preference_record, {"prompt": "p", "rejected": "b"})
+
+
+def test_null_is_named_wherever_a_record_holds_it():
+    from alignlab.data.formats import parse_prompt_record
+    from alignlab.data.stepwise import parse_stepwise_record
+
+    assert "'messages': is null" in _error(parse_sft_record, {"messages": None})
+    assert "'text': is null" in _error(parse_sft_record, {"text": None})
+    assert "'completion': missing field" in _error(parse_sft_record, {})
+    assert "'messages': is null" in _error(parse_prompt_record, {"messages": None})
+    assert "'ranking': is null" in _error(parse_preference_record,
+                                          {"prompt": "p", "responses": ["a", "b"], "ranking": None})
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": None}]
+    assert "message 1: content is null" in _error(parse_sft_record, {"messages": messages})
+    assert "message 0: role is null" in _error(parse_sft_record, {"messages": [{"role": None, "content": "x"}]})
+    assert "message 0: missing 'role'" in _error(parse_sft_record, {"messages": [{"content": "x"}]})
+    steps = {"prompt": "p", "completions": ["a", "b"]}
+    assert "labels[1]: must be true/false (or 0/1) (got null)" in _error(
+        parse_stepwise_record, {**steps, "labels": [True, None]})
+    assert "(got NaN)" in _error(parse_stepwise_record, {**steps, "labels": [True, math.nan]})
+    assert "(got 2)" in _error(parse_stepwise_record, {**steps, "labels": [True, 2]})
 
 
 @pytest.mark.parametrize("value,shown", [(math.nan, "NaN"), (math.inf, "inf"), (-math.inf, "-inf")])

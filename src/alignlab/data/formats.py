@@ -20,8 +20,9 @@ Prompts (`load_prompts`):
     ``prompt``, or ``messages`` (all of them form the prompt); the other fields are kept in `meta`.
 
 Validation stops at the first problem and raises one DataError naming file, line and field.
-Missing and null fields are treated alike, because Arrow-backed sources (parquet, datasets) fill
-absent fields with null.
+A required field that is absent is reported as "missing field", one that is there as null as "is
+null". An optional field (label, margin) that is null counts as absent, because Arrow-backed
+sources (parquet, datasets) fill absent fields with null.
 """
 
 from __future__ import annotations
@@ -130,7 +131,8 @@ def parse_sft_record(record: dict, source: Source) -> SFTExample:
         text = _text(record, "text", source, allow_empty=False)
         return SFTExample("", text, source)
     raise _missing(
-        record, source, "completion", "missing field: expected 'prompt' and 'completion', 'messages', or 'text'",
+        record, source, ("completion", "prompt", "messages", "text"),
+        "missing field: expected 'prompt' and 'completion', 'messages', or 'text'",
     )
 
 
@@ -143,7 +145,7 @@ def parse_preference_record(record: dict, source: Source, allow_empty_responses:
         return _ranking_pairs(record, source)
     for name in ("chosen", "rejected"):
         if not _present(record, name):
-            raise _missing(record, source, name,
+            raise _missing(record, source, (name,),
                            "missing field: expected 'chosen' and 'rejected' (or 'responses' and 'ranking')")
     label = _label(record, source)
     margin = _margin(record, source)
@@ -232,7 +234,7 @@ def _common_prefix_length(a, b) -> int:
 def _ranking_pairs(record: dict, source: Source) -> list[PreferenceExample]:
     for name in ("responses", "ranking"):
         if not _present(record, name):
-            raise DataError(source, name, "missing field: a ranking needs both 'responses' and 'ranking'")
+            raise _missing(record, source, (name,), "missing field: a ranking needs both 'responses' and 'ranking'")
     for name in ("label", "margin"):
         if _present(record, name):
             raise DataError(source, name, "not supported together with 'ranking'")
@@ -275,8 +277,7 @@ def _label(record: dict, source: Source) -> float:
     if not _is_number(value):
         raise DataError(source, "label", f"must be a number in [0, 1] (got {_describe(value)})")
     if not 0.0 <= value <= 1.0:
-        shown = repr(value) if math.isfinite(value) else _describe(value)
-        raise DataError(source, "label", f"must be in [0, 1] (got {shown})")
+        raise DataError(source, "label", f"must be in [0, 1] (got {_shown(value)})")
     return float(value)
 
 
@@ -301,7 +302,7 @@ def parse_prompt_record(record: dict, source: Source) -> PromptExample:
         prompt = _messages(record, "messages", source)
         key = "messages"
     else:
-        raise _missing(record, source, "prompt", "missing field: expected 'prompt' or 'messages'")
+        raise _missing(record, source, ("prompt", "messages"), "missing field: expected 'prompt' or 'messages'")
     meta = {k: v for k, v in record.items() if k != key}
     return PromptExample(prompt, source, meta)
 
@@ -313,9 +314,11 @@ def _present(record: dict, name: str) -> bool:
     return record.get(name) is not None
 
 
-def _missing(record: dict, source: Source, name: str, message: str) -> DataError:
-    """The error for a required field that is absent, or that is there as null (which says so)."""
-    return DataError(source, name, "is null" if name in record else message)
+def _missing(record: dict, source: Source, names: tuple[str, ...], message: str) -> DataError:
+    """The error for required fields that are absent (reported on the first of `names`), or the first
+    of them that is there as null, which says so."""
+    null = next((name for name in names if name in record), None)
+    return DataError(source, null, "is null") if null else DataError(source, names[0], message)
 
 
 def _require(record: dict, name: str, source: Source) -> Any:
@@ -401,7 +404,11 @@ def _validate_messages(value: list, source: Source, name: str, where: str) -> Me
     for i, message in enumerate(value):
         if not isinstance(message, dict):
             raise DataError(source, name, f"{where}message {i} must be an object (got {_describe(message)})")
-        role = message.get("role")
+        for key in ("role", "content"):
+            if message.get(key) is None:
+                problem = f"{key} is null" if key in message else f"missing {key!r}"
+                raise DataError(source, name, f"{where}message {i}: {problem}")
+        role = message["role"]
         if role not in ROLES:
             raise DataError(
                 source, name,
@@ -436,3 +443,9 @@ def _describe(value: Any) -> str:
     if isinstance(value, list):
         return f"list of {len(value)}"
     return type(value).__name__
+
+
+def _shown(value: Any) -> str:
+    """A value as an error message shows it: a finite number itself, anything else described."""
+    finite = _is_number(value) and math.isfinite(value)
+    return repr(value) if finite or isinstance(value, bool) else _describe(value)

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from alignlab.data.errors import DataError, Source
-from alignlab.data.formats import _describe, _require
+from alignlab.data.formats import _describe, _require, _shown
 from alignlab.data.readers import read_records
 from alignlab.data.tokenize import _encode, _specials, _with_bos
 
@@ -97,7 +97,7 @@ def _labels(value: Any, source: Source) -> list[bool]:
         if not isinstance(label, int) or label not in (0, 1):
             raise DataError(
                 source, "labels",
-                f"labels[{i}]: must be true/false (or 0/1) (got {label!r})",
+                f"labels[{i}]: must be true/false (or 0/1) (got {_shown(label)})",
             )
         labels.append(bool(label))
     return labels

@@ -118,8 +118,16 @@ def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False) ->
     source = checkpoint_source(name_or_path, TOKENIZER_FILES)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-    except OSError as err:
-        raise OSError(f"could not load a tokenizer from {str(name_or_path)!r}: {err}") from err
+    except (OSError, ValueError) as err:
+        if _lacks_tokenizer_files(source):
+            raise ValueError(
+                f"{name_or_path}: the directory has no tokenizer files (tokenizer.json, tokenizer_config.json, ...); "
+                "save the model's tokenizer into it (tokenizer.save_pretrained)"
+            ) from err
+        # transformers' messages run over several lines; the CLI prints one
+        message = f"could not load a tokenizer from {str(name_or_path)!r}: {' '.join(str(err).split())}"
+        raise (OSError if isinstance(err, OSError) else ValueError)(message) from err
+    check_tokenizer(tokenizer, str(name_or_path))
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise ValueError(
@@ -131,29 +139,42 @@ def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False) ->
         )
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
-    check_tokenizer(tokenizer, str(name_or_path))
     return tokenizer
 
 
-# Smaller than any real tokenizer (a byte-level one alone has 256 pieces), larger than what
-# transformers builds from a directory with a config but no tokenizer files (0-2 pieces).
+# Smaller than any real tokenizer (byte-level ones start from 256 pieces, sentencepiece ones carry
+# 256 byte-fallback pieces, even a character-level one for English text needs ~95), and larger than
+# what transformers builds from a directory with a config but no tokenizer files (1-3 special tokens).
 MIN_VOCAB = 32
 PROBE = "The film was good, 42 times!"
+TOKENIZER_FIX = ("its files (tokenizer.json, tokenizer_config.json, ...) are missing or broken; save the model's "
+                 "tokenizer into the directory (tokenizer.save_pretrained)")
 
 
 def check_tokenizer(tokenizer: PreTrainedTokenizerBase, source: str) -> None:
     """Refuse a tokenizer that cannot carry text: a tiny vocabulary, or one that does not give a probe
-    string back (whitespace aside: sentencepiece tokenizers add or drop a leading space). Training
-    on one would run to the end on two tokens an example and exit as if all went well."""
-    if len(tokenizer) < MIN_VOCAB:
+    string back. Whitespace and case are not compared: sentencepiece tokenizers add or drop a leading
+    space, some decoders tidy the space before punctuation, some tokenizers lowercase. Training on a
+    broken one would run to the end on two tokens an example and exit as if all went well."""
+    size = len(tokenizer)
+    if size < MIN_VOCAB:
         raise ValueError(
-            f"{source}: the tokenizer has {len(tokenizer)} tokens; are its files (tokenizer.json, "
-            "tokenizer_config.json, vocab) missing from the directory?"
+            f"{source}: the tokenizer has only {size} token{'s' if size != 1 else ''}; {TOKENIZER_FIX}"
         )
     ids = tokenizer(PROBE, add_special_tokens=False)["input_ids"]
     back = tokenizer.decode(ids, skip_special_tokens=True)
-    if "".join(back.split()) != "".join(PROBE.split()):
-        raise ValueError(f"{source}: the tokenizer does not round-trip text ({PROBE!r} came back as {back!r})")
+    if "".join(back.split()).casefold() != "".join(PROBE.split()).casefold():
+        raise ValueError(
+            f"{source}: the tokenizer does not give text back ({PROBE!r} encoded and decoded is {back!r}); "
+            f"{TOKENIZER_FIX}"
+        )
+
+
+def _lacks_tokenizer_files(source: str) -> bool:
+    """A local directory with none of the files a tokenizer is saved as (a config alone is not one)."""
+    path = Path(source)
+    patterns = ("tokenizer*", "vocab*", "merges.txt", "*.model", "*.tiktoken", "spiece*")
+    return path.is_dir() and not any(any(path.glob(pattern)) for pattern in patterns)
 
 
 POSITION_KEYS = ("n_positions", "max_position_embeddings")

@@ -185,7 +185,7 @@ def run(cfg: DPOConfig, out: Path) -> dict:
     if cfg.reference == "live":
         live_ref = frozen_reference(model, cfg.model, ref_path, cfg.lora, cfg.dtype, device)
     elif cfg.reference == "precompute":
-        ref_train, ref_eval = _cached_reference(cfg, ref_path, model, pairs, eval_pairs, pad, device, out)
+        ref_train, ref_eval = _cached_reference(cfg, ref_path, model, pairs, eval_pairs, pad, device, out, max_length)
     extras = {"label": labels_of(train_ex), **ref_train}
     eval_extras = {"label": labels_of(eval_ex), **ref_eval}
 
@@ -220,11 +220,11 @@ def _ref_sync(sync: RefSync, policy, ref):
     return after_step
 
 
-def _cached_reference(cfg, ref_path, model, pairs, eval_pairs, pad, device, out):
+def _cached_reference(cfg, ref_path, model, pairs, eval_pairs, pad, device, out, max_length):
     """Reference log-probs for train and eval pairs, from the on-disk cache or computed once."""
     key = {"ref": model_fingerprint(ref_path), "data": file_fingerprint(cfg.data),
            "eval": file_fingerprint(cfg.eval_data) if cfg.eval_data else cfg.eval_fraction,
-           "seed": cfg.train.seed, "max_length": cfg.max_length, "max_prompt_length": cfg.max_prompt_length,
+           "seed": cfg.train.seed, "max_length": max_length, "max_prompt_length": cfg.max_prompt_length,
            "dtype": cfg.dtype}
     cache = LogpsCache(Path(cfg.cache_dir) if cfg.cache_dir else out / "cache", key)
     if cache.exists():
