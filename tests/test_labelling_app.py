@@ -156,7 +156,7 @@ def test_a_labeller_works_through_pairs_ties_skips_and_rankings(tmp_path):
     with store, running_server(store) as url, client(url, tokens["alice"]) as alice:
         state = alice.get("/api/next").json()
         assert state["progress"] == {"done": 0, "skipped": 0, "total": 14}
-        done = 0
+        done = skipped = 0
         while state["item"] is not None:
             item, shown = state["item"], state["item"]["responses"]
             if item["kind"] == "pair":
@@ -170,9 +170,10 @@ def test_a_labeller_works_through_pairs_ties_skips_and_rankings(tmp_path):
             response = alice.post("/api/label", json=body)
             assert response.status_code == 201, response.text
             state = response.json()
-            done += 1
-            assert state["progress"]["done"] == done
-        assert state["progress"] == {"done": 14, "skipped": 1, "total": 14}
+            skipped += body.get("choice") == "skip"
+            done += body.get("choice") != "skip"
+            assert state["progress"] == {"done": done, "skipped": skipped, "total": 14}  # a skip is not done
+        assert state["progress"] == {"done": 13, "skipped": 1, "total": 14}
         assert alice.get("/api/next").json()["item"] is None
         records = {r.item.id: r for r in store.labels()}
     assert sorted(r.answer.outcome for r in records.values()) == ["ranked"] * 12 + ["skip", "tie"]
@@ -243,6 +244,37 @@ def test_resubmission_is_idempotent_and_a_changed_answer_is_409(served):
     rows = db_rows(store.path, "SELECT item_id, outcome FROM labels")
     assert len(rows) == 1 and rows[0] == (item_id, "ranked")
     assert store.labels()[0].answer.ranking is not None
+
+
+def test_undo_deletes_only_the_labellers_own_last_answer_and_shows_its_item_again(served):
+    store, tokens, url = served
+    with client(url, tokens["alice"]) as alice, client(url, tokens["bob"]) as bob:
+        assert alice.post("/api/undo", json={}).status_code == 409  # nothing to undo yet
+        first = alice.get("/api/next").json()["item"]
+        second = alice.post("/api/label", json={"item_id": first["id"], "choice": "A"}).json()["item"]
+        alice.post("/api/label", json={"item_id": second["id"], "choice": "skip"})
+        bob.post("/api/label", json={"item_id": second["id"], "choice": "B"})  # bob's last answer
+        assert alice.post("/api/undo", content=b"{}").status_code == 415  # JSON only, like /api/label
+
+        undone = alice.post("/api/undo", json={})
+        assert undone.status_code == 200 and undone.json()["status"] == "undone"
+        assert undone.json()["item"] == second  # the skipped item is shown again, as it was
+        assert undone.json()["progress"] == {"done": 1, "skipped": 0, "total": 6}
+        assert alice.get("/api/next").json()["item"]["id"] != first["id"]  # still answered
+
+        undone = alice.post("/api/undo", json={}).json()  # then the one before
+        assert undone["item"]["id"] == first["id"]
+        assert undone["progress"] == {"done": 0, "skipped": 0, "total": 6}
+        # a different answer is now welcome (no 409): the undone one is gone, not kept
+        assert alice.post("/api/label", json={"item_id": first["id"], "choice": "B"}).status_code == 201
+    assert {(r.labeller, r.item.id) for r in store.labels()} == {("alice", first["id"]), ("bob", second["id"])}
+    # the count that picks the next item went down with the undone A and up with the new B
+    assert sorted(db_rows(store.path, "SELECT id, n_labels FROM items WHERE n_labels > 0")) == \
+        sorted([(first["id"], 1), (second["id"], 1)])
+    out = store.path.parent / "prefs.jsonl"
+    assert export_preferences(store, out) == 2
+    mine = [row for row, _ in read_records(out) if row["labeller"] == "alice"]
+    assert [row["chosen"] for row in mine] == [first["responses"][1]]  # B as shown; the undone A is gone
 
 
 def test_the_same_answer_sent_many_times_at_once_is_stored_once(served):

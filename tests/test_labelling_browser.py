@@ -2,8 +2,10 @@
 
 Nothing is downloaded: playwright drives the system's /usr/bin/chromium, which scripts/test.sh
 installs. A labeller opens their login link, sees the first pair (whose untrusted text must stay
-text), answers with the keyboard (A, tie, skip), ranks a 4-way item with keys and a click, and
-the labels land in the database mapped back to the file's response order.
+text), answers with a click and the keyboard (A, tie, skip; stray Enter/Space store nothing),
+ranks a 4-way item with keys and a click, undoes answers (key and button) and answers again, and
+the labels land in the database mapped back to the file's response order. Only the controls of
+the item's kind are visible, and the progress bar stays visible on narrow phones.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from alignlab.data.readers import write_jsonl
-from alignlab.feedback.labelling import LabelStore, load_label_items
+from alignlab.data.readers import read_records, write_jsonl
+from alignlab.feedback.labelling import LabelStore, export_rankings, load_label_items
 from alignlab.feedback.labelling.app import running_server
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -31,7 +33,10 @@ ITEMS = [
     {"prompt": "third question", "responses": ["maybe", "never"]},
     {"prompt": [{"role": "user", "content": "rank these"}],
      "responses": [[{"role": "assistant", "content": f"option {i}"}] for i in range(4)]},
+    {"prompt": "fifth question", "responses": ["up", "down"]},  # a pair after the ranking
 ]
+PAIR_CONTROLS = ["#choose-a", "#choose-b", "#choose-tie", "#skip-pair"]
+RANKING_CONTROLS = ["#ranking-order", "#rank-undo", "#rank-submit", "#skip-ranking"]
 
 
 def _missing() -> str | None:
@@ -96,6 +101,13 @@ def stored(store: LabelStore) -> dict[str, tuple[str, tuple | None]]:
     return out
 
 
+def assert_controls_of(page, kind: str) -> None:
+    """Only the controls of this kind of item are visible (what is seen, not the attributes)."""
+    pair = [page.locator(s).is_visible() for s in PAIR_CONTROLS]
+    ranking = [page.locator(s).is_visible() for s in RANKING_CONTROLS]
+    assert (pair, ranking) == ([kind == "pair"] * 4, [kind == "ranking"] * 4), kind
+
+
 def test_a_labeller_answers_with_the_keyboard_and_the_labels_land_in_the_database(browser_or_reason, served):
     page = require(browser_or_reason).new_page()
     from playwright.sync_api import expect
@@ -109,7 +121,7 @@ def test_a_labeller_answers_with_the_keyboard_and_the_labels_land_in_the_databas
 
     # the first pair: untrusted text is shown as text, nothing is injected or run
     progress = page.locator("#progress-text")
-    expect(progress).to_have_text("0 / 4 done")
+    expect(progress).to_have_text("0 / 5 done")
     expect(page.locator("#prompt")).to_have_text(XSS_PROMPT)
     first = shown_texts(page)
     assert sorted(first) == sorted([XSS_RESPONSE, "a plain answer"])
@@ -117,18 +129,24 @@ def test_a_labeller_answers_with_the_keyboard_and_the_labels_land_in_the_databas
     assert page.title() == "alignlab labelling" and dialogs == []
     expect(page.locator("#labeller")).to_have_text("labeller: alice")
 
-    page.keyboard.press("1")  # A is better
-    expect(progress).to_have_text("1 / 4 done")
-    expect(page.locator("#prompt")).to_have_text("second question")
-    page.keyboard.press("t")  # tie
-    expect(progress).to_have_text("2 / 4 done")
-    expect(page.locator("#prompt")).to_have_text("third question")
-    page.keyboard.press("s")  # skip
-    expect(progress).to_have_text("3 / 4 done (1 skipped)")
+    assert_controls_of(page, "pair")
+    expect(page.locator("#undo")).to_be_disabled()  # nothing to undo yet
 
-    # the 4-way ranking: keys 2 then 4, undo, a click on 3, key 4; the last place is implied
+    page.locator("#choose-a").click()  # A is better, by mouse: the button must not keep focus
+    expect(progress).to_have_text("1 / 5 done")
+    expect(page.locator("#prompt")).to_have_text("second question")
+    page.keyboard.press("Enter")  # stray keys: neither may answer this item
+    page.keyboard.press(" ")
+    page.keyboard.press("t")  # tie
+    expect(progress).to_have_text("2 / 5 done")
+    assert stored(store)["second question"] == ("tie", None)  # not "A" from a stray key
+    expect(page.locator("#prompt")).to_have_text("third question")
+    page.keyboard.press("s")  # skip: not counted as done
+    expect(progress).to_have_text("2 / 5 done (1 skipped)")
+
+    # the 4-way ranking: keys 2 then 4, take back, a click on 3, key 4; the last place is implied
     expect(page.locator("#prompt")).to_have_text("userrank these")
-    expect(page.locator("#ranking-controls")).to_be_visible()
+    assert_controls_of(page, "ranking")
     shown = shown_texts(page, conversation=True)
     assert sorted(shown) == [f"option {i}" for i in range(4)]
     order = page.locator("#ranking-order")
@@ -142,7 +160,30 @@ def test_a_labeller_answers_with_the_keyboard_and_the_labels_land_in_the_databas
     expect(order).to_have_text("2 > 3 > 4 > 1")
     expect(page.locator("#rank-submit")).to_be_enabled()
     page.keyboard.press("Enter")
-    expect(progress).to_have_text("4 / 4 done (1 skipped)")
+    expect(progress).to_have_text("3 / 5 done (1 skipped)")
+    expect(page.locator("#prompt")).to_have_text("fifth question")
+    assert_controls_of(page, "pair")
+
+    # undo with the key: the ranking is deleted and shown again, then ranked differently
+    page.keyboard.press("u")
+    expect(progress).to_have_text("2 / 5 done (1 skipped)")
+    expect(page.locator("#prompt")).to_have_text("userrank these")
+    expect(order).to_have_text("none yet")
+    assert "rank these" not in stored(store)
+    for key in ("1", "2", "3", "Enter"):
+        page.keyboard.press(key)
+    expect(progress).to_have_text("3 / 5 done (1 skipped)")
+
+    # the last pair, then undo with the button on the "all done" page, and answer again
+    page.keyboard.press("2")
+    expect(page.locator("#done")).to_be_visible()
+    page.locator("#undo").click()
+    expect(page.locator("#prompt")).to_have_text("fifth question")
+    assert "fifth question" not in stored(store)
+    fifth = shown_texts(page)
+    page.keyboard.press("Enter")  # the undo button must not keep focus either
+    page.keyboard.press("1")
+    expect(progress).to_have_text("4 / 5 done (1 skipped)")
     expect(page.locator("#done")).to_be_visible()
     assert dialogs == [] and page.title() == "alignlab labelling"
 
@@ -150,9 +191,29 @@ def test_a_labeller_answers_with_the_keyboard_and_the_labels_land_in_the_databas
     assert labels[XSS_PROMPT] == ("ranked", (first[0], first[1]))  # A = what was shown first
     assert labels["second question"] == ("tie", None)
     assert labels["third question"] == ("skip", None)
-    assert labels["rank these"] == ("ranked", (shown[1], shown[2], shown[3], shown[0]))
+    assert labels["rank these"] == ("ranked", tuple(shown))  # the second ranking, not the undone one
+    assert labels["fifth question"] == ("ranked", tuple(fifth))  # "1" after the undone "2"
     with sqlite3.connect(store.path) as db:
-        assert db.execute("SELECT COUNT(*) FROM labels").fetchone() == (4,)
+        assert db.execute("SELECT COUNT(*) FROM labels").fetchone() == (5,)
+    out = store.path.parent / "ranks.jsonl"
+    assert export_rankings(store, out) == 3  # pairs A and "1", the ranking; tie and skip left out
+    exported = {row["prompt"][0]["content"] if isinstance(row["prompt"], list) else row["prompt"]:
+                [row["responses"][i] for i in row["ranking"]] for row, _ in read_records(out)}
+    assert exported["fifth question"] == fifth  # the undone answers are not exported
+    assert [r[0]["content"] for r in exported["rank these"]] == shown
+    page.close()
+
+
+def test_the_progress_bar_stays_visible_on_narrow_phones(browser_or_reason, served):
+    _, token, url = served
+    page = require(browser_or_reason).new_page(viewport={"width": 375, "height": 667})
+    page.goto(f"{url}/login?token={token}")
+    bar = page.locator("#progress-bar")
+    for width in (375, 320):
+        page.set_viewport_size({"width": width, "height": 667})
+        box = bar.bounding_box()
+        assert bar.is_visible() and box is not None and box["width"] > 0, width
+        assert box["x"] >= 0 and box["x"] + box["width"] <= width, (width, box)  # on screen
     page.close()
 
 

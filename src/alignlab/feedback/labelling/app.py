@@ -10,11 +10,15 @@ Routes:
     GET  /login?token=T   set the cookie, redirect to /          (401 for a wrong token)
     GET  /                the page;  GET /app.js, /app.css: its script and style
     GET  /api/next        {"labeller", "item": ITEM | null, "progress": {"done", "skipped", "total"}}
+                          (done: answers other than skips; skipped: skips)
     POST /api/label       body: see `answers`; reply {"status": "created" | "duplicate", "item":
                           the next ITEM | null, "progress"} (201 / 200); 409 (with the next item)
                           for a different answer to an item already answered: the first answer is
                           kept; 400 for a body that does not fit the item; 404 for an unknown
                           item; 415 unless the body is JSON (which also keeps other sites' forms out)
+    POST /api/undo        body: {} (JSON, as for /api/label); deletes this labeller's own last
+                          answer and replies {"status": "undone", "item": that ITEM (to answer
+                          again), "progress"}; 409 (with the next item) when there is none to undo
 
 ITEM is {"id", "kind": "pair" | "ranking", "prompt", "responses"}, the responses in the order
 this labeller sees them (shuffled per labeller, see `answers`).
@@ -130,21 +134,26 @@ def create_app(store: LabelStore) -> Starlette:
         return _json({"labeller": labeller.name, **payload})
 
     async def label(request: Request) -> Response:
-        labeller = labeller_of(request)
-        if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
-            return _json({"error": "send the answer as JSON (Content-Type: application/json)"}, 415)
-        if int(request.headers.get("content-length") or 0) > MAX_BODY_BYTES:
-            return _json({"error": "request body too large"}, 413)
-        body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
-            return _json({"error": "request body too large"}, 413)
-        try:
-            data = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return _json({"error": "the body is not valid JSON"}, 400)
+        data = await _json_body(request)
+        if isinstance(data, Response):
+            return data
         if not isinstance(data, dict) or not isinstance(data.get("item_id"), str):
             return _json({"error": "the body must be an object with a string 'item_id'"}, 400)
-        return await run_in_threadpool(_submit, store, labeller, data, next_payload)
+        return await run_in_threadpool(_submit, store, labeller_of(request), data, next_payload)
+
+    def undo_payload(labeller: Labeller) -> Response:
+        item_id = store.undo_last(labeller)
+        if item_id is None:
+            return _json({"error": "nothing to undo", "status": "nothing", **next_payload(labeller)}, 409)
+        # the undone item itself comes next (not the queue's pick), so it can be answered again
+        return _json({"status": "undone", "item": _item_view(store, labeller, store.item(item_id)),
+                      "progress": store.progress(labeller).as_dict()})
+
+    async def undo(request: Request) -> Response:
+        data = await _json_body(request)  # JSON only, like /api/label: keeps other sites' forms out
+        if isinstance(data, Response):
+            return data
+        return await run_in_threadpool(undo_payload, labeller_of(request))
 
     routes = [
         Route("/login", login, methods=["GET"]),
@@ -153,10 +162,26 @@ def create_app(store: LabelStore) -> Starlette:
         Route("/app.css", style, methods=["GET"]),
         Route("/api/next", next_item, methods=["GET"]),
         Route("/api/label", label, methods=["POST"]),
+        Route("/api/undo", undo, methods=["POST"]),
     ]
     app = Starlette(routes=routes)
     app.add_middleware(_RequireToken, store=store)
     return app
+
+
+async def _json_body(request: Request):
+    """The request's JSON body, or the error Response saying why there is none."""
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+        return _json({"error": "send the body as JSON (Content-Type: application/json)"}, 415)
+    if int(request.headers.get("content-length") or 0) > MAX_BODY_BYTES:
+        return _json({"error": "request body too large"}, 413)
+    body = await request.body()
+    if len(body) > MAX_BODY_BYTES:
+        return _json({"error": "request body too large"}, 413)
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return _json({"error": "the body is not valid JSON"}, 400)
 
 
 def _submit(store: LabelStore, labeller: Labeller, data: dict, next_payload) -> Response:

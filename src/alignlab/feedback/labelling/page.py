@@ -8,7 +8,10 @@ only, no inline code) is a second line of defence.
 Keyboard:
     pair       1 or a: A is better · 2 or b: B is better · t: tie · s: skip
     ranking    press the numbers of the responses from best to worst (1-9; or click them); the last
-               one is placed for you · Backspace: undo · Enter: submit · s: skip
+               one is placed for you · Backspace: take back the last pick · Enter: submit · s: skip
+    any time   u: undo your last answer (it is deleted and its item shown again)
+
+Answer buttons lose focus once used, so a stray Enter or Space cannot answer the next item.
 """
 
 INDEX_HTML = """<!doctype html>
@@ -42,24 +45,33 @@ INDEX_HTML = """<!doctype html>
     </div>
     <div id="ranking-controls" class="controls" hidden>
       <p>Your ranking (best first): <span id="ranking-order">none yet</span></p>
-      <button id="rank-undo" type="button">Undo <kbd>Backspace</kbd></button>
+      <button id="rank-undo" type="button">Take back last pick <kbd>Backspace</kbd></button>
       <button id="rank-submit" type="button" disabled>Submit ranking <kbd>Enter</kbd></button>
       <button id="skip-ranking" type="button">Skip <kbd>s</kbd></button>
     </div>
   </section>
-  <section id="done" hidden><h2>All done: you have answered every item. Thank you!</h2></section>
+  <section id="done" hidden><h2>All done: no items are left for you. Thank you!</h2></section>
+  <div class="controls">
+    <button id="undo" type="button" disabled>Undo last answer <kbd>u</kbd></button>
+  </div>
   <footer id="help">Pairs: <kbd>1</kbd>/<kbd>a</kbd> A · <kbd>2</kbd>/<kbd>b</kbd> B · <kbd>t</kbd> tie ·
   <kbd>s</kbd> skip. Rankings: press the response numbers best first (or click them),
-  <kbd>Backspace</kbd> undo, <kbd>Enter</kbd> submit, <kbd>s</kbd> skip. Answers are final.</footer>
+  <kbd>Backspace</kbd> take back a pick, <kbd>Enter</kbd> submit, <kbd>s</kbd> skip.
+  <kbd>u</kbd> undoes your last answer.</footer>
 </main>
 </body>
 </html>
 """
 
 APP_CSS = """
+/* `hidden` must win over every display rule below (e.g. .controls{display:flex}) */
+[hidden] { display: none !important; }
 body { font-family: system-ui, sans-serif; margin: 0; background: #f6f6f4; color: #222; }
-header { display: flex; gap: 1em; align-items: center; padding: .6em 1em; background: #223; color: #eee; }
-header progress { flex: 1; max-width: 20em; }
+header { display: flex; flex-wrap: wrap; gap: .4em 1em; align-items: center; padding: .6em 1em;
+         background: #223; color: #eee; }
+/* a floor on its width and a header that wraps: on narrow screens the bar moves to its own line
+   instead of being squeezed to nothing by the texts beside it */
+header progress { flex: 1 1 8em; min-width: 8em; max-width: 20em; }
 main { max-width: 80em; margin: 0 auto; padding: 1em; }
 h2 { font-size: 1em; margin: 1em 0 .4em; color: #555; }
 .text { white-space: pre-wrap; overflow-wrap: anywhere; background: #fff; border: 1px solid #ccc;
@@ -119,8 +131,10 @@ async function api(path, body) {
   return { status: response.status, data: data };
 }
 
+// done counts real answers only; skips are shown apart and do not fill the bar.
 function showProgress(progress) {
   if (!progress) return;
+  byId("undo").disabled = progress.done + progress.skipped === 0;
   const skipped = progress.skipped ? ` (${progress.skipped} skipped)` : "";
   byId("progress-text").textContent = `${progress.done} / ${progress.total} done${skipped}`;
   const bar = byId("progress-bar");
@@ -182,14 +196,16 @@ function addToRanking(position) {
   showRanking();
 }
 
-async function submit(answer) {
-  if (state.busy || !state.item) return;
+// Send an answer (or an undo); the reply holds the progress and the item to show next.
+// `expected` maps the error statuses that still carry an item to the message to show.
+async function send(path, body, expected) {
+  if (state.busy) return;
   state.busy = true;
+  dropFocus();
   try {
-    const { status, data } = await api("/api/label", Object.assign({ item_id: state.item.id }, answer));
-    if (status === 409) say("You had already answered this item differently; your first answer is kept.");
-    else if (status >= 400) { say(data.error || `Error ${status}`); return; }
-    else say("");
+    const { status, data } = await api(path, body);
+    if (status >= 400 && !(status in expected)) { say(data.error || `Error ${status}`); return; }
+    say(expected[status] || "");
     showProgress(data.progress);
     if ("item" in data) showItem(data.item); else await loadNext();
   } catch (error) {
@@ -198,6 +214,20 @@ async function submit(answer) {
     state.busy = false;
   }
 }
+
+// A button keeps focus after a click, and Enter or Space on it would answer the next item
+// unseen: once an answer is sent, no button keeps focus.
+function dropFocus() {
+  if (document.activeElement && document.activeElement !== document.body) document.activeElement.blur();
+}
+
+function submit(answer) {
+  if (!state.item) return;
+  const conflict = "You had already answered this item differently; your first answer is kept.";
+  return send("/api/label", Object.assign({ item_id: state.item.id }, answer), { 409: conflict });
+}
+
+function undoLast() { return send("/api/undo", {}, { 409: "Nothing to undo." }); }
 
 async function loadNext() {
   const { status, data } = await api("/api/next");
@@ -208,8 +238,10 @@ async function loadNext() {
 }
 
 function onKey(event) {
-  if (event.ctrlKey || event.metaKey || event.altKey || !state.item || state.busy) return;
+  if (event.ctrlKey || event.metaKey || event.altKey || state.busy) return;
   const key = event.key.toLowerCase();
+  if (key === "u") { event.preventDefault(); undoLast(); return; }  // also on the "all done" page
+  if (!state.item) return;
   if (state.item.kind === "pair") {
     const choice = { "1": "A", "a": "A", "2": "B", "b": "B", "t": "tie", "s": "skip" }[key];
     if (choice) { event.preventDefault(); submit({ choice: choice }); }
@@ -241,6 +273,7 @@ function wire() {
   byId("skip-ranking").addEventListener("click", () => submit({ choice: "skip" }));
   byId("rank-undo").addEventListener("click", undoRanking);
   byId("rank-submit").addEventListener("click", submitRanking);
+  byId("undo").addEventListener("click", undoLast);
   document.addEventListener("keydown", onKey);
   loadNext().catch((error) => say(error.message));
 }

@@ -9,7 +9,8 @@ Guarantees:
   --fsync``) makes every label durable against that too, at one disk flush (~ms) per label;
 - no label is duplicated: ``UNIQUE (item_id, labeller_id)`` allows one label per labeller and
   item. Sending the same answer again is harmless (`submit` returns ``"duplicate"``); a different
-  answer raises `LabelConflict` (the app answers 409). A label is never changed in place;
+  answer raises `LabelConflict` (the app answers 409). A label is never changed in place: a
+  labeller may only take back their own last answer (`undo_last`), which deletes it;
 - reads (export, progress) see a consistent snapshot while labels are being written, also from
   another process (WAL readers do not block the writer).
 
@@ -90,7 +91,8 @@ class LabellerInfo:
 
 @dataclass(frozen=True)
 class Progress:
-    """`done` counts every answer of this labeller (skips included); `total` the items."""
+    """`done` counts this labeller's real answers (skips are not done: they are counted in
+    `skipped`); `total` the items."""
 
     done: int
     skipped: int
@@ -355,9 +357,26 @@ class LabelStore:
                 db.execute("UPDATE items SET n_labels = n_labels + 1 WHERE id=?", (item_id,))
         return "created"
 
+    def undo_last(self, labeller: Labeller) -> str | None:
+        """Delete this labeller's most recent label (one transaction); returns its item id, or None
+        when they have none. The item becomes unanswered for them, so it is shown again."""
+        with self._write() as db:
+            row = db.execute(  # labels.id grows with each insert: the largest is the latest
+                "SELECT id, item_id, outcome FROM labels WHERE labeller_id=? ORDER BY id DESC LIMIT 1",
+                (labeller.id,),
+            ).fetchone()
+            if row is None:
+                return None
+            label_id, item_id, outcome = row
+            db.execute("DELETE FROM labels WHERE id=?", (label_id,))
+            if outcome != "skip":  # skips were never counted in n_labels
+                db.execute("UPDATE items SET n_labels = n_labels - 1 WHERE id=?", (item_id,))
+        return item_id
+
     def progress(self, labeller: Labeller) -> Progress:
         done, skipped, total = self._read(
-            """SELECT COUNT(*), COALESCE(SUM(outcome = 'skip'), 0), (SELECT COUNT(*) FROM items)
+            """SELECT COALESCE(SUM(outcome != 'skip'), 0), COALESCE(SUM(outcome = 'skip'), 0),
+                      (SELECT COUNT(*) FROM items)
                FROM labels WHERE labeller_id = ?""",
             (labeller.id,),
         )[0]
