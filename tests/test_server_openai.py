@@ -137,6 +137,28 @@ def test_parameters_it_cannot_honour_are_refused(server, extra):
     assert next(iter(extra)) in str(info.value)
 
 
+@pytest.mark.parametrize("extra,param", [
+    ({"logprobs": 5}, "logprobs"),  # a number is the legacy API's; in chat it would return nothing
+    ({"top_logprobs": 2}, "top_logprobs"),  # without logprobs: true
+    ({"stream_options": {"include_usage": True}}, "stream_options"),  # without stream
+    ({"messages": [{"role": "user", "content": "hi", "name": "ann"}]}, "name"),
+])
+def test_chat_fields_that_would_be_dropped_are_refused(server, extra, param):
+    _, client, _ = server
+    request = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, **extra}
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(**request)
+    assert param in str(info.value)
+
+
+def test_usage_counts_the_prompt_once_for_n_choices(server):
+    _, client, _ = server
+    one = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=4, seed=1)
+    three = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=4, seed=1, n=3, logprobs=0)
+    assert three.usage.prompt_tokens == one.usage.prompt_tokens
+    assert three.usage.completion_tokens == sum(len(c.logprobs.token_logprobs) for c in three.choices)
+
+
 def test_neutral_values_of_those_parameters_are_accepted(server):
     _, client, _ = server
     answer = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=4,

@@ -157,6 +157,8 @@ NEUTRAL: dict[str, Callable[[Any], bool]] = {
 
 
 def _refuse_unsupported(body: dict, endpoint: str) -> None:
+    if body.get("stream_options") is not None and not body.get("stream"):
+        raise RequestError("`stream_options` is only allowed with `stream: true`", param="stream_options")
     for name, value in body.items():
         if name in ALLOWED[endpoint] or value is None:
             continue
@@ -234,11 +236,11 @@ def make_app(
         reply = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
                  "model": served}
         if body.get("stream"):
-            return _stream(reply, answers, texts, top, chat=False, usage=_wants_usage(body))
+            return _stream(reply, answers, texts, top, chat=False, usage=_wants_usage(body), n=n)
         choices = [{"index": i, "text": g.text, "finish_reason": g.finish_reason,
                     "logprobs": _legacy_logprobs(texts, g) if top is not None else None}
                    for i, g in enumerate(answers)]
-        return {**reply, "choices": choices, "usage": _usage(answers)}
+        return {**reply, "choices": choices, "usage": _usage(answers, n)}
 
     async def chat_completions(body: dict):
         messages = _messages(body)
@@ -249,18 +251,23 @@ def make_app(
             body = {**body, "max_tokens": body["max_completion_tokens"]}
         room = llm.context_length - len(llm.encode(prompt))
         settings = _settings(body, default_max_tokens=max(1, min(default_max_tokens, room)))
+        if body.get("logprobs") is not None and not isinstance(body["logprobs"], bool):
+            raise RequestError("`logprobs` must be true or false in a chat completion (top_logprobs gives k)",
+                               param="logprobs")
         want_logprobs = body.get("logprobs") is True
+        if body.get("top_logprobs") is not None and not want_logprobs:
+            raise RequestError("`top_logprobs` needs `logprobs: true`", param="top_logprobs")
         top = _int_field(body, "top_logprobs", 0, 0, max_logprobs) if want_logprobs else 0
         n = _int_field(body, "n", 1, 1, max_n)
         (answers,) = [_unwrap(per_prompt) for per_prompt in await batcher.generate([prompt], settings, top, n)]
         reply = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": served}
         if body.get("stream"):
             return _stream({**reply, "object": "chat.completion.chunk"}, answers, texts,
-                           top if want_logprobs else None, chat=True, usage=_wants_usage(body))
+                           top if want_logprobs else None, chat=True, usage=_wants_usage(body), n=n)
         choices = [{"index": k, "message": {"role": "assistant", "content": g.text}, "finish_reason": g.finish_reason,
                     "logprobs": _chat_logprobs(texts, g) if want_logprobs else None}
                    for k, g in enumerate(answers)]
-        return {**reply, "object": "chat.completion", "choices": choices, "usage": _usage(answers)}
+        return {**reply, "object": "chat.completion", "choices": choices, "usage": _usage(answers, n)}
 
     @asynccontextmanager
     async def lifespan(_: Starlette):
@@ -424,6 +431,10 @@ def _messages(body: dict) -> list[dict]:
     for k, message in enumerate(messages):
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
             raise RequestError(f"messages[{k}] must be an object with a `role`", param="messages")
+        unused = sorted(key for key, value in message.items() if key not in ("role", "content") and value is not None)
+        if unused:  # a name, tool calls or audio this server would drop
+            raise RequestError(f"messages[{k}]: `{unused[0]}` is not supported (role and content only)",
+                               param="messages")
         content = message.get("content")
         if isinstance(content, list):
             if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
@@ -447,8 +458,9 @@ def _unwrap(results: list[Generation | LLMError]) -> list[Generation]:
 # Answer fields
 
 
-def _usage(generations: list[Generation]) -> dict:
-    prompt = sum(g.prompt_tokens for g in generations)
+def _usage(generations: list[Generation], n: int = 1) -> dict:
+    """Token counts; with n choices a prompt is counted once, as OpenAI does (choices are prompt-major)."""
+    prompt = sum(g.prompt_tokens for g in generations[::n])
     completion = sum(g.completion_tokens for g in generations)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
@@ -504,7 +516,7 @@ def _chat_logprobs(texts: TokenTexts, generation: Generation) -> dict:
 
 
 def _stream(reply: dict, answers: list[Generation], texts: TokenTexts, top: int | None, chat: bool,
-            usage: bool) -> StreamingResponse:
+            usage: bool, n: int) -> StreamingResponse:
     """The answers as OpenAI's server-sent events: per choice one chunk a token, then its finish."""
 
     def events():
@@ -529,7 +541,7 @@ def _stream(reply: dict, answers: list[Generation], texts: TokenTexts, top: int 
             last = {"index": index, "finish_reason": generation.finish_reason, "logprobs": None}
             yield _event(reply, {**last, "delta": {}} if chat else {**last, "text": ""})
         if usage:
-            yield f"data: {json.dumps({**reply, 'choices': [], 'usage': _usage(answers)})}\n\n"
+            yield f"data: {json.dumps({**reply, 'choices': [], 'usage': _usage(answers, n)})}\n\n"
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(events(), media_type="text/event-stream")
