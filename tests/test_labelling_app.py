@@ -2,6 +2,7 @@
 
 Covers access (401 everywhere without a valid token), the labelling flow (pairs, ties, skips,
 K-way rankings, shuffled display order mapped back), idempotent resubmission and 409 conflicts,
+undo of a labeller's own last answer (also from several tabs at once),
 20 concurrent labellers, a kill of the server mid-stream, the exports loading with alignlab's
 readers, and an exported file training the DPO stage.
 """
@@ -275,6 +276,47 @@ def test_undo_deletes_only_the_labellers_own_last_answer_and_shows_its_item_agai
     assert export_preferences(store, out) == 2
     mine = [row for row, _ in read_records(out) if row["labeller"] == "alice"]
     assert [row["chosen"] for row in mine] == [first["responses"][1]]  # B as shown; the undone A is gone
+
+
+def test_concurrent_undos_each_take_back_a_different_answer_of_their_own_labeller(served):
+    store, tokens, url = served
+    rng = random.Random(3)
+    with client(url, tokens["alice"]) as alice:
+        item = alice.get("/api/next").json()["item"]
+        while item is not None:  # alice answers all 6 items
+            item = alice.post("/api/label", json=answer_body(item, rng)).json()["item"]
+    start, undone, bob_answered = threading.Barrier(7), [], []
+
+    def undo() -> None:  # alice, from six tabs at once
+        with client(url, tokens["alice"]) as tab:
+            start.wait()
+            response = tab.post("/api/undo", json={})
+            assert response.status_code == 200, response.text
+            undone.append(response.json()["item"]["id"])
+
+    def bob_labels() -> None:  # meanwhile bob answers everything (his answers must all stay)
+        with client(url, tokens["bob"]) as bob:
+            start.wait()
+            item = bob.get("/api/next").json()["item"]
+            while item is not None:
+                bob_answered.append(item["id"])
+                item = bob.post("/api/label", json=answer_body(item, rng)).json()["item"]
+
+    threads = [threading.Thread(target=undo) for _ in range(6)] + [threading.Thread(target=bob_labels)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    every_item = sorted(row[0] for row in db_rows(store.path, "SELECT id FROM items"))
+    assert sorted(undone) == every_item  # each undo took back a different answer
+    assert sorted(bob_answered) == every_item
+    with client(url, tokens["alice"]) as alice:
+        assert alice.post("/api/undo", json={}).status_code == 409  # nothing of alice's is left
+    assert [r.labeller for r in store.labels()] == ["bob"] * 6
+    # the per-item label counts (which pick the next item) match the labels that are left
+    assert db_rows(store.path, "SELECT id, n_labels FROM items ORDER BY id") == db_rows(
+        store.path, """SELECT i.id, COUNT(l.id) FROM items i LEFT JOIN labels l
+                       ON l.item_id = i.id AND l.outcome != 'skip' GROUP BY i.id ORDER BY i.id""")
 
 
 def test_the_same_answer_sent_many_times_at_once_is_stored_once(served):

@@ -137,10 +137,12 @@ def test_a_labeller_answers_with_the_keyboard_and_the_labels_land_in_the_databas
     expect(page.locator("#prompt")).to_have_text("second question")
     page.keyboard.press("Enter")  # stray keys: neither may answer this item
     page.keyboard.press(" ")
-    page.keyboard.press("t")  # tie
+    page.keyboard.down("t")  # tie, with the key held down
     expect(progress).to_have_text("2 / 5 done")
     assert stored(store)["second question"] == ("tie", None)  # not "A" from a stray key
     expect(page.locator("#prompt")).to_have_text("third question")
+    page.keyboard.down("t")  # the held key repeats (repeat=true): it must not answer this item
+    page.keyboard.up("t")
     page.keyboard.press("s")  # skip: not counted as done
     expect(progress).to_have_text("2 / 5 done (1 skipped)")
 
@@ -205,9 +207,12 @@ def test_a_labeller_answers_with_the_keyboard_and_the_labels_land_in_the_databas
 
 
 def test_the_progress_bar_stays_visible_on_narrow_phones(browser_or_reason, served):
+    from playwright.sync_api import expect
+
     _, token, url = served
     page = require(browser_or_reason).new_page(viewport={"width": 375, "height": 667})
     page.goto(f"{url}/login?token={token}")
+    expect(page.locator("#progress-text")).to_have_text("0 / 5 done")  # the header's texts are in
     bar = page.locator("#progress-bar")
     for width in (375, 320):
         page.set_viewport_size({"width": width, "height": 667})

@@ -55,7 +55,9 @@ def serve(
 
     Keys for pairs: 1 or a = A is better, 2 or b = B is better, t = tie, s = skip.
 
-    Keys for rankings: the response numbers best first (or click them), Backspace = undo, Enter = submit, s = skip.
+    Keys for rankings: the response numbers best first (or click them), Backspace = take back the last pick, Enter = submit, s = skip.
+
+    Any time: u = undo your last answer (it is deleted and its item shown again).
     """
     from alignlab.feedback.labelling.app import serve as serve_app
     from alignlab.feedback.labelling.items import load_label_items

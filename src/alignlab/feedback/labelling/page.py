@@ -11,7 +11,8 @@ Keyboard:
                one is placed for you · Backspace: take back the last pick · Enter: submit · s: skip
     any time   u: undo your last answer (it is deleted and its item shown again)
 
-Answer buttons lose focus once used, so a stray Enter or Space cannot answer the next item.
+Answer buttons lose focus once used, so a stray Enter or Space cannot answer the next item, and a
+held key's repeats are ignored.
 """
 
 INDEX_HTML = """<!doctype html>
@@ -238,7 +239,8 @@ async function loadNext() {
 }
 
 function onKey(event) {
-  if (event.ctrlKey || event.metaKey || event.altKey || state.busy) return;
+  // a held key repeats: only a fresh press counts, so holding "1" cannot answer item after item
+  if (event.repeat || event.ctrlKey || event.metaKey || event.altKey || state.busy) return;
   const key = event.key.toLowerCase();
   if (key === "u") { event.preventDefault(); undoLast(); return; }  // also on the "all done" page
   if (!state.item) return;
