@@ -51,7 +51,7 @@ def run(
 def _print_headlines(recipe: Path, out: Optional[Path]) -> None:
     """After a recipe, its report stages' headline figures: a run should end with its result."""
     from alignlab.pipeline.recipe import load_recipe
-    from alignlab.stages.common import done_hash
+    from alignlab.stages.common import done_hash, stage_metrics
     from alignlab.stages.report import headline
     from alignlab.train.distributed import launched_rank
 
@@ -61,29 +61,21 @@ def _print_headlines(recipe: Path, out: Optional[Path]) -> None:
     for stage in stages:
         stage_dir = run_dir / stage.name
         if stage.type == "report" and done_hash(stage_dir) is not None:
-            summary = json.loads((stage_dir / "metrics.json").read_text())
-            typer.echo("\n".join(headline(summary)))
+            typer.echo("\n".join(headline(stage_metrics(stage_dir))))
 
 
 def _finished_earlier(out: Path, cfg) -> bool:
     """A finished stage is not run again (its checkpoints are gone, so it would start over): with
     the same settings it is skipped, with others it is an error, as in a recipe."""
-    from alignlab.stages.common import config_hash, done_hash
+    from alignlab.stages.common import config_hash, done_hash, drop_checkpoints
 
     found = done_hash(out)
     if found is None:
         return False
     if found != config_hash(cfg):
         raise ValueError(f"{out} holds this stage finished with other settings; pass another --out or delete it")
+    drop_checkpoints(out, cfg)  # a kill may have landed between done.json and their deletion
     return True
-
-
-def _remove_if_empty(out: Path) -> None:
-    """A stage that failed before writing any file leaves no directory behind."""
-    import shutil
-
-    if out.is_dir() and not any(p.is_file() for p in out.rglob("*")):
-        shutil.rmtree(out, ignore_errors=True)
 
 
 def check_writable(path: Path, what: str) -> None:
@@ -204,12 +196,14 @@ def _stage_command(kind: str):
                 typer.secho(f"{out}: finished earlier with these settings; its metrics:", err=True)
                 typer.echo((out / "metrics.json").read_text())
                 return
+            from alignlab.stages.common import remove_if_empty
+
             existed = out.exists()
             try:
                 metrics = run_stage(cfg, out)
             except BaseException:
                 if not existed:
-                    _remove_if_empty(out)
+                    remove_if_empty(out)
                 raise
             typer.echo(json.dumps(metrics, indent=1, default=float))
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from alignlab.pipeline.recipe import PlannedStage, RecipeError, load_recipe
 from alignlab.stages import stage_type
-from alignlab.stages.common import config_hash, done_hash, record_wall_time
+from alignlab.stages.common import config_hash, done_hash, drop_checkpoints, record_wall_time, remove_if_empty
 from alignlab.train.distributed import launched_rank, single_process
 
 WAIT_POLL_S = 1.0
@@ -54,12 +54,19 @@ def run_recipe(
     for i, stage in enumerate(stages, 1):
         out_dir = run_dir / stage.name
         if done_hash(out_dir) is not None:
+            if launched_rank()[0] == 0:
+                drop_checkpoints(out_dir, stage.config)  # left by a kill just after done.json
             _say(f"[{i}/{len(stages)}] {stage.name}: finished earlier, skipped")
             continue
-        state = "resuming" if out_dir.exists() else "running"
-        _say(f"[{i}/{len(stages)}] {stage.name} ({stage.type}): {state} -> {out_dir}")
+        existed = out_dir.exists()
+        _say(f"[{i}/{len(stages)}] {stage.name} ({stage.type}): {'resuming' if existed else 'running'} -> {out_dir}")
         start = time.perf_counter()
-        metrics = _run_stage(stage, out_dir)
+        try:
+            metrics = _run_stage(stage, out_dir)
+        except BaseException:
+            if not existed and launched_rank()[0] == 0:
+                remove_if_empty(out_dir)  # a later run says "running", not "resuming" nothing
+            raise
         if metrics is not None:
             results[stage.name] = metrics
         seconds = time.perf_counter() - start

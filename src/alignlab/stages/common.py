@@ -71,17 +71,18 @@ def runtime(device_name: str) -> tuple[torch.device, Dist]:
 
 def write_json(path: Path, obj: Any) -> None:
     """Strict JSON: a NaN or infinite figure (a metric of nothing, a diverged value) is written as
-    null, which every JSON reader takes; Python's json would write the non-standard NaN."""
+    null, which every JSON reader takes; Python's json would write the non-standard NaN.
+    `read_json` reads such a null back as NaN."""
     write_text_atomic(path, json.dumps(_finite_or_null(obj), indent=2, default=float, allow_nan=False) + "\n")
 
 
 def _finite_or_null(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):  # tensors, numpy arrays and scalars (numpy's float32 is no float)
+        obj = obj.tolist()
     if isinstance(obj, dict):
         return {k: _finite_or_null(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [_finite_or_null(v) for v in obj]
-    if isinstance(obj, torch.Tensor) and obj.numel() == 1:
-        obj = obj.item()
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
@@ -105,17 +106,28 @@ def file_fingerprint(path: str | Path) -> str:
 
 
 def finish(out: Path, config: BaseModel, metrics: dict, dist: Dist = Dist()) -> dict:
-    """Write metrics.json, then done.json (the stage's completion mark), then drop the checkpoints:
-    the model is written, so they only take disk (a whole model and its optimizer state) unless
-    `train.keep_checkpoints` asks for them. A kill before the deletion leaves a finished stage with
-    checkpoints, which a rerun skips all the same."""
+    """Write metrics.json, then done.json (the stage's completion mark), then drop the checkpoints."""
     if dist.is_main:
         write_json(out / METRICS, metrics)
         write_json(out / DONE, {"config_hash": config_hash(config)})
-        if not getattr(getattr(config, "train", None), "keep_checkpoints", False):
-            shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        drop_checkpoints(out, config)
     barrier(dist)
     return metrics
+
+
+def drop_checkpoints(out: Path, config: BaseModel) -> None:
+    """Delete a finished stage's checkpoints unless `train.keep_checkpoints`: its model is written, so
+    they only take disk (a whole model and its optimizer state). Only after done.json: a kill before
+    that leaves the final checkpoint, which a rerun resumes from (writing the model again, no step
+    retrained); a kill after it leaves a finished stage, which a rerun skips, deleting them then."""
+    if done_hash(out) is not None and not getattr(getattr(config, "train", None), "keep_checkpoints", False):
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+
+
+def remove_if_empty(out: Path) -> None:
+    """A stage that failed before writing any file leaves no directory behind."""
+    if out.is_dir() and not any(p.is_file() for p in out.rglob("*")):
+        shutil.rmtree(out, ignore_errors=True)
 
 
 def record_wall_time(out: Path, seconds: float) -> None:
@@ -130,12 +142,26 @@ def wall_time(out: Path) -> float | None:
     return json.loads(path.read_text()).get("wall_seconds") if path.exists() else None
 
 
+def read_json(path: Path) -> Any:
+    """What `write_json` wrote, a null read as NaN: it was a figure that was NaN or infinite, and
+    readers do arithmetic and plots on figures."""
+    return _null_as_nan(json.loads(Path(path).read_text()))
+
+
 def stage_metrics(stage_dir: str | Path) -> dict:
     """A finished stage's metrics.json (an earlier stage's figures, read by report stages)."""
     path = Path(stage_dir) / METRICS
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: is {stage_dir} a finished stage directory?")
-    return json.loads(path.read_text())
+    return read_json(path)
+
+
+def _null_as_nan(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _null_as_nan(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_null_as_nan(v) for v in obj]
+    return math.nan if obj is None else obj
 
 
 def done_hash(out: Path) -> str | None:

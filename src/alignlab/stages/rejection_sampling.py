@@ -54,6 +54,7 @@ from alignlab.stages.common import (
     file_fingerprint,
     finish,
     load_policy,
+    read_json,
     runtime,
     seed_everything,
     write_json,
@@ -202,7 +203,7 @@ def run(cfg: RejectionSamplingConfig, out: Path) -> dict:
         round_dir = out / f"round-{r}"
         marker = round_dir / DONE
         if marker.exists():
-            finished = json.loads(marker.read_text())
+            finished = read_json(marker)
             if finished.get("settings_hash") != expected:
                 raise ValueError(
                     f"{round_dir} was finished with other settings; delete {out} (or rerun the recipe with --redo) "
@@ -222,7 +223,7 @@ def run(cfg: RejectionSamplingConfig, out: Path) -> dict:
             write_jsonl(round_dir / "data" / "selected.jsonl", records)
             write_json(round_dir / SELECTION, selection)  # after the records: its presence means both exist
         barrier(dist)
-        selection = json.loads((round_dir / SELECTION).read_text())
+        selection = read_json(round_dir / SELECTION)
 
         rows = training_rows(selection, cfg.max_length)
         figures = {"round": r, **selection["figures"]}
@@ -238,7 +239,8 @@ def run(cfg: RejectionSamplingConfig, out: Path) -> dict:
             save_pretrained_atomic(policy, tokenizer, round_dir / "model")
             write_json(marker, {"settings_hash": expected, "figures": figures, "problems": selection["problems"]})
             # the round's model is saved: its optimizer state (twice the model's size) is no longer needed
-            shutil.rmtree(round_dir / "checkpoints", ignore_errors=True)
+            if not cfg.train.keep_checkpoints:
+                shutil.rmtree(round_dir / "checkpoints", ignore_errors=True)
         barrier(dist)
         rounds.append(figures)
         policy_path = str(round_dir / "model")

@@ -8,6 +8,7 @@ the new checkpoint intact, never a half-written one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -19,6 +20,8 @@ import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, load_model, save_file, save_model
+
+from alignlab.models.lora import is_lora
 
 LATEST = "latest"
 
@@ -85,37 +88,63 @@ def save_checkpoint(
 
 
 TRAINABLE_ONLY = "trainable-only"
+BASE_FINGERPRINT = "alignlab-base"
 
 
 def save_weights(module: torch.nn.Module, path: Path) -> None:
-    """A module's weights in safetensors. With frozen parameters (LoRA over a base model) only the
-    trainable ones are written: the frozen ones are the base model's files, reloaded on resume, so
-    a checkpoint of a 135M model's adapter is megabytes instead of the whole model."""
-    params = dict(module.named_parameters())
-    if all(p.requires_grad for p in params.values()):
+    """A module's weights in safetensors. A LoRA model is written without its frozen base weights:
+    the stage rebuilds it from the same base files before resuming, and training changes none of
+    them, so a checkpoint of a 135M model's adapter is megabytes instead of the whole model. Its
+    persistent buffers go with the adapter (constants in today's models; cheap to keep exact).
+
+    Any other module is written whole, frozen parameters included: a frozen module in a checkpoint
+    (TR-DPO's synced reference) is there because training changes it."""
+    if not is_lora(module):
         save_model(module, str(path))
         return
-    trainable = {name: p.detach().contiguous() for name, p in params.items() if p.requires_grad}
-    save_file(trainable, str(path), metadata={"alignlab": TRAINABLE_ONLY})
+    save_file(_adapter_state(module), str(path),
+              metadata={"alignlab": TRAINABLE_ONLY, BASE_FINGERPRINT: frozen_fingerprint(module)})
 
 
 def load_weights(module: torch.nn.Module, path: Path) -> None:
     """Restore what `save_weights` wrote into `module` (built the same way, its frozen part loaded)."""
     with safe_open(str(path), framework="pt") as f:
-        trainable_only = (f.metadata() or {}).get("alignlab") == TRAINABLE_ONLY
+        metadata = f.metadata() or {}
     device = str(next(module.parameters()).device)
-    if not trainable_only:
+    if metadata.get("alignlab") != TRAINABLE_ONLY:
         load_model(module, str(path), device=device)
         return
-    params = dict(module.named_parameters())
+    saved = metadata.get(BASE_FINGERPRINT)
+    if saved is not None and saved != frozen_fingerprint(module):
+        raise ValueError(f"{path}: this adapter was trained on other base weights than the model loaded now "
+                         "(another --model, dtype or a base model changed since); resuming would put it on the "
+                         "wrong base. Use the original model, or delete the checkpoints to start over.")
     state = load_file(str(path), device=device)
-    unknown = sorted(set(state) - set(params))
-    if unknown:
-        raise ValueError(f"{path}: holds weights this model does not have ({', '.join(unknown[:3])}); "
+    expected = _adapter_state(module)
+    unknown, missing = sorted(set(state) - set(expected)), sorted(set(expected) - set(state))
+    if unknown or missing:
+        raise ValueError(f"{path}: its weights do not match this model's adapter ({', '.join((unknown or missing)[:3])}); "
                          "was it written for another LoRA configuration?")
-    with torch.no_grad():
-        for name, tensor in state.items():
-            params[name].copy_(tensor)
+    module.load_state_dict(state, strict=False)
+
+
+def _adapter_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A LoRA model's state that its base files do not hold: trainable parameters, persistent buffers."""
+    persistent = module.state_dict(keep_vars=True).keys()
+    tensors = [(name, p) for name, p in module.named_parameters() if p.requires_grad]
+    tensors += [(name, b) for name, b in module.named_buffers() if name in persistent]
+    return {name: t.detach().contiguous() for name, t in tensors}
+
+
+def frozen_fingerprint(module: torch.nn.Module, samples: int = 16) -> str:
+    """A cheap fingerprint of a module's frozen parameters (names, shapes, dtypes and a few values of
+    each), so an adapter is never resumed onto another base model. One transfer from the device."""
+    frozen = [(name, p) for name, p in module.named_parameters() if not p.requires_grad]
+    h = hashlib.sha256(json.dumps([(name, list(p.shape), str(p.dtype)) for name, p in frozen]).encode())
+    picks = [p.detach().reshape(-1)[:: max(1, p.numel() // samples)][:samples].float() for _, p in frozen]
+    if picks:
+        h.update(torch.cat(picks).cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def _count(root: Path) -> int:

@@ -96,7 +96,7 @@ def train(
     scheduler = make_scheduler(optimizer, total, warmup, s.schedule)
     ckpt_root = out_dir / "checkpoints"
     key = _fingerprint(lengths, s, data_key)
-    start = 0
+    start, final = 0, {}
     resumed = latest_checkpoint(ckpt_root)
     if resumed is not None:
         meta = load_checkpoint(resumed, model, optimizer, scheduler, extra_modules)
@@ -105,6 +105,7 @@ def train(
                 f"{resumed} was written for other data or settings; delete {ckpt_root} to start over"
             )
         start = meta["step"]
+        final = {k: meta[k] for k in ("train", "eval") if k in meta}  # only the final checkpoint has them
     else:
         torch.manual_seed(s.seed)  # every rank starts its dropout stream at the same seed
 
@@ -184,19 +185,24 @@ def train(
             if log is not None:
                 log.write(last)
                 bar.update(done, f"loss {last['loss']:.4f}")
-        if eval_fn is not None and s.eval_every and done % s.eval_every == 0 and done != total:
-            _evaluate(model, eval_fn, log, done, dist)
+        figures = None
+        if eval_fn is not None and ((s.eval_every and done % s.eval_every == 0) or done == total):
+            figures = _evaluate(model, eval_fn, log, done, dist)
+        if done == total:
+            # the final checkpoint keeps the final figures: a run killed after it (while the model is
+            # written) reports them again without evaluating or logging anything twice
+            final = {"train": last, **({"eval": figures} if figures is not None else {})}
         if (s.save_every and done % s.save_every == 0) or done == total:
             if dist.is_main:
-                save_checkpoint(ckpt_root, done, model, optimizer, scheduler, {"key": key}, extra_modules,
+                save_checkpoint(ckpt_root, done, model, optimizer, scheduler, {"key": key, **final}, extra_modules,
                                 with_optimizer=done != total)
             barrier(dist)
 
-    if not last and log is not None:  # resumed after the final checkpoint: report its last line
-        last = _last_logged(out_dir / "log.jsonl")
-    result = {"train": last, "steps": total}
+    if "train" not in final and log is not None:  # a final checkpoint of an older version: its last line
+        final["train"] = _last_logged(out_dir / "log.jsonl")
+    result = {"train": final.get("train", {}), "steps": total}
     if eval_fn is not None:
-        result["eval"] = _evaluate(model, eval_fn, log, total, dist)
+        result["eval"] = final["eval"] if "eval" in final else _evaluate(model, eval_fn, log, total, dist)
     if log is not None:
         log.close()
         bar.close()
