@@ -313,9 +313,9 @@ def _categorical_kl_gradients(theta_old, theta_ref, theta, bias_correction):
     (expected_grad,) = torch.autograd.grad(sum(terms), theta, retain_graph=True)
     true_kl = (logp.exp() * (logp - ref)).sum()
     (kl_grad,) = torch.autograd.grad(true_kl, theta, retain_graph=True)
-    reverse_kl = (ref.exp() * (ref - logp)).sum()
-    (reverse_grad,) = torch.autograd.grad(reverse_kl, theta)
-    return expected_grad, kl_grad, reverse_grad
+    ref_to_policy_kl = (ref.exp() * (ref - logp)).sum()
+    (ref_to_policy_grad,) = torch.autograd.grad(ref_to_policy_kl, theta)
+    return expected_grad, kl_grad, ref_to_policy_grad
 
 
 @pytest.mark.parametrize("off_policy", [False, True])
@@ -325,10 +325,10 @@ def test_grpo_kl_bias_correction_gives_the_gradient_of_kl_to_the_reference(off_p
     theta_old = theta + (t([0.5, -0.3, 0.2, 0.0, -0.6]) if off_policy else 0.0)
     corrected, kl_grad, _ = _categorical_kl_gradients(theta_old, theta_ref, theta, bias_correction=True)
     close(corrected, kl_grad, tol=1e-12)
-    plain, kl_grad, reverse_grad = _categorical_kl_gradients(theta_old, theta_ref, theta, bias_correction=False)
+    plain, kl_grad, ref_to_policy_grad = _categorical_kl_gradients(theta_old, theta_ref, theta, bias_correction=False)
     assert (plain - kl_grad).abs().max() > 1e-2  # the plain k3 term is not KL(π‖π_ref)'s gradient
     if not off_policy:
-        close(plain, reverse_grad, tol=1e-12)  # on-policy it is the reverse KL's, KL(π_ref‖π)
+        close(plain, ref_to_policy_grad, tol=1e-12)  # on-policy it is that of KL(π_ref‖π), the other way round
 
 
 def test_grpo_kl_bias_correction_value_is_ratio_times_k3():
@@ -341,6 +341,19 @@ def test_grpo_kl_bias_correction_value_is_ratio_times_k3():
     k3 = d.exp() - d - 1
     close(loss, 0.5 * (rho * k3)[mask.bool()].mean(), tol=1e-12)
     close(metrics["kl"], k3[mask.bool()].mean(), tol=1e-12)  # the logged KL stays the plain k3 mean
+
+
+@pytest.mark.parametrize("corrected", [False, True])
+def test_grpo_kl_term_of_one_token_by_hand(corrected):
+    # π 0.5, π_old 0.25, π_ref 0.4: ρ = 2, k3 = 0.8 − ln 0.8 − 1; d k3/d log π = 1 − π_ref/π = 0.2
+    logp = t([[math.log(0.5)]]).requires_grad_()
+    loss, _ = grpo_loss(logp, t([[math.log(0.25)]]), t([[math.log(0.4)]]), t([0.0]), torch.ones(1, 1), beta=1.0,
+                        aggregation="token_mean", kl_bias_correction=corrected)
+    (grad,) = torch.autograd.grad(loss, logp)
+    k3 = 0.8 - math.log(0.8) - 1
+    # corrected: ρ·k3, whose derivative in log π is ρ·k3 + ρ·(1 − π_ref/π)
+    assert loss.item() == pytest.approx(2 * k3 if corrected else k3, abs=1e-12)
+    assert grad.item() == pytest.approx(2 * k3 + 2 * 0.2 if corrected else 0.2, abs=1e-12)
 
 
 # --- value loss and PPO -------------------------------------------------------------------------

@@ -184,6 +184,46 @@ def test_grpo_writes_what_the_policy_says(rl_setup):
         assert r["reward"] == pytest.approx(r["completion"].count("e") / max(len(r["completion"]), 1))
 
 
+def test_spin_writes_its_samples_beside_the_demonstrations(rl_setup):
+    from alignlab.stages.online_preference import SPINConfig, run_spin
+
+    tmp, model, _ = rl_setup
+    sft = tmp / "sft.jsonl"
+    sft.write_text("".join(json.dumps({"prompt": p, "completion": " was fine"}) + "\n" for p in PROMPTS))
+    cfg = SPINConfig(model=model, data=str(sft), sampling={"max_new_tokens": 6}, max_length=32, max_prompt_length=16,
+                     train=_train(iterations=2, prompts_per_iteration=4, minibatch_size=4, log_samples=2))
+    run_spin(cfg, tmp / "spin")
+    records = [json.loads(x) for x in (tmp / "spin" / "samples.jsonl").read_text().splitlines()]
+    assert [(r["step"], r.get("final", False)) for r in records] == [(1, False)] * 2 + [(2, False)] * 2 + [(2, True)] * 2
+    for r in records:  # SPIN has no reward: the sample is shown beside the demonstration it plays against
+        assert r["prompt"].strip() in PROMPTS and r["demonstration"].strip() == "was fine"
+        assert isinstance(r["completion"], str) and "reward" not in r
+
+
+@pytest.mark.parametrize(("rank", "log_samples"), [(0, 3), (1, 3), (0, 0)])
+def test_samples_jsonl_is_written_by_the_main_process_only(tmp_path, rank, log_samples):
+    from alignlab.train.distributed import Dist
+    from alignlab.train.online import OnlineSettings, OnlineStage, run_online
+
+    model, asked = torch.nn.Linear(2, 1), []
+
+    def shown(n):
+        asked.append(n)
+        return [{"prompt": "p", "completion": "c", "reward": 1.0}] * n
+
+    stage = OnlineStage(lambda it: ({"x": torch.ones(4, 2)}, {"reward": 0.0}),
+                        lambda b: (model(b["x"]).pow(2).mean(), {}), recent_samples=shown, fresh_samples=shown)
+    settings = _train(iterations=2, prompts_per_iteration=4, minibatch_size=4, save_every=None, log_samples=log_samples)
+    run_online(model, stage, OnlineSettings(**settings), tmp_path, device=torch.device("cpu"), expected_samples=4,
+               name="toy", dist=Dist(rank=rank))
+    path = tmp_path / "samples.jsonl"
+    if rank or not log_samples:  # another process, or switched off: nothing asked for, nothing written
+        assert asked == [] and not path.exists()
+    else:  # each iteration's, then the final policy's
+        assert asked == [3, 3, 3]
+        assert [json.loads(x)["step"] for x in path.read_text().splitlines()] == [1] * 3 + [2] * 6
+
+
 def test_ppo_with_lora_keeps_one_model_in_memory(rl_setup, monkeypatch):
     """LoRA + shared critic: the reference is the policy with its adapter off (no copy is loaded),
     the value head sits on the policy's trunk, and training still raises the reward."""
@@ -267,26 +307,37 @@ def test_ppo_samples_with_a_vllm_engine_whose_weights_follow_the_policy(rl_setup
         assert engine.reloads == 0 and max(drift[1:]) > 1e-3
 
 
-def test_dr_grpo_update_does_not_depend_on_micro_batching(rl_setup):
-    # each micro-batch drops the padding columns its rows share, so its width varies with the micro-batch
-    # size; Dr. GRPO divides by B × max_new_tokens, so one micro-batch or four give the same update
-    from safetensors.torch import load_file
-
+def test_dr_grpo_update_does_not_depend_on_micro_batching(rl_setup, monkeypatch):
+    # Each micro-batch drops the padding columns its rows share, so its width follows its longest row
+    # (prompts of 1 to 12 words here). Dr. GRPO divides by B × max_new_tokens, so one micro-batch or
+    # four give the same gradient at every step. The gradients are compared, not the weights alone:
+    # Adam's first steps move each weight by about ±lr whatever the gradient's scale, which hid the
+    # padded-width normaliser in the weights.
     from alignlab.stages.policy_gradient import GRPOConfig, run_grpo
 
-    tmp, model, prompts = rl_setup
-    weights = {}
+    tmp, model, _ = rl_setup
+    prompts = tmp / "ragged.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in (
+        "the", "a dull and", "i loved the soundtrack and the", "the film was a delight from start to finish and the")))
+    grads, real_clip = [], torch.nn.utils.clip_grad_norm_
+
+    def clip_spy(params, max_norm, *args, **kwargs):  # called once per optimizer step, on the summed gradient
+        params = list(params)
+        grads[-1].append(torch.cat([p.grad.flatten() for p in params if p.grad is not None]).clone())
+        return real_clip(params, max_norm, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip_spy)
     for micro in (16, 4):
-        cfg = GRPOConfig(model=model, prompts=prompts, reward={"type": "callable", "function": "toy_reward_mod:score"},
+        grads.append([])
+        cfg = GRPOConfig(model=model, prompts=str(prompts), reward={"type": "callable", "function": "toy_reward_mod:score"},
                          samples_per_prompt=4, beta=0.04, scale_rewards=False, aggregation="token_sum_norm",
                          sampling={"max_new_tokens": 12},
                          train=_train(iterations=2, prompts_per_iteration=4, minibatch_size=16, micro_batch_size=micro,
                                       lr=1e-2, update_epochs=2))
         run_grpo(cfg, tmp / f"dr-grpo-{micro}")
-        weights[micro] = load_file(str(tmp / f"dr-grpo-{micro}" / "model" / "model.safetensors"))
-    start = load_file(str(__import__("pathlib").Path(model) / "model.safetensors"))
-    # float32 sums split four ways round differently from one sum: 1e-5 is many such roundings
-    # through two updates of Adam; an unequal normaliser moves the weights by ~lr (1e-2)
-    worst = max((weights[16][k] - weights[4][k]).abs().max().item() for k in weights[16])
-    moved = max((weights[16][k] - start[k]).abs().max().item() for k in weights[16])
-    assert worst < 1e-5 and moved > 1e-3, (worst, moved)
+    whole, split = grads
+    assert len(whole) == len(split) == 4  # 2 iterations x 2 epochs, one step each
+    # float32 sums split four ways round differently from one sum; the padded width's normaliser
+    # changed the gradient by several per cent
+    for a, b in zip(whole, split):
+        assert (a - b).abs().max() <= 1e-4 * a.abs().max(), ((a - b).abs().max(), a.abs().max())

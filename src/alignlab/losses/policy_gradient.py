@@ -224,11 +224,13 @@ def grpo_loss(
     beta = 0 the reference is not needed (ref_logps may be None).
 
     kl_bias_correction: the KL term becomes ρ_t·k3_t (ρ_t = π_θ/π_old, gradient through ρ), as TRL
-    does by default (`use_bias_correction_kl`). Its expected gradient over tokens drawn from π_old
-    is exactly ∇KL(π_θ‖π_ref), on- and off-policy. The plain k3 term's expected gradient is
-    E_π_old[(1 − π_ref/π_θ)∇log π_θ], which on-policy is ∇KL(π_ref‖π_θ), the reverse KL, and
-    off-policy neither: still a penalty that vanishes at π_θ = π_ref, but not the stated KL's
-    gradient. The logged `kl` metric is the plain k3 mean either way.
+    1.16 does by default (`use_bias_correction_kl`, after DeepSeek-V3.2). Its expected gradient over
+    tokens drawn from π_old is exactly ∇KL(π_θ‖π_ref), on- and off-policy. The plain k3 term's
+    expected gradient is E_π_old[(1 − π_ref/π_θ)∇log π_θ]: on-policy that is ∇KL(π_ref‖π_θ), the
+    KL the other way round (TRL's docs call KL(π_θ‖π_ref) the reverse KL), and off-policy neither.
+    Both vanish at π_θ = π_ref and both pull towards the reference; they differ in which KL they
+    descend. Since ρ is differentiable, the correction changes the gradient even on-policy, where
+    its value is 1. The logged `kl` metric is the plain k3 mean either way.
 
     metrics: loss; policy_loss (the aggregated surrogate alone); kl (mean k3 over masked tokens,
     present whenever ref_logps is given); clip_fraction; approx_kl (k3 of KL(π_old‖π_θ));

@@ -20,6 +20,8 @@
   iterations reproduces the paper exactly; a smaller `prompts_per_iteration` refreshes the
   opponent more often (dataset size / prompts_per_iteration online iterations per pass over
   the data). Pairs whose sample equals the demonstration carry no gradient and are dropped.
+  samples.jsonl (`train.log_samples`) shows the policy's samples beside their demonstrations
+  (there is no reward to show).
 
 Log-probabilities use the sampling temperature throughout (policy and reference alike), as the
 RL stages and TRL's online DPO do: they describe the distribution the samples came from. At the
@@ -285,6 +287,16 @@ def load_demonstrations(path: str, tokenizer, max_length: int,
     return demos, stats
 
 
+def _spin_records(tokenizer, chosen_demos: list[Demonstration], drawn, n: int) -> list[dict]:
+    """Up to n of SPIN's pairs as text for samples.jsonl: the policy's sample beside the demonstration
+    it plays against (SPIN has no reward)."""
+    def text(ids: list[int]) -> str:
+        return tokenizer.decode(ids, skip_special_tokens=True)
+
+    return [{"prompt": text(d.prompt_ids), "completion": text(c), "demonstration": text(d.completion_ids)}
+            for d, c in zip(chosen_demos[:n], drawn.completion_ids[:n])]
+
+
 def run_spin(cfg: SPINConfig, out: Path) -> dict:
     tokenizer = load_tokenizer(cfg.model)
     max_length = resolve_max_length(cfg.model, cfg.max_length)
@@ -308,10 +320,16 @@ def run_spin(cfg: SPINConfig, out: Path) -> dict:
         # SPIN's opponent: the policy that drew this iteration's samples, before its update
         return token_logps(policy, ids, attn, loss_mask, temperature)
 
+    def draw(chosen_demos: list[Demonstration], seed: int):
+        return sample(policy, [d.prompt_ids for d in chosen_demos], cfg.sampling, pad_id=pad,
+                      eos_id=tokenizer.eos_token_id, seed=seed)
+
+    last: list = []  # this iteration's (demonstrations, samples), for samples.jsonl
+
     def collect(iteration: int):
         chosen_demos = [demos[i] for i in my_share(stream.indices(iteration), dist)]
-        drawn = sample(policy, [d.prompt_ids for d in chosen_demos], cfg.sampling, pad_id=pad,
-                       eos_id=tokenizer.eos_token_id, seed=iteration_seed(settings.seed, iteration, dist.rank))
+        drawn = draw(chosen_demos, iteration_seed(settings.seed, iteration, dist.rank))
+        last[:] = [chosen_demos, drawn]
         keep = [j for j, d in enumerate(chosen_demos) if drawn.completion_ids[j] != d.completion_ids]
         experience = pair_tensors([chosen_demos[j].prompt_ids for j in keep],
                                   [chosen_demos[j].completion_ids for j in keep],
@@ -331,7 +349,15 @@ def run_spin(cfg: SPINConfig, out: Path) -> dict:
             figures["kl"] = float((sampled - ref[:, 1]).mean())
         return experience, figures
 
-    stage = OnlineStage(collect, pair_loss_fn(policy, cfg, temperature, device))
+    def fresh_samples(n: int) -> list[dict]:
+        chosen_demos = [demos[i] for i in stream.indices(settings.iterations)[:n]]
+        policy.eval()
+        drawn = draw(chosen_demos, iteration_seed(settings.seed, settings.iterations))
+        return _spin_records(tokenizer, chosen_demos, drawn, n)
+
+    stage = OnlineStage(collect, pair_loss_fn(policy, cfg, temperature, device),
+                        recent_samples=lambda n: _spin_records(tokenizer, *last, n) if last else [],
+                        fresh_samples=fresh_samples)
     return _finish_stage(policy, tokenizer, stage, settings, out, device, cfg, file_fingerprint(cfg.data), "spin",
                          {"data": stats, "demonstrations": len(demos), "objective": cfg.loss,
                           "reference": cfg.reference}, dist)

@@ -4,8 +4,13 @@
   sample; clipped ratio per token; KL to the reference as a k3 term in the loss (β 0.04 in the
   paper). `scale_rewards: false` with `aggregation: token_sum_norm` is Dr. GRPO (Liu et al. 2025):
   each token's term divided by the constant batch × `sampling.max_new_tokens`.
-  `kl_bias_correction: true` weighs the k3 term by π/π_old, as TRL does by default; see
-  `alignlab.losses.policy_gradient.grpo_loss` for what each gives.
+  `kl_bias_correction: true` weighs the k3 term by π/π_old, as TRL 1.16 does by default: the
+  penalty's expected gradient is then that of KL(π‖π_ref), the KL that `kl` logs and `max_kl`
+  bounds, also when samples are reused (update_epochs > 1, several minibatches). The default,
+  false, is the paper's plain k3, whose expected gradient is that of KL(π_ref‖π) on-policy and of
+  neither off-policy. It stays the default because the recipes' and README's GRPO figures (and
+  the TRL benchmark, run with use_bias_correction_kl off) were measured with it; both penalties
+  vanish at π = π_ref. See `alignlab.losses.policy_gradient.grpo_loss`.
 - RLOO (Ahmadian et al. 2024): R_i = r_i − β·KL_i (sequence k1 KL in the reward), advantage
   R_i − mean of the other k−1 samples' R; REINFORCE on the sequence log-prob (clipped ratio when
   the samples are reused for more than one step).
@@ -58,8 +63,8 @@ class GroupConfig(OnlineConfig):
 class GRPOConfig(GroupConfig):
     beta: float = Field(0.04, ge=0, description="k3 KL coefficient in the loss")
     kl_bias_correction: bool = Field(
-        False, description="weigh the k3 term by π/π_old (TRL's default): its gradient is then that of "
-        "KL(π‖π_ref) also off-policy; false: the paper's plain k3")
+        False, description="weigh the k3 term by π/π_old (TRL's default): its expected gradient is then that of "
+        "KL(π‖π_ref), on- and off-policy; false: the paper's plain k3 (on-policy the gradient of KL(π_ref‖π))")
     scale_rewards: bool = Field(True, description="divide by the group's std (false: Dr. GRPO)")
     aggregation: Aggregation = "sequence_mean"
 
