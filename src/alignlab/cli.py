@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from safetensors import SafetensorError
 
 from alignlab.stages import STAGES
+from alignlab.stages.common import deep_merge
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Align language models: SFT, reward models, DPO and more, from one recipe or one stage at a time.")
@@ -114,13 +115,6 @@ def parse_overrides(args: list[str]) -> dict:
     return settings
 
 
-def _merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for k, v in extra.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def _guarded(fn) -> None:
     from alignlab.data.errors import DataError
 
@@ -191,7 +185,7 @@ def _stage_command(kind: str):
         def go():
             check_writable(out, "--out")
             base = yaml.safe_load(config.read_text()) if config else {}
-            cfg = config_cls.model_validate(_merge(base or {}, parse_overrides(list(ctx.args))))
+            cfg = config_cls.model_validate(deep_merge(base or {}, parse_overrides(list(ctx.args))))
             if _finished_earlier(out, cfg):
                 typer.secho(f"{out}: finished earlier with these settings; its metrics:", err=True)
                 typer.echo((out / "metrics.json").read_text())

@@ -50,14 +50,15 @@ class StageConfig(BaseModel):
             if isinstance(given, BaseModel) and type(given) is type(field.default):
                 given = given.model_dump(exclude_unset=True)  # an object from Python: only what was set in it
             if isinstance(field.default, BaseModel) and isinstance(given, dict):
-                merged[name] = _deep_merge(field.default.model_dump(exclude_unset=True), given)
+                merged[name] = deep_merge(field.default.model_dump(exclude_unset=True), given)
         return merged
 
 
-def _deep_merge(base: dict, extra: dict) -> dict:
+def deep_merge(base: dict, extra: dict) -> dict:
+    """`extra` over `base`, nested dicts merged key by key."""
     out = dict(base)
     for k, v in extra.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
