@@ -50,11 +50,14 @@ class Spec:
 
 
 # The machine a run uses, chosen by environment variables that the driver's children inherit:
-#   BENCH_MODEL      tiny (default: the CPU job above) or gpt2-small (hidden 768, 12 layers, 12
-#                    heads: ~86M parameters with this vocabulary, a size a GPU is worth using for)
+#   BENCH_MODEL      tiny (default: the CPU job above, 3.70M parameters), gpt2-25m (hidden 512, 8
+#                    layers, 8 heads: ~26M parameters with this vocabulary, the CPU scaling row of
+#                    run.sh) or gpt2-small (hidden 768, 12 layers, 12 heads: ~86M parameters, a size
+#                    a GPU is worth using for)
 #   BENCH_DEVICE     cpu (default) or cuda, for both tools
 #   BENCH_PRECISION  fp32 (default) or bf16 (autocast in both tools; weights stay fp32)
-MODELS = {"tiny": Spec(), "gpt2-small": Spec(hidden_size=768, num_layers=12, num_heads=12)}
+MODELS = {"tiny": Spec(), "gpt2-25m": Spec(hidden_size=512, num_layers=8, num_heads=8),
+          "gpt2-small": Spec(hidden_size=768, num_layers=12, num_heads=12)}
 MODEL = os.environ.get("BENCH_MODEL", "tiny")
 if MODEL not in MODELS:
     raise SystemExit(f"BENCH_MODEL={MODEL!r}: choose one of {', '.join(MODELS)}")
@@ -101,6 +104,27 @@ def build_model(spec: Spec = SPEC) -> Path:
     for old in ASSETS.glob("*.jsonl"):  # data depends on the tokenizer: rebuild it too
         old.unlink()
     return target
+
+
+def param_count(spec: Spec = SPEC) -> int:
+    """Parameters of the bench's model (tied embedding and LM head counted once), built if missing."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(build_model(spec), dtype=torch.float32)
+    return sum(p.numel() for p in model.parameters())
+
+
+def model_line() -> str:
+    """The model in words, with its parameter count: what the table prints for each model size."""
+    return (f"{MODEL}: GPT-2, hidden {SPEC.hidden_size}, {SPEC.num_layers} layers, {SPEC.num_heads} heads, "
+            f"{param_count() / 1e6:.2f}M parameters")
+
+
+def job_name(name: str) -> str:
+    """A comparison's file and table name: the model size is appended unless it is the default tiny model,
+    so a scaling run never overwrites the default one's results."""
+    return name if MODEL == "tiny" else f"{name}-{MODEL}"
 
 
 def _row_length(tokenizer, prompt: str, completion: str) -> int:
@@ -309,8 +333,9 @@ def child_parser(description: str):
     parser.add_argument("--steps", type=int, required=True)
     parser.add_argument("--batch", type=int, required=True)
     parser.add_argument("--lr", type=float, required=True)
-    parser.add_argument("--order", choices=["alignlab", "own"], default="alignlab",
-                        help="TRL only: feed alignlab's batches in order (sequential sampler), or TRL's own random sampler")
+    parser.add_argument("--order", choices=["alignlab", "own", "length"], default="alignlab",
+                        help="TRL only: feed alignlab's batches in order (sequential sampler), TRL's own random "
+                             "sampler, or TRL's own length-grouped sampler (train_sampling_strategy='group_by_length')")
     parser.add_argument("--gc", choices=["on", "off"], default="off",
                         help="TRL only: gradient checkpointing (TRL's configs default it to on)")
     return parser
@@ -397,8 +422,27 @@ def trl_training_args(a, workdir: str) -> dict:
         seed=0, data_seed=0,
         report_to="none", save_strategy="no", eval_strategy="no", logging_steps=1, disable_tqdm=True,
         dataloader_num_workers=0, remove_unused_columns=True,
-        train_sampling_strategy="sequential" if a.order == "alignlab" else "random",
+        train_sampling_strategy=SAMPLERS[a.order],
     )
+
+
+# --order of a TRL run -> its train_sampling_strategy ("length": its own LengthGroupedSampler)
+SAMPLERS = {"alignlab": "sequential", "own": "random", "length": "group_by_length"}
+
+
+def trl_add_lengths(trainer, length) -> None:
+    """Give the trainer's tokenized train set the `length` column that TRL's length-grouped sampler
+    reads (`length(row)`: the padded width the row takes in a batch).
+
+    transformers' LengthGroupedSampler infers lengths only from an `input_ids` column. TRL's DPO and
+    reward datasets hold `prompt_ids`/`chosen_ids`/`rejected_ids` instead, so with
+    train_sampling_strategy="group_by_length" and nothing else they stop with "Can only automatically
+    infer lengths ...". A TRL user gets length grouping for them as done here: add a `length`
+    column (transformers' `length_column_name`) and keep it past the column filter with
+    `remove_unused_columns=False` (the preference collators read only the keys they need)."""
+    ds = trainer.train_dataset
+    rows = ds.select_columns([c for c in ("prompt_ids", "chosen_ids", "rejected_ids") if c in ds.column_names])
+    trainer.train_dataset = ds.add_column("length", [length(r) for r in rows])
 
 
 def in_order(records: list[dict], batches: list[list[int]]) -> list[dict]:
@@ -558,20 +602,31 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a and b else None
 
 
+def _precompute_words(label: str, s: dict) -> str:
+    pre = s.get("precompute_s")
+    return f"{label} precompute {pre:.2f} s" if pre else f"{label} no precompute"
+
+
 def comparison(name: str, unit: str, examples: int, contenders: dict, ours: str, theirs: str,
                plain: str | None, extra: dict) -> dict:
     s = {k: contenders[k] for k in ([ours, theirs] + ([plain] if plain else []))}
     a, t = s[ours], s[theirs]
+    train_ratio = ratio(a["examples_per_s"], t["examples_per_s"])
     ratios = [
-        f"throughput {ours}/{theirs} = {fmt(ratio(a['examples_per_s'], t['examples_per_s']))} "
-        f"(train time only; >1: alignlab faster)",
+        f"throughput {ours}/{theirs} = {fmt(train_ratio)} (train time only; >1: alignlab faster)",
         f"steady step time {theirs}/{ours} = {fmt(ratio(t['steady_step_s'], a['steady_step_s']))} "
         f"(>1: alignlab's step faster)",
         f"peak RSS {ours}/{theirs} = {fmt(ratio(a['peak_rss_mb'], t['peak_rss_mb']))}",
     ]
     if a.get("precompute_s") or t.get("precompute_s"):
-        ratios.insert(1, f"throughput incl. precompute {ours}/{theirs} = "
-                      f"{fmt(ratio(a['examples_per_s_with_precompute'], t['examples_per_s_with_precompute']))}")
+        # a precompute is work done for this training run, whichever tool does it and wherever: the
+        # headline counts it (each tool's own, 0 for a tool that has none), train time only comes second
+        headline = ratio(a["examples_per_s_with_precompute"], t["examples_per_s_with_precompute"])
+        basis = "train time + reference precompute"
+        ratios.insert(0, f"HEADLINE throughput incl. precompute {ours}/{theirs} = {fmt(headline)} "
+                         f"({_precompute_words(ours, a)}, {_precompute_words(theirs, t)}; >1: alignlab faster)")
+    else:
+        headline, basis = train_ratio, "train time"
     warnings = []
     if a["real_tokens"] != t["real_tokens"]:
         warnings.append(f"real tokens differ: {ours} {a['real_tokens']} vs {theirs} {t['real_tokens']}")
@@ -586,10 +641,15 @@ def comparison(name: str, unit: str, examples: int, contenders: dict, ours: str,
                       f"(steady step: {fmt(ratio(p['steady_step_s'], a['steady_step_s']))})")
         if p["padded_tokens"] != a["padded_tokens"]:
             warnings.append(f"padded tokens differ: {ours} {a['padded_tokens']} vs {plain} {p['padded_tokens']}")
-    return {"unit": unit, "examples": examples, "contenders": s, "ratios": ratios, "warnings": warnings, **extra}
+    return {"unit": unit, "examples": examples, "contenders": s, "ratios": ratios, "warnings": warnings,
+            "headline": {"ours": ours, "theirs": theirs, "ratio": headline, "basis": basis, "train_ratio": train_ratio,
+                         "steady_ratio": ratio(t["steady_step_s"], a["steady_step_s"]),
+                         "rss_ratio": ratio(a["peak_rss_mb"], t["peak_rss_mb"])},
+            **extra}
 
 
 def save_json(name: str, payload: dict) -> Path:
+    """Write out/<name>.json (callers pass `job_name(...)`, so each model size has its own files)."""
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / f"{name}.json"
     path.write_text(json.dumps(payload, indent=1, default=float) + "\n")
@@ -651,34 +711,117 @@ def print_payload(name: str, payload: dict) -> None:
         print(f"- {line}")
 
 
+# The comparisons in the order the tables list them, each with what it compares (the summary's words).
+# A name with a model suffix (dpo_matched-gpt2-25m) is the same comparison on that model.
+COMPARISONS = {
+    "dpo_defaults": "DPO, each tool at its defaults (alignlab precomputes, TRL runs a live reference with checkpointing)",
+    "dpo_trl_best": "DPO, TRL at its best CPU settings (precompute, its length-grouped sampler, no checkpointing)",
+    "dpo_matched": "DPO, both precompute, TRL fed alignlab's batches (identical work)",
+    "dpo_live": "DPO, both with a live reference, TRL fed alignlab's batches (identical work)",
+    "sft_defaults": "SFT, each tool at its defaults (TRL: random sampler, checkpointing)",
+    "sft_trl_best": "SFT, TRL at its best CPU settings (its length-grouped sampler, no checkpointing)",
+    "sft_own_sampler": "SFT, TRL's random sampler without checkpointing",
+    "sft_matched": "SFT, TRL fed alignlab's batches (identical work)",
+    "reward_defaults": "reward model, each tool at its defaults (TRL: random sampler, checkpointing)",
+    "reward_trl_best": "reward model, TRL at its best CPU settings (its length-grouped sampler, no checkpointing)",
+    "reward_own_sampler": "reward model, TRL's random sampler without checkpointing",
+    "reward_matched": "reward model, TRL fed alignlab's batches (identical work)",
+    "rl_grpo_trl_gc": "GRPO, TRL with its default gradient checkpointing",
+    "rl_grpo": "GRPO, TRL at its best CPU settings (no checkpointing; the same prompts at every step)",
+    "rl_grpo_unfused": "GRPO, alignlab with transformers' op-by-op GELU, as TRL runs it",
+    "rl_grpo_multinomial": "GRPO, alignlab drawing with torch.multinomial, as TRL does",
+    "rl_grpo_static_cache": "GRPO, alignlab with a static KV cache against plain TRL",
+    "rl_grpo_static_both": "GRPO, both with a static KV cache",
+    "rl_rloo_trl_gc": "RLOO, TRL with its default gradient checkpointing",
+    "rl_rloo": "RLOO, TRL at its best CPU settings (no checkpointing; the same prompts at every step)",
+    "rl_rloo_unfused": "RLOO, alignlab with transformers' op-by-op GELU, as TRL runs it",
+    "rl_rloo_multinomial": "RLOO, alignlab drawing with torch.multinomial, as TRL does",
+    "rl_rloo_static_cache": "RLOO, alignlab with a static KV cache against plain TRL",
+    "rl_rloo_static_both": "RLOO, both with a static KV cache",
+}
+
+
+def _split_name(stem: str) -> tuple[str, str]:
+    """'dpo_matched-gpt2-25m' -> ('dpo_matched', 'gpt2-25m'); 'dpo_matched' -> ('dpo_matched', 'tiny')."""
+    for model in MODELS:
+        if model != "tiny" and stem.endswith(f"-{model}"):
+            return stem[: -len(model) - 1], model
+    return stem, "tiny"
+
+
+def _table_key(stem: str) -> tuple:
+    base, model = _split_name(stem)
+    order = list(COMPARISONS)
+    return (list(MODELS).index(model), order.index(base) if base in order else len(order), base)
+
+
+SUMMARY_HEAD = [
+    "| comparison | model | alignlab | TRL | alignlab ÷ TRL (headline) | counted | train time only | "
+    "steady step TRL ÷ alignlab | peak RSS alignlab ÷ TRL |",
+    "|---|---|---|---|---|---|---|---|---|",
+]
+
+
+def summary_row(stem: str, payload: dict) -> str | None:
+    """One line of the ratio summary: the headline ratio (DPO: counting each tool's reference
+    precompute) and the train-time-only ratio beside it."""
+    h = payload.get("headline")
+    if not h:
+        return None
+    base, model = _split_name(stem)
+    return (f"| {COMPARISONS.get(base, base)} | {model} | {h['ours']} | {h['theirs']} | **{fmt(h['ratio'])}** | "
+            f"{h['basis']} | {fmt(h['train_ratio'])} | {fmt(h['steady_ratio'])} | {fmt(h['rss_ratio'])} |")
+
+
 def main_table() -> None:
-    """Print one table of every benchmark result in bench/out/ (what run.sh ends with)."""
-    order = ["dpo_defaults", "dpo_matched", "dpo_live", "sft_defaults", "sft_own_sampler", "sft_matched",
-             "reward_defaults", "reward_own_sampler", "reward_matched"]
-    files = sorted(OUT.glob("*.json"), key=lambda p: (order.index(p.stem) if p.stem in order else 99, p.stem))
-    lines, notes = list(TABLE_HEAD), []
+    """Print every benchmark result in bench/out/ (what run.sh ends with): the offline jobs' table,
+    the online RL table, the ratio summary (headline first), then every ratio, warning and the
+    optimizer each contender stepped."""
+    files = sorted(OUT.glob("*.json"), key=lambda p: _table_key(p.stem))
+    lines, notes, summary, optimizers = list(TABLE_HEAD), [], list(SUMMARY_HEAD), {}
     rl_lines = []  # online RL jobs (bench/rl.py) have their own columns, in a second table
-    meta = None
+    machines, models = [], []
     for path in files:
         payload = json.loads(path.read_text())
         if "contenders" not in payload:
             continue
-        meta = meta or payload.get("machine")
+        if payload.get("machine") and payload["machine"] not in machines:
+            machines.append(payload["machine"])
+        if payload.get("model") and payload["model"] not in models:
+            models.append(payload["model"])
         if payload.get("kind") == "rl":
             rl_lines += rl_table_rows(path.stem, payload)
         else:
             lines += table_rows(path.stem, payload)
+        row = summary_row(path.stem, payload)
+        if row:
+            summary.append(row)
         notes += [f"{path.stem}: {r}" for r in payload.get("ratios", [])]
-        notes += [f"{path.stem}: {w}" for w in payload.get("warnings", [])]
-    if meta:
-        print(f"Machine: {meta}\n")
+        notes += [f"{path.stem}: WARNING: {w}" for w in payload.get("warnings", [])]
+        for label, c in payload["contenders"].items():
+            users = optimizers.setdefault(c.get("optimizer") or "not recorded", [])
+            entry = f"{label} ({_split_name(path.stem)[1]})"
+            if entry not in users:
+                users.append(entry)
+    for line in machines:
+        print(f"Machine: {line}")
+    for line in models:
+        print(f"Model {line}")
+    print()
     print("\n".join(lines))
     print()
     if rl_lines:
         print("\n".join(RL_TABLE_HEAD + rl_lines))
         print()
+    if len(summary) > len(SUMMARY_HEAD):
+        print("alignlab ÷ TRL throughput from the medians above (>1: alignlab faster). The headline counts "
+              "each tool's reference precompute where either has one; the train-time-only ratio is beside it.\n")
+        print("\n".join(summary))
+        print()
     for note in notes:
         print(f"- {note}")
+    for optimizer, users in optimizers.items():  # what each contender's first run actually stepped
+        print(f"- optimizer stepped: {optimizer} by {', '.join(users)}")
 
 
 def machine() -> str:
@@ -742,7 +885,8 @@ def driver_parser(description: str, batch: int, lr: float) -> argparse.ArgumentP
 
 
 def trl_records(kind: str, a) -> list[dict]:
-    """The job's records for TRL; with `--order alignlab`, laid out in alignlab's epoch-0 batch order."""
+    """The job's records for TRL; with `--order alignlab`, laid out in alignlab's epoch-0 batch order
+    (otherwise in file order, for TRL's own sampler to draw from)."""
     path = data_file(kind, a.steps * a.batch)
     records = read_jsonl(path)
     if a.order == "alignlab":
@@ -754,8 +898,10 @@ def report_jobs(jobs: dict, unit: str, a, runs: dict, settings: dict | None = No
     """Summarise the runs, then save and print one comparison per job: name -> (ours, theirs, plain)."""
     examples = a.steps * a.batch
     summary = {k: summarise(v, examples) for k, v in runs.items()}
-    extra = {"machine": machine(), "settings": {**vars(a), **(settings or {}), "spec": SPEC.__dict__}, "runs": runs}
+    extra = {"machine": machine(), "model": model_line(),
+             "settings": {**vars(a), **(settings or {}), "spec": SPEC.__dict__}, "runs": runs}
     for name, (ours, theirs, plain) in jobs.items():
+        name = job_name(name)
         payload = comparison(name, unit, examples, summary, ours, theirs, plain, extra)
         save_json(name, payload)
         print_payload(name, payload)

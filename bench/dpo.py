@@ -13,10 +13,19 @@ CPU, threads. Each run is a fresh process. Contenders:
 - trl-precompute      precompute_ref_log_probs=True (batch 32, as alignlab's), fed alignlab's
                       batches in alignlab's order (sequential sampler): identical work
 - trl-live            live reference, fed alignlab's batches: identical work to alignlab-live
+- trl-best            TRL at its best CPU settings, as a user would set them: precompute_ref_log_probs=True
+                      (batch 32), its own length-grouped sampler (train_sampling_strategy="group_by_length",
+                      with the `length` column it needs for preference data), no gradient checkpointing, fp32
 - plain               bench/plain_loop.py on alignlab's batches with precomputed reference
 
-Three comparisons are written: dpo_defaults (alignlab vs trl-defaults), dpo_matched (alignlab
-vs trl-precompute, both precomputing, identical batches), dpo_live (alignlab-live vs trl-live).
+Four comparisons are written: dpo_defaults (alignlab vs trl-defaults), dpo_trl_best (alignlab vs
+trl-best), dpo_matched (alignlab vs trl-precompute, both precomputing, identical batches),
+dpo_live (alignlab-live vs trl-live). `--jobs` picks a subset and `--no-plain` drops the plain loop
+(run.sh's 26M row: `--jobs matched --no-plain`).
+
+The headline ratio of every comparison in which either tool precomputes counts that precompute
+(alignlab's in dpo_defaults; both tools' in dpo_matched and dpo_trl_best); the train-time-only
+ratio is printed after it.
 """
 
 from __future__ import annotations
@@ -71,12 +80,17 @@ def trl_child(a) -> dict:
             timing["precompute_s"] = (timing["precompute_s"] or 0.0) + time.perf_counter() - start
 
     DPOTrainer._precompute_ref_logps = timed_precompute
+    base = common.trl_training_args(a, a.workdir)
+    if a.order == "length":  # keep the `length` column that the length-grouped sampler reads
+        base["remove_unused_columns"] = False
     args = DPOConfig(
-        **common.trl_training_args(a, a.workdir), beta=BETA, max_length=common.SPEC.max_length,
+        **base, beta=BETA, max_length=common.SPEC.max_length,
         precompute_ref_log_probs=a.ref == "precompute",
         precompute_ref_batch_size=PRECOMPUTE_BATCH if a.ref == "precompute" else None,
     )
     trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    if a.order == "length":  # a pair takes prompt + the longer completion in TRL's padded batch
+        common.trl_add_lengths(trainer, lambda r: len(r["prompt_ids"]) + max(len(r["chosen_ids"]), len(r["rejected_ids"])))
     result = common.run_trl(trainer, model)
     result.update(timing)
     result["notes"] = (f"precompute_ref_log_probs={a.ref == 'precompute'}, sampler={args.train_sampling_strategy}, "
@@ -90,30 +104,44 @@ def child(argv: list[str]) -> None:
     common.child_main(parser.parse_args(argv), alignlab_child, trl_child)
 
 
+JOBS = {  # comparison -> (alignlab contender, TRL contender, plain loop or None)
+    "defaults": ("alignlab", "trl-defaults", "plain"),
+    "trl_best": ("alignlab", "trl-best", None),
+    "matched": ("alignlab", "trl-precompute", "plain"),
+    "live": ("alignlab-live", "trl-live", None),
+}
+
+
 def driver(argv: list[str]) -> None:
     parser = common.driver_parser(__doc__.split("\n")[0], batch=8, lr=5e-5)
+    parser.add_argument("--jobs", default=",".join(JOBS),
+                        help=f"comma-separated comparisons to run, of {', '.join(JOBS)} (default: all)")
     parser.add_argument("--no-live", action="store_true", help="skip the live-reference comparison")
+    parser.add_argument("--no-plain", action="store_true", help="skip the plain PyTorch loop")
     a = parser.parse_args(argv)
+    wanted = [j for j in a.jobs.split(",") if j and not (a.no_live and j == "live")]
+    unknown = [j for j in wanted if j not in JOBS]
+    if unknown or not wanted:
+        parser.error(f"--jobs: choose from {', '.join(JOBS)} (got {a.jobs!r})")
     common.build_model()
     common.data_file("pairs", a.steps * a.batch)
     base = ["--steps", str(a.steps), "--batch", str(a.batch), "--lr", str(a.lr)]
-    contenders = {
+    available = {
         "alignlab": ("dpo.py", base + ["--tool", "alignlab", "--ref", "precompute"]),
         "trl-defaults": ("dpo.py", base + ["--tool", "trl", "--ref", "live", "--order", "own", "--gc", "on"]),
+        "trl-best": ("dpo.py", base + ["--tool", "trl", "--ref", "precompute", "--order", "length"]),
         "trl-precompute": ("dpo.py", base + ["--tool", "trl", "--ref", "precompute", "--order", "alignlab"]),
         "plain": ("plain_loop.py", base + ["--tool", "plain", "--job", "dpo"]),
+        "alignlab-live": ("dpo.py", base + ["--tool", "alignlab", "--ref", "live"]),
+        "trl-live": ("dpo.py", base + ["--tool", "trl", "--ref", "live", "--order", "alignlab"]),
     }
-    if not a.no_live:
-        contenders["alignlab-live"] = ("dpo.py", base + ["--tool", "alignlab", "--ref", "live"])
-        contenders["trl-live"] = ("dpo.py", base + ["--tool", "trl", "--ref", "live", "--order", "alignlab"])
-    print(f"DPO: {a.steps} steps x {a.batch} pairs, {a.repeats} repeats, {a.threads} threads", file=sys.stderr)
+    chosen = {j: (ours, theirs, None if a.no_plain else plain) for j, (ours, theirs, plain) in JOBS.items() if j in wanted}
+    needed = {name for job in chosen.values() for name in job if name}
+    contenders = {name: run for name, run in available.items() if name in needed}
+    print(f"DPO ({common.MODEL}): {a.steps} steps x {a.batch} pairs, {a.repeats} repeats, {a.threads} threads, "
+          f"contenders {', '.join(contenders)}", file=sys.stderr)
     runs = common.alternate(contenders, a.repeats, a.threads)
-    jobs = {
-        "dpo_defaults": ("alignlab", "trl-defaults", "plain"),
-        "dpo_matched": ("alignlab", "trl-precompute", "plain"),
-    }
-    if not a.no_live:
-        jobs["dpo_live"] = ("alignlab-live", "trl-live", None)
+    jobs = {f"dpo_{j}": job for j, job in chosen.items()}
     common.report_jobs(jobs, "pairs", a, runs, {"beta": BETA})
 
 

@@ -1,8 +1,10 @@
 """The practical limit: a bare PyTorch loop over exactly alignlab's batches.
 
-Only forward, loss, backward and `torch.optim.AdamW` step (no gradient clipping, no logging, no
-checkpoint), on the same model (with alignlab's fused GELU) and the same padded batches (alignlab's tokenization, collation and
-length-grouped order, all built before the clock starts). Log-probs come from
+Only forward, loss, backward and `torch.optim.AdamW(fused=True)` step, the optimizer alignlab and
+TRL step (the per-tensor loop only where torch has no fused kernel; the run records which it
+stepped). No gradient clipping, no logging, no checkpoint. The same model (with alignlab's fused
+GELU) and the same padded batches (alignlab's tokenization, collation and length-grouped order,
+all built before the clock starts). Log-probs come from
 `F.cross_entropy(reduction="none")`, the plainest fused way to get them.
 
 - job dpo: one forward over chosen+rejected, reference log-probs computed beforehand (untimed),
@@ -79,7 +81,10 @@ def child(argv: list[str]) -> None:
                 seq = logps.sum(-1)
                 batch["ref"] = seq
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.0)
+    try:  # the fused kernel, as alignlab (alignlab.train.optim) and TRL (adamw_torch_fused) use
+        optimizer = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.0, fused=True)
+    except (RuntimeError, TypeError):  # a torch without it for this device
+        optimizer = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 - step / a.steps)
     probe = common.Probe()
     result = {"rss_before_train_mb": common.rss_mb(), "peak_rss_before_train_mb": common.peak_rss_mb()}
@@ -105,7 +110,7 @@ def child(argv: list[str]) -> None:
     probe.detach()
     losses = [float(x) for x in losses]
     result.update({"tool": "plain", "losses": losses, "loss_first": losses[0], "loss_last": losses[-1],
-                   "notes": f"plain {a.job} loop, no clipping, AdamW foreach default"})
+                   "notes": f"plain {a.job} loop, no clipping, {result.get('optimizer') or 'AdamW'}"})
     common.write_result(a.result, result)
 
 

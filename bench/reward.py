@@ -11,8 +11,11 @@ no margin, no reward centring. Contenders, as in bench/sft.py:
 - trl-defaults  RewardTrainer at its defaults (its own random sampler, gradient checkpointing on), fp32
 - trl-own       its own random sampler, gradient checkpointing off
 - trl           fed alignlab's batches in alignlab's order, checkpointing off: identical work
+- trl-best      TRL at its best CPU settings: its own length-grouped sampler
+                (train_sampling_strategy="group_by_length", with the `length` column it needs for
+                pairs), checkpointing off, fp32
 
-Comparisons written: reward_defaults, reward_own_sampler, reward_matched.
+Comparisons written: reward_defaults, reward_trl_best, reward_own_sampler, reward_matched.
 """
 
 from __future__ import annotations
@@ -48,8 +51,13 @@ def trl_child(a) -> dict:
     records = common.trl_records("pairs", a)
     tokenizer = AutoTokenizer.from_pretrained(common.model_dir())
     model = load_reward_model(common.model_dir(), tokenizer=tokenizer, dtype="float32")
-    args = RewardConfig(**common.trl_training_args(a, a.workdir), max_length=common.SPEC.max_length)
+    base = common.trl_training_args(a, a.workdir)
+    if a.order == "length":  # keep the `length` column that the length-grouped sampler reads
+        base["remove_unused_columns"] = False
+    args = RewardConfig(**base, max_length=common.SPEC.max_length)
     trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(records), processing_class=tokenizer)
+    if a.order == "length":  # chosen and rejected rows are padded to one width in TRL's batch
+        common.trl_add_lengths(trainer, lambda r: max(len(r["chosen_ids"]), len(r["rejected_ids"])))
     result = common.run_trl(trainer, model)
     result["notes"] = f"sampler={args.train_sampling_strategy}, gradient_checkpointing={args.gradient_checkpointing}"
     return result
@@ -68,12 +76,14 @@ def driver(argv: list[str]) -> None:
         "alignlab": ("reward.py", base + ["--tool", "alignlab"]),
         "trl-defaults": ("reward.py", base + ["--tool", "trl", "--order", "own", "--gc", "on"]),
         "trl-own": ("reward.py", base + ["--tool", "trl", "--order", "own"]),
+        "trl-best": ("reward.py", base + ["--tool", "trl", "--order", "length"]),
         "trl": ("reward.py", base + ["--tool", "trl", "--order", "alignlab"]),
     }
     print(f"Reward model: {a.steps} steps x {a.batch} pairs, {a.repeats} repeats, {a.threads} threads", file=sys.stderr)
     runs = common.alternate(contenders, a.repeats, a.threads)
     common.report_jobs({
         "reward_defaults": ("alignlab", "trl-defaults", None),
+        "reward_trl_best": ("alignlab", "trl-best", None),
         "reward_own_sampler": ("alignlab", "trl-own", None),
         "reward_matched": ("alignlab", "trl", None),
     }, "pairs", a, runs)

@@ -39,6 +39,13 @@ and the reference model's construction lie outside both. samples/s = steps × co
 policy) log-prob passes (alignlab's `collect`, timed by the loop itself; TRL's
 `_generate_and_score_completions`, timed here); `update` is the rest of the step.
 
+TRL at its best CPU settings is the plain `trl-{grpo,rloo}` contender: fp32, no gradient
+checkpointing (its configs' default is on: the `trl-*-gc` contenders), the dynamic KV cache
+(a static one gave nothing on this CPU). TRL's length-grouped sampler does not apply here: its
+GRPO and RLOO trainers draw prompts with their own RepeatSampler, and almost every completion
+runs to the full 32 tokens anyway. So the comparisons rl_grpo and rl_rloo are both "same prompts,
+same settings" and "TRL at its best"; the table's summary says so.
+
 `--profile DIR` (child runs only) writes a cProfile of the timed part; it slows Python-heavy
 code, so profiled runs are never the timed ones.
 """
@@ -331,8 +338,13 @@ def rl_comparison(examples: int, ours: dict, theirs: dict, labels: tuple[str, st
             warnings.append(f"{label}: {len(s['rewards'])} steps are too few to tell a reward trend")
         elif s["reward_last"] <= s["reward_first"]:
             warnings.append(f"{label}: the reward did not go up over the run")
+    headline = {"ours": a_label, "theirs": t_label, "ratio": ratio(ours["examples_per_s"], theirs["examples_per_s"]),
+                "basis": "train time", "train_ratio": ratio(ours["examples_per_s"], theirs["examples_per_s"]),
+                "steady_ratio": ratio(theirs["steady_step_s"], ours["steady_step_s"]),
+                "rss_ratio": ratio(ours["peak_rss_mb"], theirs["peak_rss_mb"])}
     return {"kind": "rl", "unit": "completions", "examples": examples,
-            "contenders": {a_label: ours, t_label: theirs}, "ratios": ratios, "warnings": warnings, **extra}
+            "contenders": {a_label: ours, t_label: theirs}, "ratios": ratios, "warnings": warnings,
+            "headline": headline, **extra}
 
 
 def driver(argv: list[str]) -> None:
@@ -379,7 +391,7 @@ def driver(argv: list[str]) -> None:
           file=sys.stderr)
     runs = common.alternate(contenders, a.repeats, a.threads)
     examples = a.steps * a.batch
-    extra = {"machine": common.machine(), "runs": runs,
+    extra = {"machine": common.machine(), "model": common.model_line(), "runs": runs,
              "settings": {**vars(a), "max_new_tokens": MAX_NEW_TOKENS, "temperature": TEMPERATURE, "clip": CLIP,
                           "beta": BETA, "reward": REWARD_SPEC, "spec": common.SPEC.__dict__}}
     comparisons = [(f"rl_{algo}", f"alignlab-{algo}", f"trl-{algo}") for algo in algos]
@@ -393,6 +405,7 @@ def driver(argv: list[str]) -> None:
         comparisons += [(f"rl_{algo}_static_cache", f"alignlab-{algo}-static", f"trl-{algo}") for algo in algos]
         comparisons += [(f"rl_{algo}_static_both", f"alignlab-{algo}-static", f"trl-{algo}-static") for algo in algos]
     for name, ours, theirs in comparisons:
+        name = common.job_name(name)
         payload = rl_comparison(examples, rl_summary(runs[ours], examples),
                                 rl_summary(runs[theirs], examples), (ours, theirs), extra)
         common.save_json(name, payload)

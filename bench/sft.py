@@ -11,10 +11,12 @@ either. Contenders:
 - trl-own       its own random sampler, gradient checkpointing off (what the sampler alone costs)
 - trl           fed alignlab's batches in alignlab's order (sequential sampler), checkpointing off:
                 identical padded batches, identical work
+- trl-best      TRL at its best CPU settings: its own length-grouped sampler
+                (train_sampling_strategy="group_by_length"), gradient checkpointing off, fp32
 - plain         bench/plain_loop.py on alignlab's batches
 
-Three comparisons are written: sft_defaults (alignlab vs trl-defaults), sft_own_sampler (alignlab
-vs trl-own) and sft_matched (alignlab vs trl, and the plain loop).
+Four comparisons are written: sft_defaults (alignlab vs trl-defaults), sft_trl_best (alignlab vs
+trl-best), sft_own_sampler (alignlab vs trl-own) and sft_matched (alignlab vs trl, and the plain loop).
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ def driver(argv: list[str]) -> None:
         "alignlab": ("sft.py", base + ["--tool", "alignlab"]),
         "trl-defaults": ("sft.py", base + ["--tool", "trl", "--order", "own", "--gc", "on"]),
         "trl-own": ("sft.py", base + ["--tool", "trl", "--order", "own"]),
+        "trl-best": ("sft.py", base + ["--tool", "trl", "--order", "length"]),
         "trl": ("sft.py", base + ["--tool", "trl", "--order", "alignlab"]),
         "plain": ("plain_loop.py", base + ["--tool", "plain", "--job", "sft"]),
     }
@@ -78,6 +81,7 @@ def driver(argv: list[str]) -> None:
     runs = common.alternate(contenders, a.repeats, a.threads)
     common.report_jobs({
         "sft_defaults": ("alignlab", "trl-defaults", "plain"),
+        "sft_trl_best": ("alignlab", "trl-best", None),
         "sft_own_sampler": ("alignlab", "trl-own", None),
         "sft_matched": ("alignlab", "trl", "plain"),
     }, "rows", a, runs)
