@@ -45,8 +45,13 @@ def run(
     """Run a recipe: finished stages are skipped, an unfinished one resumes from its checkpoint."""
     from alignlab.pipeline.runner import run_recipe
 
-    _guarded(lambda: (check_writable(out, "--out") if out else None, run_recipe(recipe, out, redo, until)))
-    _guarded(lambda: _print_headlines(recipe, out))
+    def go():
+        if out is not None:
+            check_writable(out, "--out")
+        run_recipe(recipe, out, redo, until)
+        _print_headlines(recipe, out)
+
+    _guarded(go)
 
 
 def _print_headlines(recipe: Path, out: Optional[Path]) -> None:
@@ -190,15 +195,10 @@ def _stage_command(kind: str):
                 typer.secho(f"{out}: finished earlier with these settings; its metrics:", err=True)
                 typer.echo((out / "metrics.json").read_text())
                 return
-            from alignlab.stages.common import remove_if_empty
+            from alignlab.stages.common import no_empty_directory_on_failure
 
-            existed = out.exists()
-            try:
+            with no_empty_directory_on_failure(out):
                 metrics = run_stage(cfg, out)
-            except BaseException:
-                if not existed:
-                    remove_if_empty(out)
-                raise
             typer.echo(json.dumps(metrics, indent=1, default=float))
 
         _guarded(go)

@@ -10,7 +10,13 @@ from pathlib import Path
 
 from alignlab.pipeline.recipe import PlannedStage, RecipeError, load_recipe
 from alignlab.stages import stage_type
-from alignlab.stages.common import config_hash, done_hash, drop_checkpoints, record_wall_time, remove_if_empty
+from alignlab.stages.common import (
+    config_hash,
+    done_hash,
+    drop_checkpoints,
+    no_empty_directory_on_failure,
+    record_wall_time,
+)
 from alignlab.train.distributed import launched_rank, single_process
 
 WAIT_POLL_S = 1.0
@@ -58,15 +64,10 @@ def run_recipe(
                 drop_checkpoints(out_dir, stage.config)  # left by a kill just after done.json
             _say(f"[{i}/{len(stages)}] {stage.name}: finished earlier, skipped")
             continue
-        existed = out_dir.exists()
-        _say(f"[{i}/{len(stages)}] {stage.name} ({stage.type}): {'resuming' if existed else 'running'} -> {out_dir}")
         start = time.perf_counter()
-        try:
+        with no_empty_directory_on_failure(out_dir, cleans=launched_rank()[0] == 0) as existed:
+            _say(f"[{i}/{len(stages)}] {stage.name} ({stage.type}): {'resuming' if existed else 'running'} -> {out_dir}")
             metrics = _run_stage(stage, out_dir)
-        except BaseException:
-            if not existed and launched_rank()[0] == 0:
-                remove_if_empty(out_dir)  # a later run says "running", not "resuming" nothing
-            raise
         if metrics is not None:
             results[stage.name] = metrics
         seconds = time.perf_counter() - start

@@ -17,17 +17,20 @@ from pydantic import BaseModel
 SCALARS = {int: "INT", float: "FLOAT", str: "TEXT", bool: "BOOL", Path: "PATH"}
 
 
-def settings_lines(cls: type, prefix: str = "") -> list[str]:
-    """One line per leaf setting of a pydantic model or dataclass, nested settings expanded."""
+def settings_lines(cls: type, prefix: str = "", instance: Any = None) -> list[str]:
+    """One line per leaf setting of a pydantic model or dataclass, nested settings expanded. With
+    `instance`, its values are the defaults shown: a stage may declare a block with defaults of its
+    own (SL-CAI's sampling block has max_new_tokens 128, the block's class 48)."""
     lines = []
     for name, annotation, default, description in _fields(cls):
+        if instance is not None:
+            default = getattr(instance, name)
         key = f"{prefix}{name}"
         nested = _settings_class(annotation)
         if nested is not None:
-            note = "off unless one of its keys is set" if default is None else None
-            if note:
-                lines.append(f"--{key} ({note}){_describe(description)}")
-            lines += _nested_lines(nested, f"{key}.", default)
+            if default is None:
+                lines.append(f"--{key} (off unless one of its keys is set){_describe(description)}")
+            lines += settings_lines(nested, f"{key}.", None if default in (None, REQUIRED) else default)
             continue
         shown = "required" if default is REQUIRED else f"default {_yaml(default)}"
         lines.append(f"--{key} {type_name(annotation)} ({shown}){_describe(description)}")
@@ -35,23 +38,6 @@ def settings_lines(cls: type, prefix: str = "") -> list[str]:
 
 
 REQUIRED = object()
-
-
-def _nested_lines(cls: type, prefix: str, default: Any) -> list[str]:
-    """A nested block's lines, with the defaults of the instance the parent declares (its own
-    defaults may differ from the block's class defaults, e.g. a stage's own max_new_tokens)."""
-    lines = settings_lines(cls, prefix)
-    if default is None or default is REQUIRED:
-        return lines
-    out = []
-    for line in lines:
-        key = line.split(" ", 1)[0][2 + len(prefix):]
-        value = getattr(default, key.split(".")[0], REQUIRED) if "." not in key else REQUIRED
-        if value is not REQUIRED and "(default " in line:
-            head, tail = line.split("(default ", 1)
-            line = f"{head}(default {_yaml(value)}){tail.split(')', 1)[1]}"
-        out.append(line)
-    return out
 
 
 def _fields(cls: type):

@@ -12,6 +12,8 @@ import json
 import math
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -125,10 +127,18 @@ def drop_checkpoints(out: Path, config: BaseModel) -> None:
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
 
 
-def remove_if_empty(out: Path) -> None:
-    """A stage that failed before writing any file leaves no directory behind."""
-    if out.is_dir() and not any(p.is_file() for p in out.rglob("*")):
-        shutil.rmtree(out, ignore_errors=True)
+@contextmanager
+def no_empty_directory_on_failure(out: Path, cleans: bool = True) -> Iterator[bool]:
+    """Run a stage in `out`, yielding whether it existed before. When the stage fails and `out` is
+    new, an `out` holding no file is removed: a later run says "running", not "resuming" nothing.
+    `cleans=False` on the processes that must leave the file system to process 0."""
+    existed = out.exists()
+    try:
+        yield existed
+    except BaseException:
+        if cleans and not existed and out.is_dir() and not any(p.is_file() for p in out.rglob("*")):
+            shutil.rmtree(out, ignore_errors=True)
+        raise
 
 
 def record_wall_time(out: Path, seconds: float) -> None:

@@ -229,16 +229,16 @@ class OnlineRun:
     def sample(self, iteration: int, k: int) -> ScoredRollouts:
         """k scored samples per prompt of this iteration (this process's share), from the current policy."""
         idx = my_share(self.stream.indices(iteration), self.dist)
-        if isinstance(self.sampler, VLLMSampler):
-            # the engine holds its own copy of the weights: bring it to the policy's current ones
-            # (every iteration, a resumed run's first included)
-            from alignlab.models import merged_for_saving
-
-            self.sampler.load_weights(merged_for_saving(self.policy))
         self.last_scored = self._score(idx, k, iteration_seed(self.settings.seed, iteration, self.dist.rank))
         return self.last_scored
 
     def _score(self, idx: list[int], k: int, seed: int) -> ScoredRollouts:
+        if isinstance(self.sampler, VLLMSampler):
+            # the engine holds its own copy of the weights: bring it to the policy's current ones
+            # (every iteration, a resumed run's first included, and for the final samples)
+            from alignlab.models import merged_for_saving
+
+            self.sampler.load_weights(merged_for_saving(self.policy))
         return sample_and_score(self.sampler, self.tokenizer, [self.prompt_texts[i] for i in idx],
                                 [self.prompt_ids[i] for i in idx], k, self.cfg.sampling, self.reward,
                                 self.cfg.on_reward_error, seed=seed)
@@ -250,10 +250,6 @@ class OnlineRun:
     def fresh_samples(self, n: int) -> list[dict]:
         """One new sample for each of n prompts from the policy as it is now (after the last update)."""
         idx = self.stream.indices(self.settings.iterations)[:n]
-        if isinstance(self.sampler, VLLMSampler):
-            from alignlab.models import merged_for_saving
-
-            self.sampler.load_weights(merged_for_saving(self.policy))
         self.policy.eval()
         return _records(self._score(idx, 1, iteration_seed(self.settings.seed, self.settings.iterations)), n)
 

@@ -481,14 +481,20 @@ def _steps(texts: TokenTexts, generation: Generation) -> list[dict]:
     return steps
 
 
+def _offsets(pieces: list[str]) -> list[int]:
+    """`text_offset`: where each piece starts in the text the pieces join into."""
+    starts, at = [], 0
+    for piece in pieces:
+        starts.append(at)
+        at += len(piece)
+    return starts
+
+
 def _legacy_logprobs(texts: TokenTexts, generation: Generation) -> dict:
     steps = _steps(texts, generation)
-    offsets, at = [], 0
-    for step in steps:
-        offsets.append(at)
-        at += len(step["own"][0])
-    return {"tokens": [s["own"][0] for s in steps], "token_logprobs": [s["own"][2] for s in steps],
-            "top_logprobs": [_legacy_top(s) for s in steps], "text_offset": offsets}
+    pieces = [s["own"][0] for s in steps]
+    return {"tokens": pieces, "token_logprobs": [s["own"][2] for s in steps],
+            "top_logprobs": [_legacy_top(s) for s in steps], "text_offset": _offsets(pieces)}
 
 
 def _legacy_top(step: dict) -> dict[str, float]:
@@ -503,16 +509,19 @@ def _legacy_top(step: dict) -> dict[str, float]:
 def _echo_logprobs(llm: LocalLLM, texts: TokenTexts, text: str) -> dict:
     ids, logps = llm.prompt_logprobs(text)
     pieces, _ = texts.pieces(ids)
-    offsets = [sum(len(p) for p in pieces[:k]) for k in range(len(pieces))]
-    return {"tokens": pieces, "token_logprobs": logps, "top_logprobs": None, "text_offset": offsets}
+    return {"tokens": pieces, "token_logprobs": logps, "top_logprobs": None, "text_offset": _offsets(pieces)}
 
 
 def _chat_logprobs(texts: TokenTexts, generation: Generation) -> dict:
+    return {"content": [_chat_entry(step) for step in _steps(texts, generation)]}
+
+
+def _chat_entry(step: dict) -> dict:
+    """One token of a chat answer's `logprobs.content`, with its alternatives."""
     def entry(text: str, data: bytes, logp: float) -> dict:
         return {"token": text, "logprob": logp, "bytes": list(data)}
 
-    return {"content": [{**entry(*step["own"]), "top_logprobs": [entry(*alt) for alt in step["top"]]}
-                        for step in _steps(texts, generation)]}
+    return {**entry(*step["own"]), "top_logprobs": [entry(*alt) for alt in step["top"]]}
 
 
 def _stream(reply: dict, answers: list[Generation], texts: TokenTexts, top: int | None, chat: bool,
@@ -524,19 +533,16 @@ def _stream(reply: dict, answers: list[Generation], texts: TokenTexts, top: int 
             if chat:
                 yield _event(reply, {"index": index, "delta": {"role": "assistant", "content": ""},
                                      "logprobs": None, "finish_reason": None})
-            at = 0  # text_offset of the token within the completion
-            for step in _steps(texts, generation):
-                text, data, logp = step["own"]
+            steps = _steps(texts, generation)
+            for step, offset in zip(steps, _offsets([s["own"][0] for s in steps])):
+                text, _, logp = step["own"]
                 if chat:
-                    logprobs = ({"content": [{"token": text, "logprob": logp, "bytes": list(data), "top_logprobs": [
-                        {"token": t, "logprob": lp, "bytes": list(b)} for t, b, lp in step["top"]]}]}
-                        if top is not None else None)
+                    logprobs = {"content": [_chat_entry(step)]} if top is not None else None
                     choice = {"index": index, "delta": {"content": text}, "logprobs": logprobs, "finish_reason": None}
                 else:
                     logprobs = ({"tokens": [text], "token_logprobs": [logp], "top_logprobs": [_legacy_top(step)],
-                                 "text_offset": [at]} if top is not None else None)
+                                 "text_offset": [offset]} if top is not None else None)
                     choice = {"index": index, "text": text, "logprobs": logprobs, "finish_reason": None}
-                at += len(text)
                 yield _event(reply, choice)
             last = {"index": index, "finish_reason": generation.finish_reason, "logprobs": None}
             yield _event(reply, {**last, "delta": {}} if chat else {**last, "text": ""})
