@@ -25,7 +25,7 @@ from alignlab.stages.rejection_sampling import (
     select_samples,
     training_rows,
 )
-from alignlab.train import loop
+from alignlab.train import engine
 
 NAN = float("nan")
 
@@ -185,7 +185,7 @@ def test_a_run_killed_inside_a_round_resumes_from_its_checkpoint(full_run, tiny_
                                                                  user_module, tmp_path, monkeypatch):
     first, _ = full_run
     out = tmp_path / "stage"
-    save = loop.save_checkpoint
+    save = engine.save_checkpoint
 
     def save_then_die(root, step, *args, **kwargs):
         saved = save(root, step, *args, **kwargs)
@@ -193,7 +193,7 @@ def test_a_run_killed_inside_a_round_resumes_from_its_checkpoint(full_run, tiny_
             raise Killed
         return saved
 
-    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(engine, "save_checkpoint", save_then_die)
     with pytest.raises(Killed):
         run(make_config(tiny_model_dir, prompts_file, user_module), out)
     monkeypatch.undo()

@@ -341,10 +341,10 @@ def _toy_online(tmp_path, monkeypatch, settings: OnlineSettings, kl: float):
 
     model, rows = torch.nn.Linear(3, 1), 2 * settings.minibatch_size
     seen = {"collect": [], "micro": [], "lrs": [], "dtypes": set(), "shown": [], "snapshots": [], "made": []}
-    _optimizer_spy(monkeypatch, "alignlab.train.online", seen["made"])
+    _optimizer_spy(monkeypatch, "alignlab.train.engine", seen["made"])
     seen["clip"] = _clip_spy(monkeypatch)
-    seen["saved"] = Spy(monkeypatch, "alignlab.train.online", "save_checkpoint")
-    checkpointing = Spy(monkeypatch, "alignlab.train.online", "use_gradient_checkpointing",
+    seen["saved"] = Spy(monkeypatch, "alignlab.train.engine", "save_checkpoint")
+    checkpointing = Spy(monkeypatch, "alignlab.train.engine", "use_gradient_checkpointing",
                         substitute={"enabled": False})  # a linear model has nothing to checkpoint
     seen["checkpointing"] = checkpointing
 
@@ -418,11 +418,11 @@ def _toy_offline(tmp_path, monkeypatch, settings: TrainSettings):
     n, model = 12, torch.nn.Linear(3, 1)
     x = torch.randn(n, 3, generator=torch.Generator().manual_seed(0))
     seen = {"batches": [], "lrs": [], "dtypes": set(), "made": [], "evals": []}
-    _optimizer_spy(monkeypatch, "alignlab.train.loop", seen["made"])
+    _optimizer_spy(monkeypatch, "alignlab.train.engine", seen["made"])
     seen["clip"] = _clip_spy(monkeypatch)
-    seen["saved"] = Spy(monkeypatch, "alignlab.train.loop", "save_checkpoint")
+    seen["saved"] = Spy(monkeypatch, "alignlab.train.engine", "save_checkpoint")
     seen["grouping"] = Spy(monkeypatch, "alignlab.train.loop", "length_grouped_batches")
-    seen["checkpointing"] = Spy(monkeypatch, "alignlab.train.loop", "use_gradient_checkpointing",
+    seen["checkpointing"] = Spy(monkeypatch, "alignlab.train.engine", "use_gradient_checkpointing",
                                 substitute={"enabled": False})
 
     def make_batch(idx):

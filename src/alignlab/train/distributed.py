@@ -1,4 +1,4 @@
-"""torch.distributed set-up: DDP when launched by torchrun (gloo on CPU, nccl on GPU)."""
+"""torch.distributed set-up and collectives: data parallel under torchrun (gloo on CPU, nccl on GPU)."""
 
 from __future__ import annotations
 
@@ -60,14 +60,27 @@ def broadcast_parameters(params: list[torch.nn.Parameter], d: Dist) -> None:
                 dist.broadcast(p.data, src=0)
 
 
-def all_reduce_gradients(params: list[torch.nn.Parameter], d: Dist) -> None:
-    """Sum every parameter's gradient over the processes, in one flat all-reduce.
+def all_reduce_gradients(params: list[torch.nn.Parameter], d: Dist, bucket_elements: int = 1 << 25) -> None:
+    """Sum every parameter's gradient over the processes, a few flat all-reduces of at most
+    `bucket_elements` each (one call per bucket, not per tensor; bounded extra memory).
 
     A process whose share of the step was empty has no gradients (None): it contributes zeros.
     The losses are already normalised by the global count, so the sum is the global gradient.
     """
     if not d.enabled or not params:
         return
+    bucket: list[torch.nn.Parameter] = []
+    size = 0
+    for p in params:
+        if bucket and (size + p.numel() > bucket_elements or p.dtype != bucket[0].dtype):
+            _reduce_bucket(bucket)
+            bucket, size = [], 0
+        bucket.append(p)
+        size += p.numel()
+    _reduce_bucket(bucket)
+
+
+def _reduce_bucket(params: list[torch.nn.Parameter]) -> None:
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     flat = torch.cat([g.reshape(-1) for g in grads])
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)

@@ -24,71 +24,28 @@ iteration with the same seed (sampling is deterministic per iteration) and goes 
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-from alignlab.train.activations import use_gradient_checkpointing
-from alignlab.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from alignlab.train.distributed import (
-    Dist,
-    all_gather_objects,
-    all_reduce_gradients,
-    all_reduce_sum,
-    barrier,
-    broadcast_parameters,
-)
-from alignlab.train.loop import NonFiniteLossError, ResumeMismatchError
-from alignlab.train.optim import make_optimizer
-from alignlab.train.progress import Progress, StepLog
-from alignlab.train.schedule import make_scheduler
+from alignlab.train.checkpoint import latest_checkpoint
+from alignlab.train.distributed import Dist, all_gather_objects, barrier
+from alignlab.train.engine import TrainState, optimizer_step, run_key
+from alignlab.train.progress import RunLog, StepLog
+from alignlab.train.settings import OnlineSettings
+
+__all__ = ["Experience", "KLBoundError", "OnlineSettings", "OnlineStage", "run_online"]
 
 Experience = dict[str, Tensor]
 
 
 class KLBoundError(RuntimeError):
     """The policy drifted further from the reference than the configured bound allows."""
-
-
-class OnlineSettings(BaseModel):
-    """How an online stage iterates and optimises. Sizes count prompts or samples, per iteration."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    iterations: int = Field(100, gt=0, description="collect→update cycles")
-    prompts_per_iteration: int = Field(64, gt=0)
-    update_epochs: int = Field(1, gt=0, description="passes over each iteration's samples")
-    minibatch_size: int = Field(64, gt=0, description="samples per optimizer step")
-    micro_batch_size: int | None = Field(None, gt=0, description="memory knob only; default: minibatch_size")
-    lr: float = Field(1e-5, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    adam_eps: float = 1e-8
-    schedule: Literal["constant", "linear", "cosine"] = "constant"
-    warmup_ratio: float = Field(0.0, ge=0, lt=1)
-    max_grad_norm: float | None = Field(1.0, gt=0)
-    seed: int = 0
-    precision: Literal["fp32", "bf16"] = "fp32"
-    device: str = "auto"
-    log_every: int = Field(1, gt=0)
-    save_every: int | None = Field(10, gt=0, description="checkpoint period in iterations")
-    max_kl: float | None = Field(None, gt=0, description="stop when the rollouts' mean sequence KL to the reference exceeds this")
-    snapshot_every: int | None = Field(None, gt=0, description="save the policy (HF format) under snapshots/ every N iterations")
-    gradient_checkpointing: bool = Field(
-        False, description="recompute the policy's activations in the backward pass: less memory, about one more forward"
-    )
-    keep_checkpoints: bool = Field(False, description="keep checkpoints/ after the model is written")
-    log_samples: int = Field(4, ge=0, description="samples (prompt, completion, reward) written to samples.jsonl each "
-                             "iteration, and as many from the final policy; 0: none")
 
 
 @dataclass
@@ -134,12 +91,6 @@ def _rows(experience: Experience, index: Tensor) -> Experience:
     return {k: v[index] for k, v in experience.items()}
 
 
-def _key(settings: OnlineSettings, extra: str) -> str:
-    payload = json.dumps([settings.model_dump(exclude={"log_every", "save_every", "device", "gradient_checkpointing",
-                                                       "log_samples", "keep_checkpoints"}), extra])
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
 def run_online(
     policy: nn.Module,
     stage: OnlineStage,
@@ -160,72 +111,44 @@ def run_online(
     `snapshots/iter-NNNNN` (the overoptimisation view evaluates them)."""
     s = settings
     _check_divisible(s, dist, name)
-    extra_modules = extra_modules or {}
-    params = [p for m in (policy, *extra_modules.values()) for p in m.parameters()]
-    trainable = [p for p in params if p.requires_grad]
-    broadcast_parameters(trainable, dist)  # frozen weights come from the same files on every process
-    use_gradient_checkpointing(policy, s.gradient_checkpointing)
-    optimizer = make_optimizer(params, s)
-    steps_per_iteration = s.update_epochs * math.ceil(expected_samples / s.minibatch_size)
-    total_steps = s.iterations * steps_per_iteration
-    scheduler = make_scheduler(optimizer, total_steps, int(s.warmup_ratio * total_steps), s.schedule)
-    ckpt_root = out_dir / "checkpoints"
-    key = _key(s, data_key)
+    total_steps = s.iterations * s.update_epochs * math.ceil(expected_samples / s.minibatch_size)
+    state = TrainState.create(policy, s, total_steps=total_steps, warmup_steps=int(s.warmup_ratio * total_steps),
+                              out_dir=out_dir, key=run_key(s, data_key), extras=extra_modules, stateful=stage.state,
+                              dist=dist, device=device, name=name)
+    meta = state.resume()
+    start = 0 if meta is None else (s.iterations if meta.get("finished") else meta["iteration"])
+    resumed_before_update = meta is not None and not meta.get("finished", False)
 
-    start, resumed_before_update = 0, False
-    found = latest_checkpoint(ckpt_root)
-    if found is not None:
-        meta = load_checkpoint(found, policy, optimizer, scheduler, extra_modules)
-        if meta.get("key") != key:
-            raise ResumeMismatchError(f"{found} was written for other data or settings; delete {ckpt_root} to start over")
-        for part, obj in stage.state.items():
-            obj.load_state_dict(meta["state"][part])
-        start, resumed_before_update = meta["iteration"], not meta.get("finished", False)
-        if meta.get("finished"):
-            start = s.iterations
-
-    log = StepLog(out_dir / "log.jsonl", resume_step=start) if dist.is_main else None
+    log = RunLog(out_dir, start, s.iterations, name, dist.is_main)
     show = dist.is_main and s.log_samples > 0 and stage.recent_samples is not None
     # what the policy says, readable as it trains; a resumed run drops the lines past its checkpoint
     samples_log = StepLog(out_dir / "samples.jsonl", resume_step=start, tensorboard=False) if show else None
-    bar = Progress(s.iterations, start, name) if dist.is_main else None
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if s.precision == "bf16" else contextlib.nullcontext()
-    micro = s.micro_batch_size or s.minibatch_size
     last: dict = {}
     for iteration in range(start, s.iterations):
         tick = time.perf_counter()
-        with autocast:  # rollout at the training precision, as the update sees it (and as TRL's generate runs)
+        with state.autocast():  # rollout at the training precision, as the update sees it (and as TRL's generate runs)
             experience, figures = stage.collect(iteration)
         figures, n = _global_figures(figures, _count(experience), dist)
         rollout_s = time.perf_counter() - tick
         if samples_log is not None:
             for record in stage.recent_samples(s.log_samples):
                 samples_log.write({"step": iteration + 1, **record})
-        if s.max_kl is not None and figures.get("kl", 0.0) > s.max_kl:
-            kept = latest_checkpoint(ckpt_root)
-            raise KLBoundError(
-                f"{name}: mean sequence KL to the reference reached {figures['kl']:.3f} at iteration {iteration + 1}, "
-                f"past max_kl={s.max_kl}; stopped before updating on it. "
-                + (f"The last good checkpoint is kept: {kept}." if kept else "No checkpoint was written yet.")
-                + " Lower the learning rate or raise the KL coefficient; rerunning resumes from the checkpoint."
-            )
-        save_now = s.save_every and iteration % s.save_every == 0 and not (resumed_before_update and iteration == start)
-        if save_now and iteration > 0:
-            _save(ckpt_root, iteration, policy, optimizer, scheduler, key, stage, extra_modules, dist, finished=False)
+        _check_kl_bound(state, figures, iteration)
+        if s.save_every and iteration % s.save_every == 0 and iteration > 0 \
+                and not (resumed_before_update and iteration == start):
+            state.save(iteration, {"iteration": iteration, "finished": False}, final=False)
 
         tick = time.perf_counter()
-        update = _update(policy, experience, stage, s, optimizer, scheduler, autocast, micro, iteration, trainable,
-                         name, device, dist)
+        update = _update(state, stage, experience, iteration)
         update_s = time.perf_counter() - tick
         if stage.after_iteration is not None:
             figures = {**figures, **stage.after_iteration(iteration, figures)}
         done = iteration + 1
-        record = {"step": done, **figures, **update, "lr": scheduler.get_last_lr()[0], "samples": n,
-                  "rollout_s": rollout_s, "update_s": update_s, "samples_per_s": n / max(rollout_s + update_s, 1e-9)}
-        if log is not None and (done % s.log_every == 0 or done == s.iterations):
-            log.write(record)
-            bar.update(done, f"reward {figures.get('reward', float('nan')):.3f} kl {figures.get('kl', float('nan')):.2f}")
-        last = record
+        last = {"step": done, **figures, **update, "lr": state.scheduler.get_last_lr()[0], "samples": n,
+                "rollout_s": rollout_s, "update_s": update_s, "samples_per_s": n / max(rollout_s + update_s, 1e-9)}
+        if done % s.log_every == 0 or done == s.iterations:
+            log.write(last, (done, f"reward {figures.get('reward', float('nan')):.3f} "
+                                   f"kl {figures.get('kl', float('nan')):.2f}"))
         if save_snapshot is not None and s.snapshot_every and done % s.snapshot_every == 0:
             if dist.is_main:
                 save_snapshot(out_dir / "snapshots" / f"iter-{done:05d}")
@@ -233,75 +156,62 @@ def run_online(
     if samples_log is not None and stage.fresh_samples is not None and start < s.iterations:
         for record in stage.fresh_samples(s.log_samples):
             samples_log.write({"step": s.iterations, "final": True, **record})
-    _save(ckpt_root, s.iterations, policy, optimizer, scheduler, key, stage, extra_modules, dist, finished=True)
-    if not last:
-        last = _last_logged(out_dir / "log.jsonl")
-    if log is not None:
-        log.close()
-        bar.close()
     if samples_log is not None:
         samples_log.close()
-    return {"train": last, "iterations": s.iterations}
+    state.save(s.iterations, {"iteration": s.iterations, "finished": True}, final=True)
+    last = last or log.last_training_line()
+    log.close()
+    return {"train": last, "iterations": s.iterations, "processes": dist.world_size}
 
 
-def _update(policy, experience, stage, s, optimizer, scheduler, autocast, micro, iteration, params, name, device,
-            dist: Dist) -> dict:
+def _check_kl_bound(state: TrainState, figures: dict[str, float], iteration: int) -> None:
+    """Stop before updating on rollouts past `max_kl`, keeping the last checkpoint."""
+    bound = state.settings.max_kl
+    if bound is None or figures.get("kl", 0.0) <= bound:
+        return
+    kept = latest_checkpoint(state.checkpoints)
+    raise KLBoundError(
+        f"{state.name}: mean sequence KL to the reference reached {figures['kl']:.3f} at iteration {iteration + 1}, "
+        f"past max_kl={bound}; stopped before updating on it. "
+        + (f"The last good checkpoint is kept: {kept}." if kept else "No checkpoint was written yet.")
+        + " Lower the learning rate or raise the KL coefficient; rerunning resumes from the checkpoint."
+    )
+
+
+def _update(state: TrainState, stage: OnlineStage, experience: Experience, iteration: int) -> dict:
     """`update_epochs` passes of shuffled minibatches; returns the mean of each figure over steps.
-    `params` are the trainable parameters (their gradients are reduced and clipped).
 
     Each process takes its own rows, `minibatch_size / world_size` of them per step; a process that
     runs out of rows before the others joins the remaining steps with nothing (zero gradients)."""
+    s, dist = state.settings, state.dist
     n = _count(experience)
     local_size = s.minibatch_size // dist.world_size
+    micro = s.micro_batch_size or s.minibatch_size
     steps_per_epoch = max(all_gather_objects(math.ceil(n / local_size), dist))
     sums: dict[str, float] = {}
     steps = 0
     generator = torch.Generator().manual_seed(s.seed * 1_000_003 + iteration + 104_729 * dist.rank)
-    policy.train()
+
+    def part_loss(batch: Experience, normaliser: Tensor):
+        loss, metrics = stage.loss(batch)
+        return loss * (stage.weight(batch).float() / normaliser), metrics
+
+    state.model.train()
     for _ in range(s.update_epochs):
         order = torch.randperm(n, generator=generator)
         for step in range(steps_per_epoch):
             rows = order[step * local_size : (step + 1) * local_size]
-            micro_batches = [{k: v.to(device) for k, v in _trim(_rows(experience, rows[i : i + micro])).items()}
+            micro_batches = [{k: v.to(state.device) for k, v in _trim(_rows(experience, rows[i : i + micro])).items()}
                              for i in range(0, len(rows), micro)]
             weights = [stage.weight(b).float() for b in micro_batches]
-            local = (torch.stack(weights).sum() if weights else torch.zeros(())).to(device)  # nccl reduces on the GPU
-            normaliser = all_reduce_sum(local, dist).clamp_min(1e-12)
-            totals: dict[str, Tensor] = {}
-            for batch, weight in zip(micro_batches, weights):
-                share = weight / normaliser
-                with autocast:
-                    loss, metrics = stage.loss(batch)
-                (loss * share).backward()
-                totals["loss"] = totals.get("loss", 0) + loss.detach().float() * share
-                for k, v in metrics.items():
-                    if k != "loss":  # counted just above
-                        totals[k] = totals.get(k, 0) + v.detach().float() * share
-            all_reduce_gradients(params, dist)
-            totals = _sum_over_processes(totals, dist)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm) if s.max_grad_norm else torch.zeros(())
-            if not (torch.isfinite(totals["loss"]) and torch.isfinite(grad_norm)):
-                raise NonFiniteLossError(
-                    f"{name}: the loss became {totals['loss'].item()} (grad norm {grad_norm.item()}) at iteration "
-                    f"{iteration + 1}; stopping without writing a model. Lower the learning rate or check the reward."
-                )
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            totals, grad_norm = optimizer_step(state, micro_batches, weights, part_loss,
+                                               where=f"iteration {iteration + 1}",
+                                               hint="Lower the learning rate or check the reward.")
             totals["grad_norm"] = grad_norm.detach().float()
             for k, v in totals.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
             steps += 1
     return {k: v / max(steps, 1) for k, v in sums.items()}
-
-
-def _save(root, iteration, policy, optimizer, scheduler, key, stage, extra_modules, dist: Dist, finished: bool) -> None:
-    """Process 0 writes (every replica holds the same state); the others wait for it."""
-    if dist.is_main:
-        meta = {"key": key, "iteration": iteration, "finished": finished,
-                "state": {part: obj.state_dict() for part, obj in stage.state.items()}}
-        save_checkpoint(root, iteration, policy, optimizer, scheduler, meta, extra_modules, with_optimizer=not finished)
-    barrier(dist)
 
 
 # Rollout figures that count things: summed over the processes (the others are averaged).
@@ -340,17 +250,3 @@ def _global_figures(figures: dict[str, float], n: int, dist: Dist) -> tuple[dict
         else:
             out[key] = sum(v for v, _ in finite) / len(finite) if finite else float("nan")
     return out, sum(count for _, count in gathered)
-
-
-def _sum_over_processes(totals: dict[str, Tensor], dist: Dist) -> dict[str, Tensor]:
-    """Each process's share-weighted figure sums added up (a process without rows adds nothing)."""
-    if not dist.enabled:
-        return totals
-    gathered = all_gather_objects({k: float(v) for k, v in totals.items()}, dist)
-    keys = list(dict.fromkeys(k for part in gathered for k in part))
-    return {k: torch.tensor(sum(part.get(k, 0.0) for part in gathered)) for k in keys}
-
-
-def _last_logged(path: Path) -> dict:
-    lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
-    return lines[-1] if lines else {}

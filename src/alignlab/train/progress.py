@@ -87,3 +87,29 @@ class Progress:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.stop()
+
+
+class RunLog:
+    """A run's log.jsonl and progress bar, kept by process 0 (the other processes hold nothing)."""
+
+    def __init__(self, out_dir: Path, start: int, total: int, name: str, is_main: bool):
+        self.path = out_dir / "log.jsonl"
+        self._log = StepLog(self.path, resume_step=start) if is_main else None
+        self._bar = Progress(total, start, name) if is_main else None
+
+    def write(self, record: dict, progress: tuple[int, str] | None = None) -> None:
+        if self._log is not None:
+            self._log.write(record)
+            if progress is not None:
+                self._bar.update(*progress)
+
+    def last_training_line(self) -> dict:
+        """The newest logged training figures (a line with a loss; eval lines have none)."""
+        lines = [json.loads(x) for x in self.path.read_text().splitlines() if x.strip()] if self.path.exists() else []
+        train_lines = [x for x in lines if "loss" in x]
+        return train_lines[-1] if train_lines else {}
+
+    def close(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._bar.close()

@@ -1,4 +1,6 @@
-"""Settings shared by every training stage: optimisation, batching, precision, logging, checkpoints."""
+"""The training blocks stages compose: how to optimise (`OptimSettings`), how a run is kept
+(`RunSettings`), and the two drivers' batching on top of them (`TrainSettings` for the offline
+loop, `OnlineSettings` for collect→update). Every knob is declared here once."""
 
 from __future__ import annotations
 
@@ -6,43 +8,73 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+Schedule = Literal["linear", "cosine", "constant"]
 
-class TrainSettings(BaseModel):
-    """How a stage trains. Batch sizes count examples (a pair counts once for preference stages).
+
+class OptimSettings(BaseModel):
+    """AdamW (no decay on biases and norm gains), clipping and warmup."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lr: float = Field(1e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+
+
+class RunSettings(BaseModel):
+    """Where and how reproducibly a run trains, and what it keeps."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int = 0
+    precision: Literal["fp32", "bf16"] = "fp32"
+    device: str = "auto"
+    log_every: int = Field(1, gt=0)
+    gradient_checkpointing: bool = Field(
+        False, description="recompute activations in the backward pass: less memory, about one more forward"
+    )
+    keep_checkpoints: bool = Field(False, description="keep checkpoints/ after the model is written")
+
+
+class TrainSettings(OptimSettings, RunSettings):
+    """How an offline stage trains. Batch sizes count examples (a pair counts once for preference stages).
 
     `batch_size` is the algorithm's batch: examples per optimizer step, summed over all processes.
     `micro_batch_size` is a per-process memory knob only: changing it (or the number of processes)
     does not change the update, because the loss is normalised by the whole step's count.
     """
 
-    model_config = ConfigDict(extra="forbid")
-
     epochs: float = Field(1.0, gt=0)
     max_steps: int | None = Field(None, gt=0, description="overrides epochs when set")
     batch_size: int = Field(16, gt=0)
-    micro_batch_size: int | None = Field(None, gt=0, description="default: batch_size")
-    lr: float = Field(1e-5, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    adam_eps: float = 1e-8
-    schedule: Literal["linear", "cosine", "constant"] = "linear"
-    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    micro_batch_size: int | None = Field(None, gt=0, description="memory knob only; default: batch_size")
+    schedule: Schedule = "linear"
     warmup_steps: int | None = Field(None, ge=0, description="overrides warmup_ratio when set")
-    max_grad_norm: float | None = Field(1.0, gt=0)
-    seed: int = 0
-    precision: Literal["fp32", "bf16"] = "fp32"
-    device: str = "auto"
-    log_every: int = Field(1, gt=0)
     eval_every: int | None = Field(None, gt=0)
     save_every: int | None = Field(50, gt=0, description="checkpoint period in steps; None: only at the end")
     group_by_length: bool = True
-    keep_checkpoints: bool = Field(False, description="keep checkpoints/ after the model is written")
-    gradient_checkpointing: bool = Field(
-        False, description="recompute activations in the backward pass: less memory, about one more forward"
-    )
 
     @model_validator(mode="after")
     def _micro_divides(self) -> "TrainSettings":
         if self.micro_batch_size is not None and self.micro_batch_size > self.batch_size:
             raise ValueError("micro_batch_size must not exceed batch_size")
         return self
+
+
+class OnlineSettings(OptimSettings, RunSettings):
+    """How an online stage iterates and optimises. Sizes count prompts or samples, per iteration."""
+
+    iterations: int = Field(100, gt=0, description="collect→update cycles")
+    prompts_per_iteration: int = Field(64, gt=0)
+    update_epochs: int = Field(1, gt=0, description="passes over each iteration's samples")
+    minibatch_size: int = Field(64, gt=0, description="samples per optimizer step")
+    micro_batch_size: int | None = Field(None, gt=0, description="memory knob only; default: minibatch_size")
+    schedule: Schedule = "constant"
+    save_every: int | None = Field(10, gt=0, description="checkpoint period in iterations")
+    max_kl: float | None = Field(None, gt=0, description="stop when the rollouts' mean sequence KL to the reference exceeds this")
+    snapshot_every: int | None = Field(None, gt=0, description="save the policy (HF format) under snapshots/ every N iterations")
+    log_samples: int = Field(4, ge=0, description="samples (prompt, completion, reward) written to samples.jsonl each "
+                             "iteration, and as many from the final policy; 0: none")

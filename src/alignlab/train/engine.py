@@ -1,0 +1,186 @@
+"""The training engine both drivers share: a run's state and its one optimizer step.
+
+`TrainState` holds what a checkpoint restores (model, trainable extras, optimizer, schedule, RNG,
+stateful helpers such as a KL controller) and knows how to `resume()` and `save()`.
+`optimizer_step` turns one step's micro-batches into one update: it normalises by the whole step's
+weight over every process, accumulates gradients, sums them over the processes, clips, stops on a
+non-finite loss and steps. The offline loop (`loop.train`) and the online loop
+(`online.run_online`) are short drivers around these two.
+
+Gradients are summed over processes by one flat all-reduce after the micro-batches (not DDP's
+hooks): every loss is already a share of the global step's, so the sum is the global gradient,
+and a process with nothing to do in a step simply adds zeros.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import torch
+from torch import Tensor, nn
+from torch.optim.lr_scheduler import LambdaLR
+
+from alignlab.train.activations import use_gradient_checkpointing
+from alignlab.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from alignlab.train.distributed import (
+    Dist,
+    all_gather_objects,
+    all_reduce_gradients,
+    all_reduce_sum,
+    barrier,
+    broadcast_parameters,
+)
+from alignlab.train.optim import make_optimizer
+from alignlab.train.schedule import make_scheduler
+
+Batch = dict[str, Tensor]
+PartLoss = Callable[[Batch, Tensor], tuple[Tensor, dict[str, Tensor]]]
+"""(micro-batch, the step's total weight over every process) -> (the micro-batch's part of the step's
+loss, its metrics averaged over it)"""
+
+# Settings that change how a run is watched or stored, never its numbers: a resume may change them.
+NOT_IN_RUN_KEY = frozenset({"log_every", "eval_every", "save_every", "device", "gradient_checkpointing",
+                            "keep_checkpoints", "log_samples"})
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when the loss or gradient norm stops being finite; nothing broken is written."""
+
+
+class ResumeMismatchError(RuntimeError):
+    """Raised when a checkpoint was written for different data or settings."""
+
+
+class EngineSettings(Protocol):
+    """What the engine reads of a stage's training block (TrainSettings and OnlineSettings both have it)."""
+
+    lr: float
+    weight_decay: float
+    adam_betas: tuple[float, float]
+    adam_eps: float
+    schedule: str
+    max_grad_norm: float | None
+    precision: str
+    gradient_checkpointing: bool
+
+
+def run_key(settings, *parts: Any) -> str:
+    """A run's identity for resume checks: its data and every setting that changes its numbers."""
+    payload = json.dumps([*parts, settings.model_dump(exclude=set(NOT_IN_RUN_KEY))])
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+@dataclass
+class TrainState:
+    """Everything a checkpoint holds, and the process group it trains in."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: LambdaLR
+    out_dir: Path
+    key: str
+    settings: EngineSettings
+    extras: dict[str, nn.Module] = field(default_factory=dict)
+    """modules saved beside the model: a value head (trained), a synced reference (changed by a hook)"""
+    stateful: dict[str, Any] = field(default_factory=dict)
+    """objects with state_dict()/load_state_dict() that the run changes (a KL controller)"""
+    dist: Dist = Dist()
+    device: torch.device = torch.device("cpu")
+    name: str = "train"
+
+    @classmethod
+    def create(cls, model: nn.Module, settings: EngineSettings, *, total_steps: int, warmup_steps: int, out_dir: Path,
+               key: str, extras: dict[str, nn.Module] | None = None, stateful: dict[str, Any] | None = None,
+               dist: Dist = Dist(), device: torch.device = torch.device("cpu"), name: str = "train") -> "TrainState":
+        extras = extras or {}
+        params = [p for m in (model, *extras.values()) for p in m.parameters()]
+        broadcast_parameters([p for p in params if p.requires_grad], dist)  # frozen weights: the same files everywhere
+        use_gradient_checkpointing(model, settings.gradient_checkpointing)
+        optimizer = make_optimizer(params, settings)
+        scheduler = make_scheduler(optimizer, total_steps, warmup_steps, settings.schedule)
+        return cls(model, optimizer, scheduler, out_dir, key, settings, extras, stateful or {}, dist, device, name)
+
+    @property
+    def trainable(self) -> list[nn.Parameter]:
+        return [p for m in (self.model, *self.extras.values()) for p in m.parameters() if p.requires_grad]
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.out_dir / "checkpoints"
+
+    def autocast(self):
+        if self.settings.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def resume(self) -> dict | None:
+        """Restore the newest checkpoint; its meta, or None when there is none to resume."""
+        found = latest_checkpoint(self.checkpoints)
+        if found is None:
+            return None
+        meta = load_checkpoint(found, self.model, self.optimizer, self.scheduler, self.extras)
+        if meta.get("key") != self.key:
+            raise ResumeMismatchError(
+                f"{found} was written for other data or settings; delete {self.checkpoints} to start over")
+        for part, obj in self.stateful.items():
+            obj.load_state_dict(meta["state"][part])
+        return meta
+
+    def save(self, step: int, meta: dict, *, final: bool) -> None:
+        """Process 0 writes (every replica holds the same state); the others wait for it. The final
+        checkpoint leaves out the optimizer's state: nothing resumes training from it."""
+        if self.dist.is_main:
+            meta = {"key": self.key, **meta, "state": {part: obj.state_dict() for part, obj in self.stateful.items()}}
+            save_checkpoint(self.checkpoints, step, self.model, self.optimizer, self.scheduler, meta, self.extras,
+                            with_optimizer=not final)
+        barrier(self.dist)
+
+
+def optimizer_step(state: TrainState, micro_batches: list[Batch], weights: list[Tensor], part_loss: PartLoss, *,
+                   where: str, hint: str) -> tuple[dict[str, Tensor], Tensor]:
+    """One update from this process's micro-batches; returns the step's figures over every process
+    (the loss and each metric, weighted by the micro-batches' shares) and the gradient norm.
+
+    `weights[i]` is micro-batch i's size in the units its loss averages over (tokens, pairs,
+    samples); the normaliser is their sum over the processes, so the micro-batch size and the
+    process count change memory, never the update. `where` and `hint` finish the error a non-finite
+    loss raises ("at step 12", "Lower the learning rate or check the data.")."""
+    dist, s = state.dist, state.settings
+    local = torch.stack(weights).sum() if weights else torch.zeros((), device=state.device)  # nccl reduces on the GPU
+    normaliser = all_reduce_sum(local, dist).clamp_min(1e-12)
+    totals: dict[str, Tensor] = {}
+    for batch, weight in zip(micro_batches, weights):
+        share = weight / normaliser
+        with state.autocast():
+            part, metrics = part_loss(batch, normaliser)
+        part.backward()
+        totals["loss"] = totals.get("loss", 0) + part.detach().float()
+        for k, v in metrics.items():
+            if k != "loss":  # the objective is counted just above
+                totals[k] = totals.get(k, 0) + v.detach().float() * share
+    params = state.trainable
+    all_reduce_gradients(params, dist)
+    totals = _sum_over_processes(totals, dist)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm) if s.max_grad_norm else torch.zeros(())
+    loss = totals.get("loss", torch.zeros(()))
+    if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+        raise NonFiniteLossError(f"{state.name}: the loss became {loss.item()} (grad norm {grad_norm.item()}) at {where}; "
+                                 f"stopping without writing a model. {hint}")
+    state.optimizer.step()
+    state.scheduler.step()
+    state.optimizer.zero_grad(set_to_none=True)
+    return totals, grad_norm
+
+
+def _sum_over_processes(totals: dict[str, Tensor], dist: Dist) -> dict[str, Tensor]:
+    """Each process's share-weighted figure sums added up (a process without rows adds nothing)."""
+    if not dist.enabled:
+        return totals
+    gathered = all_gather_objects({k: float(v) for k, v in totals.items()}, dist)
+    keys = list(dict.fromkeys(k for part in gathered for k in part))
+    return {k: torch.tensor(sum(part.get(k, 0.0) for part in gathered)) for k in keys}
