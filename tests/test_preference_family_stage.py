@@ -30,7 +30,19 @@ FAMILY = {
     "simpo": {"loss": "simpo"},
     "orpo": {"loss": "orpo"},
     "rpo": {"loss": [{"name": "sigmoid"}, {"name": "nll", "weight": 1.0}]},
+    "apo_zero": {"loss": "apo_zero"},
+    "apo_down": {"loss": "apo_down"},
 }
+
+
+def test_every_registered_objective_has_an_end_to_end_run_here():
+    """A new objective's registry line is not done until it learns a preference in this file
+    (sigmoid is the plain DPO of test_stages; nll alone learns no preference, it is RPO's half)."""
+    from alignlab.losses.preference import OBJECTIVES
+
+    used = {c["loss"] for c in FAMILY.values() if isinstance(c["loss"], str)}
+    used |= {t["name"] for c in FAMILY.values() if isinstance(c["loss"], list) for t in c["loss"]}
+    assert set(OBJECTIVES) - used <= {"sigmoid"}
 
 
 @torch.no_grad()

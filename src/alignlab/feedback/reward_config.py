@@ -42,7 +42,7 @@ class _Term(BaseModel):
 
 class RewardModelTerm(_Term):
     type: Literal["reward_model"]
-    path: str = Field(description="a reward model directory or hub id (e.g. '@reward_model/model')")
+    path: str = Field(min_length=1, description="a reward model directory or hub id (e.g. '@reward_model/model')")
     batch_size: int = Field(64, gt=0)
 
 
@@ -69,7 +69,7 @@ class CallableTerm(_Term):
 
 class ProcessRewardTerm(_Term):
     type: Literal["prm"]
-    path: str = Field(description="a process reward model directory (the prm stage's model)")
+    path: str = Field(min_length=1, description="a process reward model directory (the prm stage's model)")
     aggregate: Literal["prod", "min", "last"] = Field("prod", description="how step scores make one reward")
     separator: str = Field("\n", description="what ends a step in the completion")
     max_length: int = Field(512, gt=0)

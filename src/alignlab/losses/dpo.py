@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from alignlab.losses.objective import PairLogps, PreferenceSettings
 from alignlab.losses.bradley_terry import preference_nll
 from alignlab.ops.stats import check_reduction, pairwise_accuracy, reduce_loss
 
@@ -107,3 +108,8 @@ def preference_pair_metrics(
         "chosen_logps": policy_chosen_logps.detach().mean(),
         "rejected_logps": policy_rejected_logps.detach().mean(),
     }
+
+
+def dpo_objective(lp: PairLogps, s: PreferenceSettings, beta: float, labels: Tensor | None, reduction: str):
+    return dpo_loss(*lp.with_reference("sigmoid"), beta=beta, label_smoothing=s.label_smoothing, labels=labels,
+                    reduction=reduction)

@@ -30,6 +30,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from alignlab.losses.objective import PairLogps, PreferenceSettings
 from alignlab.losses.bradley_terry import preference_nll
 from alignlab.losses.dpo import preference_pair_metrics
 from alignlab.ops.stats import check_reduction, reduce_loss
@@ -164,3 +165,21 @@ def robust_dpo_loss(
 
 
 __all__ = ["hinge_loss", "ipo_loss", "robust_dpo_loss"]
+
+
+def robust_dpo_objective(lp: PairLogps, s: PreferenceSettings, beta: float, labels, reduction: str):
+    return robust_dpo_loss(*lp.with_reference("robust"), beta=beta, label_smoothing=s.label_smoothing,
+                           reduction=reduction)
+
+
+def hinge_objective(lp: PairLogps, s: PreferenceSettings, beta: float, labels, reduction: str):
+    return hinge_loss(*lp.with_reference("hinge"), beta=beta, reduction=reduction)
+
+
+def ipo_objective(lp: PairLogps, s: PreferenceSettings, beta: float, labels, reduction: str):
+    """IPO on summed log-probs (the paper), or per-token means with `ipo_length_normalize` (TRL's choice)."""
+    args = lp.with_reference("ipo")
+    if s.ipo_length_normalize:
+        args = (lp.chosen_mean, lp.rejected_mean, lp.mean(lp.ref_chosen, lp.chosen_tokens),
+                lp.mean(lp.ref_rejected, lp.rejected_tokens))
+    return ipo_loss(*args, tau=s.tau, reduction=reduction)

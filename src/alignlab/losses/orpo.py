@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from alignlab.losses.objective import PairLogps, PreferenceSettings
 from alignlab.ops.stats import check_reduction, pairwise_accuracy, reduce_loss
 
 _LN2 = math.log(2)
@@ -99,3 +100,8 @@ def orpo_loss(
 
 
 __all__ = ["log1mexp", "log_odds", "orpo_loss"]
+
+
+def orpo_objective(lp: PairLogps, s: PreferenceSettings, beta: float, labels, reduction: str):
+    """ORPO on per-token means; its NLL term is the chosen response's mean NLL."""
+    return orpo_loss(lp.chosen_mean, lp.rejected_mean, -lp.chosen_mean, lambda_=s.orpo_lambda, reduction=reduction)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from alignlab.losses.objective import PairLogps, PreferenceSettings
+from alignlab.ops.stats import reduce_loss
 from alignlab.ops.stats import masked_sum
 
 
@@ -42,3 +44,9 @@ def sft_loss(
         "tokens": tokens.detach(),
     }
     return loss, metrics
+
+
+def nll_objective(lp: PairLogps, s: PreferenceSettings, beta: float, labels, reduction: str):
+    """The chosen response's per-token NLL as a preference-stage term (with DPO: RPO)."""
+    nll = -lp.chosen_mean
+    return reduce_loss(nll, reduction), {"nll": nll.detach().mean()}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from alignlab.losses.objective import PairLogps, PreferenceSettings
 from alignlab.losses.bradley_terry import preference_nll
 from alignlab.ops.stats import check_reduction, pairwise_accuracy, reduce_loss
 
@@ -58,3 +59,7 @@ def simpo_loss(
 
 
 __all__ = ["simpo_loss"]
+
+
+def simpo_objective(lp: PairLogps, s: PreferenceSettings, beta: float, labels, reduction: str):
+    return simpo_loss(lp.chosen_mean, lp.rejected_mean, beta=beta, gamma=s.gamma, reduction=reduction)

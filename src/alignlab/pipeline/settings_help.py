@@ -42,8 +42,11 @@ REQUIRED = object()
 
 def _fields(cls: type):
     if isinstance(cls, type) and issubclass(cls, BaseModel):
+        overrides = getattr(cls, "stage_defaults", {})
         for name, field in cls.model_fields.items():
-            if field.is_required():
+            if name in overrides:
+                default = overrides[name]
+            elif field.is_required():
                 default = REQUIRED
             elif field.default_factory is not None:
                 default = field.default_factory()

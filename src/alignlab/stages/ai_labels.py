@@ -34,8 +34,8 @@ from alignlab.feedback.llm_spec import (
     build_llm,
 )
 from alignlab.rollout import SamplingSettings
+from alignlab.stages.blocks import PromptLengthSettings, SeedSettings
 from alignlab.stages.common import (
-    StageConfig,
     file_fingerprint,
     finish,
     seed_everything,
@@ -43,7 +43,7 @@ from alignlab.stages.common import (
 from alignlab.stages.sl_cai import PolicyResponder
 
 
-class AILabelsConfig(StageConfig):
+class AILabelsConfig(PromptLengthSettings, SeedSettings):
     feedback: LLMSpec = Field(description="the model that compares the two responses")
     pairs: str | None = Field(None, description="records with prompt (or messages), response_a, response_b")
     prompts: str | None = Field(None, description="prompts to sample two responses each from `policy`")
@@ -54,9 +54,7 @@ class AILabelsConfig(StageConfig):
     reasoning: FeedbackGeneration = FeedbackGeneration(max_tokens=128)
     sampling: SamplingSettings = SamplingSettings(max_new_tokens=128)
     batch_size: int = Field(16, gt=0, description="pairs per stored batch (the unit of resumption)")
-    max_prompt_length: int = 256
     device: str = Field("auto", description="where the policy samples")
-    seed: int = 0
 
     @model_validator(mode="after")
     def _one_source(self) -> AILabelsConfig:

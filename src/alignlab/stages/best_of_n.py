@@ -21,6 +21,8 @@ picked for each N.
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,14 +42,15 @@ from alignlab.feedback import (
 from alignlab.models import load_causal_lm, load_tokenizer
 from alignlab.rollout import SamplingSettings, sample
 from alignlab.search.select import pick_best
-from alignlab.stages.common import StageConfig, finish, runtime, seed_everything
+from alignlab.stages.blocks import DtypeSettings, ModelSettings, PromptLengthSettings, SeedSettings
+from alignlab.stages.common import finish, runtime, seed_everything
 from alignlab.stages.online_common import load_prompt_ids
 
 MAX_PROBLEMS_REPORTED = 20
 
 
-class BestOfNConfig(StageConfig):
-    model: str = Field(description="the sampling policy (hub id or local directory)")
+class BestOfNConfig(ModelSettings, DtypeSettings, PromptLengthSettings, SeedSettings):
+    stage_defaults: ClassVar[dict[str, Any]] = {"seed": 1234}  # evaluation samples apart from training's seed 0
     prompts: str
     reward: RewardSpec = Field(description="the proxy that picks the best sample (usually a reward model)")
     gold: RewardSpec | None = Field(
@@ -57,10 +60,7 @@ class BestOfNConfig(StageConfig):
     n: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 16], min_length=1, description="the N values to report")
     n_prompts: int | None = Field(None, gt=0, description="use the first n_prompts prompts only")
     sampling: SamplingSettings = SamplingSettings()
-    max_prompt_length: int = Field(128, gt=0)
-    dtype: str = "float32"
     on_reward_error: Literal["drop", "stop"] = Field("drop", description="a sample whose score fails or is NaN")
-    seed: int = 1234
 
     @field_validator("n")
     @classmethod

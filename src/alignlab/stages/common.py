@@ -37,6 +37,8 @@ class StageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
     moved: ClassVar[dict[str, str]] = {}
     """old key -> its one home now, for an error that says where a setting went"""
+    stage_defaults: ClassVar[dict[str, Any]] = {}
+    """a shared knob's default in this stage, where it differs from the block's (declared once there)"""
 
     @model_validator(mode="before")
     @classmethod
@@ -46,7 +48,7 @@ class StageConfig(BaseModel):
         for old, new in cls.moved.items():
             if old in data:
                 raise ValueError(f"`{old}` is set as `{new}` (one home per setting)")
-        merged = dict(data)
+        merged = {**cls.stage_defaults, **data}
         for name, field in cls.model_fields.items():
             given = merged.get(name)
             if isinstance(given, BaseModel) and type(given) is type(field.default):

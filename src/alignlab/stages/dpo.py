@@ -1,8 +1,9 @@
 """Offline preference optimisation: DPO (Rafailov et al. 2023) and its family, chosen by name.
 
-Objectives (`loss`): sigmoid (DPO; with `label_smoothing` it is cDPO; soft `label`s per pair),
-robust, hinge (SLiC), ipo, simpo and orpo (no reference), nll, or a weighted list of them
-(`[{name: sigmoid}, {name: nll, weight: 1.0}]` is RPO).
+Objectives (`loss`, the registry in `losses/preference.py`): sigmoid (DPO; with `label_smoothing`
+it is cDPO; soft `label`s per pair), robust, hinge (SLiC), ipo, apo_zero and apo_down (APO),
+simpo and orpo (no reference), nll, or a weighted list of them (`[{name: sigmoid}, {name: nll,
+weight: 1.0}]` is RPO).
 
 Chosen and rejected go through the policy in one forward. Reference strategies (`ref_mode`):
 `precompute` (default) computes the reference log-probs once before training and caches them on
@@ -23,6 +24,7 @@ from pydantic import Field, model_validator
 
 from alignlab.losses.preference import (
     OBJECTIVES,
+    ObjectiveName,
     PairLogps,
     PreferenceSettings,
     needs_reference,
@@ -30,13 +32,13 @@ from alignlab.losses.preference import (
 )
 from alignlab.models import (
     LogpsCache,
-    LoraSettings,
     resolve_max_length,
     load_tokenizer,
     model_fingerprint,
     save_pretrained_atomic,
 )
 from alignlab.ops import sequence_logps, token_logps
+from alignlab.stages.blocks import HeldOutSettings, PolicySettings
 from alignlab.stages.common import (
     StageConfig,
     file_fingerprint,
@@ -57,13 +59,10 @@ from alignlab.stages.pairs import (
 )
 from alignlab.train import StepFns, TrainSettings, train
 
-ObjectiveName = Literal["sigmoid", "robust", "hinge", "ipo", "simpo", "orpo", "nll"]
-assert set(ObjectiveName.__args__) == set(OBJECTIVES)
-
 
 class Term(StageConfig):
     name: ObjectiveName
-    weight: float = 1.0
+    weight: float = Field(1.0, allow_inf_nan=False, description="multiplies this term in the sum")
 
 
 class RefSync(StageConfig):
@@ -71,14 +70,12 @@ class RefSync(StageConfig):
     alpha: float = Field(0.6, gt=0, le=1, description="ref <- alpha*policy + (1-alpha)*ref")
 
 
-class DPOConfig(StageConfig):
-    model: str
+class DPOConfig(PolicySettings, HeldOutSettings):
     data: str
     ref_model: str | None = Field(None, description="default: the starting model")
-    eval_data: str | None = None
-    eval_fraction: float = Field(0.1, ge=0, lt=1)
-    loss: ObjectiveName | list[Term] = "sigmoid"
-    beta: float | None = Field(None, gt=0, description="default 0.1 (2.0 for simpo)")
+    loss: ObjectiveName | list[Term] = Field("sigmoid", description="one objective, or a weighted list: "
+                                             + "; ".join(f"{n}: {o.summary}" for n, o in OBJECTIVES.items()))
+    beta: float | None = Field(None, gt=0, description="default: the objective's (0.1; simpo 2.0)")
     label_smoothing: float = Field(0.0, ge=0, lt=0.5)
     tau: float = Field(0.1, gt=0, description="IPO")
     gamma: float = Field(0.5, ge=0, description="SimPO target margin")
@@ -87,10 +84,6 @@ class DPOConfig(StageConfig):
     ref_mode: Literal["precompute", "live", "none"] | None = Field(None, description="default: precompute, or none when reference-free")
     ref_sync: RefSync | None = Field(None, description="TR-DPO reference updates (needs ref_mode live)")
     cache_dir: str | None = Field(None, description="where precomputed reference log-probs live; default <out>/cache")
-    max_length: int | None = Field(None, gt=0, description="longest row in tokens; default: 512, or the model's position limit if smaller")
-    max_prompt_length: int = 256
-    dtype: str = "float32"
-    lora: LoraSettings | None = None
     train: TrainSettings = TrainSettings(lr=5e-6, batch_size=16, warmup_ratio=0.1)
 
     @property
@@ -130,12 +123,12 @@ def _pair_logps(model, batch) -> PairLogps:
 
 
 @torch.no_grad()
-def _live_ref_logps(ref, batch, lp: PairLogps) -> PairLogps:
+def _ref_sequence_logps(ref, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference's summed log-probs of the chosen (first half) and rejected (second half) rows."""
     logps, mask = ref.token_logps(batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
     seq = sequence_logps(logps, mask)
     h = seq.shape[0] // 2
-    lp.ref_chosen, lp.ref_rejected = seq[:h], seq[h:]
-    return lp
+    return seq[:h], seq[h:]
 
 
 @torch.no_grad()
@@ -145,9 +138,9 @@ def _reference_logps(ref, pairs: list[Pair], pad: int, device, batch_size: int =
     for start in range(0, len(pairs), batch_size):
         idx = order[start : start + batch_size]
         b = {k: v.to(device) for k, v in pair_batch(pairs, idx, pad, {}).items()}
-        lp = _live_ref_logps(ref, b, PairLogps(*[None] * 4))
-        chosen[idx] = lp.ref_chosen.float().cpu()
-        rejected[idx] = lp.ref_rejected.float().cpu()
+        ref_chosen, ref_rejected = _ref_sequence_logps(ref, b)
+        chosen[idx] = ref_chosen.float().cpu()
+        rejected[idx] = ref_rejected.float().cpu()
     return {"ref_chosen": chosen, "ref_rejected": rejected}
 
 
@@ -158,7 +151,7 @@ def objective_fn(cfg: DPOConfig, live_ref, soft: bool):
     def compute(model, batch):
         lp = _pair_logps(model, batch)
         if live_ref is not None:
-            lp = _live_ref_logps(live_ref, batch, lp)
+            lp.ref_chosen, lp.ref_rejected = _ref_sequence_logps(live_ref, batch)
         return preference_objective(terms, lp, settings, labels=batch["label"] if soft else None, reduction="sum")
 
     return compute
@@ -172,8 +165,9 @@ def run(cfg: DPOConfig, out: Path) -> dict:
         cfg.max_prompt_length,
     )
     soft = any(e.label != 1.0 for e in train_ex)  # decided once: no host sync per step
-    if soft and any(n != "sigmoid" for n, _ in cfg.terms):
-        raise ValueError(f"{cfg.data}: soft labels (`label` < 1) are supported by the sigmoid objective only")
+    if soft and not all(OBJECTIVES[n].soft_labels for n, _ in cfg.terms):
+        takes = [n for n, o in OBJECTIVES.items() if o.soft_labels]
+        raise ValueError(f"{cfg.data}: soft labels (`label` < 1) are taken by {', '.join(takes)} only")
     device, dist = runtime(cfg.train.device)
     seed_everything(cfg.train.seed)
     model = load_policy(cfg.model, cfg.dtype, device, cfg.lora)
@@ -237,5 +231,5 @@ def _cached_reference(cfg, ref_path, model, pairs, eval_pairs, pad, device, out,
         del ref
         cache.save(tensors)
     train_part = {k: v for k, v in tensors.items() if not k.startswith("eval_")}
-    eval_part = {k[5:]: v for k, v in tensors.items() if k.startswith("eval_")}
+    eval_part = {k.removeprefix("eval_"): v for k, v in tensors.items() if k.startswith("eval_")}
     return train_part, eval_part

@@ -8,6 +8,8 @@ frontier plots), response length, and distinct-n. Samples are written to `data/s
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import statistics
 from pathlib import Path
 
@@ -27,11 +29,13 @@ from alignlab.models import (
 )
 from alignlab.ops import sequence_logps, token_logps
 from alignlab.rollout import SamplingSettings, generate
-from alignlab.stages.common import StageConfig, finish, runtime, seed_everything
+from alignlab.stages.blocks import PromptLengthSettings, SeedSettings
+from alignlab.stages.common import finish, runtime, seed_everything
 from alignlab.tasks import TaskSpec, get_task
 
 
-class EvaluateConfig(StageConfig):
+class EvaluateConfig(PromptLengthSettings, SeedSettings):
+    stage_defaults: ClassVar[dict[str, Any]] = {"seed": 1234}  # evaluation samples apart from training's seed 0
     models: dict[str, str] = Field(description="name -> model path, e.g. {sft: '@sft', dpo: '@dpo'}")
     snapshots: dict[str, str] = Field(
         default_factory=dict,
@@ -44,9 +48,7 @@ class EvaluateConfig(StageConfig):
     n_prompts: int | None = Field(None, gt=0)
     samples_per_prompt: int = Field(1, gt=0)
     sampling: SamplingSettings = SamplingSettings()
-    max_prompt_length: int = 128
     batch_size: int = 64
-    seed: int = 1234
 
 
 @torch.no_grad()

@@ -29,7 +29,8 @@ from alignlab.feedback.hybrid import (
     route_pairs,
 )
 from alignlab.feedback.judges import PairLabels
-from alignlab.stages.common import StageConfig, finish, write_json
+from alignlab.stages.blocks import SeedSettings
+from alignlab.stages.common import finish, write_json
 from alignlab.train.checkpoint import write_text_atomic
 
 QUEUE = "data/human_queue.jsonl"
@@ -39,19 +40,17 @@ class AwaitingHumanLabels(RuntimeError):
     """The queue is written and people have not labelled it yet: not a failure, a pause."""
 
 
-class HybridLabelsConfig(StageConfig):
+class HybridLabelsConfig(SeedSettings):
     ai_labels: str = Field(description="preference file whose `label` is the AI's P(chosen ≻ rejected)")
     ai_threshold: float = Field(0.6, ge=0, le=1, description="confidence |P − 0.5|·2 at or above which the AI label is accepted")
     human_threshold: float = Field(0.2, ge=0, le=1, description="confidence below which only people label the pair")
     human_labels: str | None = Field(None, description="people's labels of the queue (the labelling app's export, a preference file)")
     bucket_width: float = Field(0.1, gt=0, le=1, description="width of the confidence buckets in the agreement report")
-    seed: int = Field(0, description="order of the two responses shown in the queue")
 
     @model_validator(mode="after")
     def _ordered(self) -> HybridLabelsConfig:
         check_thresholds(self.ai_threshold, self.human_threshold)
         return self
-
 
 def run(cfg: HybridLabelsConfig, out: Path) -> dict:
     out = Path(out)

@@ -21,10 +21,10 @@ from alignlab.data.collate import pad_rows
 from alignlab.data.tokenize import TokenizedRow, tokenize_example
 from alignlab.data.unpaired import UnpairedExample, load_unpaired
 from alignlab.losses.kto import kto_loss, kto_reference_point, kto_weight_ratio_ok
-from alignlab.models import LoraSettings, load_tokenizer, resolve_max_length, save_pretrained_atomic
+from alignlab.models import load_tokenizer, resolve_max_length, save_pretrained_atomic
 from alignlab.ops import sequence_logps, token_logps
+from alignlab.stages.blocks import EvalDataSettings, PolicySettings
 from alignlab.stages.common import (
-    StageConfig,
     file_fingerprint,
     finish,
     frozen_reference,
@@ -40,19 +40,13 @@ from alignlab.train.distributed import all_reduce_sum
 log = logging.getLogger(__name__)
 
 
-class KTOConfig(StageConfig):
-    model: str
+class KTOConfig(PolicySettings, EvalDataSettings):
     data: str = Field(description="unpaired prompt/completion/label records")
     unpair: bool = Field(False, description="accept chosen/rejected pairs, splitting each into two examples")
-    eval_data: str | None = None
     ref_model: str | None = None
     beta: float = Field(0.1, gt=0)
     desirable_weight: float = Field(1.0, gt=0)
     undesirable_weight: float = Field(1.0, gt=0)
-    max_length: int | None = Field(None, gt=0, description="longest row in tokens; default: 512, or the model's position limit if smaller")
-    max_prompt_length: int = 256
-    dtype: str = "float32"
-    lora: LoraSettings | None = None
     allow_one_sided: bool = Field(False, description="train on data whose labels are all desirable or all undesirable")
     train: TrainSettings = TrainSettings(lr=5e-6, batch_size=16, warmup_ratio=0.1)
 

@@ -14,20 +14,17 @@ from alignlab.data.formats import load_prompts
 from alignlab.data.tokenize import tokenize_prompts
 from alignlab.feedback import RewardSpec, ScoringBatch, score_safely
 from alignlab.rollout import LocalSampler, Rollouts, Sampler, SamplingSettings, VLLMSampler, logp_mismatch, sample, to_batch
-from alignlab.stages.common import StageConfig
+from alignlab.stages.blocks import DtypeSettings, ModelSettings, PromptLengthSettings
 from alignlab.train.distributed import Dist
 from alignlab.train.online import OnlineSettings, OnlineStage
 
 
-class OnlineConfig(StageConfig):
+class OnlineConfig(ModelSettings, DtypeSettings, PromptLengthSettings):
     """Settings every online stage has."""
 
-    model: str
     prompts: str
     reward: RewardSpec
     ref_model: str | None = Field(None, description="the KL anchor; default: the starting model")
-    dtype: str = "float32"
-    max_prompt_length: int = 128
     sampling: SamplingSettings = SamplingSettings()
     on_reward_error: Literal["drop", "stop"] = Field("drop", description="a sample whose reward fails or is NaN")
     rollout_backend: Literal["local", "vllm"] = Field(

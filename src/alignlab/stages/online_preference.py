@@ -55,14 +55,15 @@ from alignlab.data.tokenize import tokenize_sft
 from alignlab.losses.preference import (
     PairLogps,
     PreferenceSettings,
+    ReferenceObjectiveName,
     preference_objective,
 )
-from alignlab.models import LoraSettings, load_tokenizer, resolve_max_length, save_pretrained_atomic
+from alignlab.models import load_tokenizer, resolve_max_length, save_pretrained_atomic
 from alignlab.models.load import disable_dropout
 from alignlab.ops import masked_sum, sequence_logps, token_logps
 from alignlab.rollout import SamplingSettings, sample
+from alignlab.stages.blocks import AdapterSettings, DtypeSettings, LengthSettings, ModelSettings
 from alignlab.stages.common import (
-    StageConfig,
     file_fingerprint,
     finish,
     frozen_reference,
@@ -83,18 +84,17 @@ from alignlab.stages.online_common import (
 from alignlab.train.distributed import Dist
 from alignlab.train.online import Experience, OnlineSettings, OnlineStage, run_online
 
-# The preference objectives of losses/preference.py that compare against a reference.
-PairObjectiveName = Literal["sigmoid", "robust", "hinge", "ipo"]
 PAIR_FIELDS = ("input_ids", "attention_mask", "loss_mask")
 
 
-class PairLossConfig(StageConfig):
+class PairLossConfig(AdapterSettings):
     """The pairwise objective both stages train with."""
 
-    loss: PairObjectiveName = Field("sigmoid", description="sigmoid (DPO/SPIN), robust, hinge (SLiC) or ipo")
+    loss: ReferenceObjectiveName = Field(
+        "sigmoid", description="a pairwise objective against the reference (sigmoid: DPO/SPIN): "
+        + ", ".join(ReferenceObjectiveName.__args__))
     beta: float = Field(0.1, gt=0, description="KL strength β (for ipo: its τ)")
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="cDPO (sigmoid) or robust DPO noise rate")
-    lora: LoraSettings | None = None
 
     @property
     def objective(self) -> PreferenceSettings:
@@ -107,18 +107,12 @@ class OnlineDPOConfig(OnlineConfig, PairLossConfig):
     min_gap: float = Field(0.0, ge=0, description="drop pairs whose two scores differ by this much or less")
 
 
-class SPINConfig(PairLossConfig):
+class SPINConfig(PairLossConfig, ModelSettings, DtypeSettings, LengthSettings):
     """SPIN: demonstrations and the pair loss; no reward source (the demonstration always wins)."""
 
-    model: str
     data: str = Field(description="SFT demonstrations (prompt/completion or messages)")
     reference: Literal["previous", "initial"] = Field(
         "previous", description="previous: the policy that drew the samples (SPIN); initial: the starting model")
-    dtype: str = "float32"
-    max_length: int | None = Field(
-        None, gt=0, description="demonstrations are cut to this many tokens; default: 512 or the model's position "
-        "limit if smaller (the policy's samples are bounded by sampling.max_new_tokens)")
-    max_prompt_length: int = Field(256, gt=0)
     sampling: SamplingSettings = SamplingSettings()
     train: OnlineSettings = OnlineSettings()
 

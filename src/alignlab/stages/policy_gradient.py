@@ -29,13 +29,14 @@ import torch
 from pydantic import Field
 
 from alignlab.losses.policy_gradient import AGGREGATIONS, clipped_policy_loss, grpo_loss
-from alignlab.models import LoraSettings, save_pretrained_atomic
+from alignlab.models import save_pretrained_atomic
 from alignlab.ops import masked_mean, masked_sum
 from alignlab.ops.advantages import (
     group_normalised_advantages,
     leave_one_out_advantages,
 )
 from alignlab.ops.logps import token_logps
+from alignlab.stages.blocks import AdapterSettings
 from alignlab.stages.common import (
     file_fingerprint,
     finish,
@@ -52,9 +53,8 @@ from alignlab.train.online import run_online
 Aggregation = Literal[AGGREGATIONS]
 
 
-class GroupConfig(OnlineConfig):
+class GroupConfig(OnlineConfig, AdapterSettings):
     samples_per_prompt: int = Field(4, ge=2, description="group size k")
-    lora: LoraSettings | None = None
     clip_low: float = Field(0.2, gt=0)
     clip_high: float | None = Field(None, gt=0, description="default: clip_low (DAPO raises it)")
     track_kl: bool = Field(True, description="measure KL to the reference even when beta is 0")

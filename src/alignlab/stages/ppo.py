@@ -19,11 +19,12 @@ from pydantic import Field
 
 from alignlab.feedback import single_reward_model_path
 from alignlab.losses.policy_gradient import ppo_loss
-from alignlab.models import LoraSettings, save_pretrained_atomic
+from alignlab.models import save_pretrained_atomic
 from alignlab.models.value import ValueHead, critic_values, hidden_size, load_critic
 from alignlab.ops import masked_mean, masked_sum, masked_whiten
 from alignlab.ops.advantages import explained_variance, gae, kl_penalised_rewards
 from alignlab.ops.logps import logps_from_logits, token_logps
+from alignlab.stages.blocks import AdapterSettings
 from alignlab.stages.common import (
     StageConfig,
     file_fingerprint,
@@ -48,10 +49,9 @@ class KLSettings(StageConfig):
     estimator: Literal["k1", "k3"] = "k1"
 
 
-class PPOConfig(OnlineConfig):
+class PPOConfig(OnlineConfig, AdapterSettings):
     critic: Literal["separate", "shared"] = "separate"
     critic_model: str | None = Field(None, description="initialises a separate critic; default: the reward model, else the policy")
-    lora: LoraSettings | None = None
     kl: KLSettings = KLSettings()
     gamma: float = Field(1.0, ge=0, le=1)
     lam: float = Field(0.95, ge=0, le=1)

@@ -28,8 +28,8 @@ from alignlab.data.stepwise import (
 from alignlab.losses.prm import prm_loss
 from alignlab.models import load_tokenizer, resolve_max_length, save_pretrained_atomic
 from alignlab.models.value import load_critic
+from alignlab.stages.blocks import DtypeSettings, HeldOutSettings, MaxLengthSettings, ModelSettings
 from alignlab.stages.common import (
-    StageConfig,
     file_fingerprint,
     finish,
     runtime,
@@ -38,15 +38,10 @@ from alignlab.stages.common import (
 from alignlab.train import StepFns, TrainSettings, train
 
 
-class PRMConfig(StageConfig):
-    model: str = Field(description="causal LM or reward model directory to initialise the PRM from")
+class PRMConfig(ModelSettings, DtypeSettings, MaxLengthSettings, HeldOutSettings):
     data: str = Field(description="step-labelled data: prompt, completions (steps), labels")
-    eval_data: str | None = None
-    eval_fraction: float = Field(0.1, ge=0, lt=1, description="examples held out when no eval_data")
-    max_length: int | None = Field(None, gt=0, description="longest row in tokens; default: 512, or the model's position limit if smaller")
     separator: str = Field("\n", description="text after every step; the step is scored at its last token")
     last_only: bool = Field(False, description="train only each solution's last step (an outcome RM)")
-    dtype: str = "float32"
     train: TrainSettings = TrainSettings(lr=1e-4, batch_size=16, warmup_ratio=0.03)
 
 

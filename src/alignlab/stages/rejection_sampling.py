@@ -45,12 +45,12 @@ from pydantic import Field, model_validator
 from alignlab.data.readers import write_jsonl
 from alignlab.data.tokenize import TokenizedRow
 from alignlab.feedback import RewardSpec, ScoringBatch, build_reward, score_safely
-from alignlab.models import LoraSettings, load_tokenizer, save_pretrained_atomic
+from alignlab.models import load_tokenizer, resolve_max_length, save_pretrained_atomic
 from alignlab.rollout import SamplingSettings, sample
 from alignlab.search.select import pick_best
+from alignlab.stages.blocks import PolicySettings, SeedSettings
 from alignlab.stages.common import (
     DONE,
-    StageConfig,
     file_fingerprint,
     finish,
     load_policy,
@@ -68,8 +68,7 @@ SELECTION = "selection.json"
 MAX_PROBLEMS_REPORTED = 20
 
 
-class RejectionSamplingConfig(StageConfig):
-    model: str = Field(description="the starting policy (hub id or local directory)")
+class RejectionSamplingConfig(PolicySettings, SeedSettings):
     prompts: str
     reward: RewardSpec
     rounds: int = Field(3, ge=1)
@@ -79,20 +78,15 @@ class RejectionSamplingConfig(StageConfig):
         "best", description="best: the best sample per prompt; above_threshold: every sample >= min_reward",
     )
     min_reward: float | None = Field(None, allow_inf_nan=False, description="keep nothing below this reward")
-    max_length: int = Field(512, gt=0, description="prompt + completion tokens trained on (longer: cut)")
-    max_prompt_length: int = Field(128, gt=0)
     sampling: SamplingSettings = SamplingSettings()
     on_reward_error: Literal["drop", "stop"] = Field("drop", description="a sample whose reward fails or is NaN")
-    dtype: str = "float32"
-    lora: LoraSettings | None = None
     train: TrainSettings = TrainSettings(lr=1e-5, batch_size=16)
-    seed: int = 0
 
     @model_validator(mode="after")
     def _consistent(self) -> RejectionSamplingConfig:
         if self.keep == "above_threshold" and self.min_reward is None:
             raise ValueError("keep: above_threshold needs min_reward")
-        if self.max_prompt_length >= self.max_length:
+        if self.max_length is not None and self.max_prompt_length >= self.max_length:
             raise ValueError(
                 f"max_prompt_length ({self.max_prompt_length}) must be below max_length ({self.max_length}) "
                 "to leave room for the completion"
@@ -189,6 +183,10 @@ def copy_dir_atomic(src: Path, dst: Path) -> None:
 
 def run(cfg: RejectionSamplingConfig, out: Path) -> dict:
     tokenizer = load_tokenizer(cfg.model)
+    max_length = resolve_max_length(cfg.model, cfg.max_length)
+    if cfg.max_prompt_length >= max_length:
+        raise ValueError(f"max_prompt_length ({cfg.max_prompt_length}) must be below the model's max_length "
+                         f"({max_length}) to leave room for the completion")
     prompt_texts, prompt_ids = load_prompt_ids(cfg.prompts, tokenizer, cfg.max_prompt_length)
     device, dist = runtime(cfg.train.device)
     stream = PromptStream(len(prompt_ids), cfg.prompts_per_round or len(prompt_ids), cfg.seed)
@@ -225,7 +223,7 @@ def run(cfg: RejectionSamplingConfig, out: Path) -> dict:
         barrier(dist)
         selection = read_json(round_dir / SELECTION)
 
-        rows = training_rows(selection, cfg.max_length)
+        rows = training_rows(selection, max_length)
         figures = {"round": r, **selection["figures"]}
         if rows:
             ids_key = hashlib.sha256(json.dumps([selection["prompt_ids"], selection["completion_ids"]]).encode())

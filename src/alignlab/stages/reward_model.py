@@ -13,7 +13,6 @@ from pydantic import Field
 
 from alignlab.losses import bradley_terry_loss
 from alignlab.models import (
-    LoraSettings,
     apply_lora,
     resolve_max_length,
     load_reward_model,
@@ -21,8 +20,8 @@ from alignlab.models import (
     reward_scores,
     save_pretrained_atomic,
 )
+from alignlab.stages.blocks import HeldOutSettings, PolicySettings
 from alignlab.stages.common import (
-    StageConfig,
     file_fingerprint,
     finish,
     mean_over_batches,
@@ -34,17 +33,10 @@ from alignlab.stages.pairs import labels_of, load_pair_splits, pair_batch, pair_
 from alignlab.train import StepFns, TrainSettings, train
 
 
-class RewardModelConfig(StageConfig):
-    model: str
+class RewardModelConfig(PolicySettings, HeldOutSettings):
     data: str = Field(description="preference pairs or K-way rankings")
-    eval_data: str | None = None
-    eval_fraction: float = Field(0.1, ge=0, lt=1, description="held out by prompt when no eval_data")
-    max_length: int | None = Field(None, gt=0, description="longest row in tokens; default: 512, or the model's position limit if smaller")
-    max_prompt_length: int = 256
     margin: bool = Field(False, description="use each pair's `margin` field in the loss")
     center_coef: float = Field(0.0, ge=0)
-    dtype: str = "float32"
-    lora: LoraSettings | None = None
     train: TrainSettings = TrainSettings(lr=1e-4, batch_size=32, warmup_ratio=0.03)
 
 

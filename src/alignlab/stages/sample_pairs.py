@@ -21,12 +21,12 @@ from alignlab.data.readers import write_jsonl
 from alignlab.data.tokenize import tokenize_prompts
 from alignlab.models import load_causal_lm, load_tokenizer
 from alignlab.rollout import SamplingSettings, generate
-from alignlab.stages.common import StageConfig, finish, runtime, seed_everything
+from alignlab.stages.blocks import EvalFractionSettings, ModelSettings, PromptLengthSettings, SeedSettings
+from alignlab.stages.common import finish, runtime, seed_everything
 from alignlab.tasks import TaskSpec, get_task
 
 
-class SamplePairsConfig(StageConfig):
-    model: str
+class SamplePairsConfig(ModelSettings, PromptLengthSettings, SeedSettings, EvalFractionSettings):
     prompts: str
     task: TaskSpec = Field(description="built-in task whose gold reward labels the pairs")
     samples_per_prompt: int = Field(2, ge=2)
@@ -34,9 +34,6 @@ class SamplePairsConfig(StageConfig):
     label_noise: Literal["none", "bradley_terry"] = "none"
     noise_temperature: float = Field(0.1, gt=0)
     min_gap: float = Field(0.0, ge=0, description="drop pairs whose gold rewards differ by no more")
-    eval_fraction: float = Field(0.1, ge=0, lt=1)
-    max_prompt_length: int = 128
-    seed: int = 0
 
 
 def run(cfg: SamplePairsConfig, out: Path) -> dict:

@@ -22,6 +22,8 @@ data/samples.jsonl (every sample with its answer, correctness, scores and true s
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import math
 from pathlib import Path
 from typing import Literal
@@ -32,12 +34,14 @@ from alignlab.data.readers import write_jsonl
 from alignlab.eval.metrics import finite_or_none, mean_and_se
 from alignlab.eval.search_plot import accuracy_table, plot_accuracy_vs_n
 from alignlab.feedback.step_scores import StepScorer, aggregate, load_step_scorer
+from alignlab.models import resolve_max_length
 from alignlab.rollout import SamplingSettings
 from alignlab.search.beam import beam_search
 from alignlab.search.select import pick_best
 from alignlab.search.step_sampler import StepSampler, newline_token_ids
 from alignlab.search.vote import majority_vote, weighted_vote
-from alignlab.stages.common import StageConfig, finish
+from alignlab.stages.blocks import MaxLengthSettings, ModelSettings, PromptLengthSettings, SeedSettings
+from alignlab.stages.common import finish
 from alignlab.stages.online_common import sample_policy
 from alignlab.stages.step_labels import step_checkable
 from alignlab.tasks import TaskSpec
@@ -52,8 +56,8 @@ class BeamSettings(BaseModel):
     max_new_tokens: int = Field(24, gt=0, description="tokens per sampled step")
 
 
-class SearchConfig(StageConfig):
-    model: str = Field(description="the policy that proposes solutions")
+class SearchConfig(ModelSettings, PromptLengthSettings, MaxLengthSettings, SeedSettings):
+    stage_defaults: ClassVar[dict[str, Any]] = {"seed": 1234}  # evaluation samples apart from training's seed 0
     prompts: str = Field(description="held-out problems")
     task: TaskSpec = Field(description="a step-checkable task: its verifier scores and labels solutions")
     n: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 16], min_length=1)
@@ -63,9 +67,6 @@ class SearchConfig(StageConfig):
     beam: BeamSettings | None = Field(None, description="PRM beam search (needs prm); absent: not run")
     n_prompts: int | None = Field(None, gt=0)
     sampling: SamplingSettings = SamplingSettings()
-    max_prompt_length: int = Field(128, gt=0)
-    max_length: int = Field(512, gt=0, description="longest prompt + solution a scorer reads")
-    seed: int = 1234
 
     @field_validator("n")
     @classmethod
@@ -75,8 +76,8 @@ class SearchConfig(StageConfig):
         return sorted(values)
 
 
-def _scorer(path: str, device, max_length: int) -> StepScorer:
-    return load_step_scorer(path, device, max_length=max_length)
+def _scorer(path: str, device, max_length: int | None) -> StepScorer:
+    return load_step_scorer(path, device, max_length=resolve_max_length(path, max_length))
 
 
 def accuracy_point(n: int, picks: list[int | None], correct: list[list[bool]]) -> dict:

@@ -12,10 +12,10 @@ from alignlab.data.collate import pad_rows
 from alignlab.data.formats import load_sft
 from alignlab.data.tokenize import TokenizedRow, tokenize_sft
 from alignlab.losses import sft_loss
-from alignlab.models import LoraSettings, load_tokenizer, resolve_max_length, save_pretrained_atomic
+from alignlab.models import load_tokenizer, resolve_max_length, save_pretrained_atomic
 from alignlab.ops import token_logps
+from alignlab.stages.blocks import EvalDataSettings, PolicySettings
 from alignlab.stages.common import (
-    StageConfig,
     file_fingerprint,
     finish,
     load_policy,
@@ -25,14 +25,8 @@ from alignlab.stages.common import (
 from alignlab.train import StepFns, TrainSettings, train
 
 
-class SFTConfig(StageConfig):
-    model: str = Field(description="hub id or local directory of a causal LM")
+class SFTConfig(PolicySettings, EvalDataSettings):
     data: str = Field(description="SFT dataset: prompt/completion, messages or text")
-    eval_data: str | None = None
-    max_length: int | None = Field(None, gt=0, description="longest row in tokens; default: 512, or the model's position limit if smaller")
-    max_prompt_length: int = Field(256, gt=0)
-    dtype: str = "float32"
-    lora: LoraSettings | None = None
     train: TrainSettings = TrainSettings(lr=2e-5, batch_size=16, warmup_ratio=0.03)
 
 

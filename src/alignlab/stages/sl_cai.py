@@ -35,8 +35,8 @@ from alignlab.feedback.llm_spec import (
 )
 from alignlab.models import load_causal_lm, load_tokenizer
 from alignlab.rollout import SamplingSettings, generate
+from alignlab.stages.blocks import PromptLengthSettings, SeedSettings
 from alignlab.stages.common import (
-    StageConfig,
     file_fingerprint,
     finish,
     runtime,
@@ -45,7 +45,7 @@ from alignlab.stages.common import (
 from alignlab.stages.online_common import iteration_seed
 
 
-class SLCAIConfig(StageConfig):
+class SLCAIConfig(PromptLengthSettings, SeedSettings):
     policy: str = Field(description="the model whose responses are critiqued and revised")
     feedback: LLMSpec = Field(description="the model that critiques and revises (may be the policy)")
     prompts: str = Field(description="red-team prompts (`prompt` or `messages` records)")
@@ -56,9 +56,7 @@ class SLCAIConfig(StageConfig):
     sampling: SamplingSettings = SamplingSettings(max_new_tokens=128)
     generation: FeedbackGeneration = FeedbackGeneration()
     batch_size: int = Field(16, gt=0, description="prompts per stored batch (the unit of resumption)")
-    max_prompt_length: int = 256
     device: str = Field("auto", description="where the policy samples")
-    seed: int = 0
 
 
 class PolicyResponder:

@@ -24,22 +24,19 @@ from pydantic import Field
 
 from alignlab.data.readers import write_jsonl
 from alignlab.rollout import SamplingSettings
-from alignlab.stages.common import StageConfig, finish
+from alignlab.stages.blocks import EvalFractionSettings, ModelSettings, PromptLengthSettings, SeedSettings
+from alignlab.stages.common import finish
 from alignlab.stages.online_common import sample_policy
 from alignlab.tasks import TaskSpec, get_task
 
 
-class StepLabelsConfig(StageConfig):
-    model: str = Field(description="the policy whose samples are labelled")
+class StepLabelsConfig(ModelSettings, PromptLengthSettings, SeedSettings, EvalFractionSettings):
     prompts: str
     task: TaskSpec = Field(description="a step-checkable built-in task, e.g. arithmetic")
     samples_per_prompt: int = Field(8, gt=0)
     n_prompts: int | None = Field(None, gt=0, description="use the first n_prompts prompts only")
     max_pairs_per_prompt: int = Field(4, ge=0, description="right ≻ wrong pairs kept per prompt")
     sampling: SamplingSettings = SamplingSettings()
-    eval_fraction: float = Field(0.1, ge=0, lt=1, description="share of distinct problems held out")
-    max_prompt_length: int = Field(128, gt=0)
-    seed: int = 0
 
 
 def step_checkable(spec: TaskSpec):

@@ -7,16 +7,16 @@ from pathlib import Path
 from pydantic import Field
 
 from alignlab.data.readers import write_jsonl
-from alignlab.stages.common import StageConfig, finish
+from alignlab.stages.blocks import SeedSettings
+from alignlab.stages.common import finish
 from alignlab.tasks import TaskSpec, get_task
 
 
-class TaskDataConfig(StageConfig):
+class TaskDataConfig(SeedSettings):
     task: TaskSpec
     sft_size: int = Field(2000, gt=0)
     train_prompts: int = Field(1000, gt=0)
     test_prompts: int = Field(200, gt=0)
-    seed: int = 0
 
 
 def run(cfg: TaskDataConfig, out: Path) -> dict:

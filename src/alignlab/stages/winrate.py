@@ -20,6 +20,8 @@ a seeded random order: label them and run again with a `human` judge on the same
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import hashlib
 import random
 from pathlib import Path
@@ -45,9 +47,10 @@ from alignlab.feedback.judges import (
     pair_key,
 )
 from alignlab.feedback.llm_spec import LLMSpec, build_llm
-from alignlab.models import load_causal_lm, load_tokenizer
+from alignlab.models import load_causal_lm, load_tokenizer, resolve_max_length
 from alignlab.rollout import SamplingSettings, generate
-from alignlab.stages.common import StageConfig, finish, runtime, seed_everything
+from alignlab.stages.blocks import LengthSettings, PromptLengthSettings, SeedSettings
+from alignlab.stages.common import finish, runtime, seed_everything
 
 LABEL_QUEUE = "data/label_queue.jsonl"
 ERROR_EXAMPLES = 5
@@ -57,12 +60,10 @@ class _JudgeSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
-class RewardModelJudgeSpec(_JudgeSpec):
+class RewardModelJudgeSpec(_JudgeSpec, LengthSettings):
     type: Literal["reward_model"]
     path: str = Field(min_length=1, description="reward model directory (with its tokenizer)")
     batch_size: int = Field(32, gt=0)
-    max_length: int = Field(1024, gt=0)
-    max_prompt_length: int = Field(512, gt=0)
 
 
 class LLMJudgeSpec(_JudgeSpec):
@@ -88,7 +89,8 @@ class HumanJudgeSpec(_JudgeSpec):
 JudgeSpec = Annotated[RewardModelJudgeSpec | LLMJudgeSpec | HumanJudgeSpec, Field(discriminator="type")]
 
 
-class WinRateConfig(StageConfig):
+class WinRateConfig(PromptLengthSettings, SeedSettings):
+    stage_defaults: ClassVar[dict[str, Any]] = {"seed": 1234}  # evaluation samples apart from training's seed 0
     model_a: str
     model_b: str
     prompts: str = Field(description="held-out prompts")
@@ -96,8 +98,6 @@ class WinRateConfig(StageConfig):
     n_prompts: int | None = Field(None, gt=0)
     samples_per_prompt: int = Field(1, gt=0)
     sampling: SamplingSettings = SamplingSettings()
-    max_prompt_length: int = Field(128, gt=0)
-    seed: int = 1234
     resamples: int = Field(2000, gt=0, description="bootstrap resamples over prompts")
     confidence: float = Field(0.95, gt=0, lt=1)
     device: str = "auto"
@@ -107,7 +107,7 @@ def build_judge(spec, device=None, cache_dir: str | Path | None = None) -> Pairw
     """The judge a `JudgeSpec` describes (an LLM judge's relative cache path lands in `cache_dir`)."""
     if isinstance(spec, RewardModelJudgeSpec):
         return RewardModelJudge(spec.path, device=device, batch_size=spec.batch_size,
-                                max_length=spec.max_length, max_prompt_length=spec.max_prompt_length)
+                                max_length=resolve_max_length(spec.path, spec.max_length), max_prompt_length=spec.max_prompt_length)
     if isinstance(spec, LLMJudgeSpec):
         question = load_constitution(spec.constitution).principle(spec.principle) if spec.principle else (
             spec.question or DEFAULT_QUESTION)

@@ -24,12 +24,15 @@ class OptimSettings(BaseModel):
     max_grad_norm: float | None = Field(1.0, gt=0)
 
 
-class RunSettings(BaseModel):
-    """Where and how reproducibly a run trains, and what it keeps."""
-
+class SeedSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    seed: int = 0
+    seed: int = Field(0, description="seeds sampling, data order and splits; the same seed gives the same run")
+
+
+class RunSettings(SeedSettings):
+    """Where and how reproducibly a run trains, and what it keeps."""
+
     precision: Literal["fp32", "bf16"] = "fp32"
     device: str = "auto"
     log_every: int = Field(1, gt=0)
