@@ -119,6 +119,8 @@ class Profiled:
 def alignlab_child(a) -> dict:
     sys.path.insert(0, str(REPO))  # REWARD_SPEC imports bench.rl (bench/ is a namespace package)
     import alignlab.stages.policy_gradient as stage
+    from alignlab.stages.grpo import GRPOConfig, run_grpo
+    from alignlab.stages.rloo import RLOOConfig, run_rloo
     from alignlab.rollout import SamplingSettings
     from alignlab.train.online import OnlineSettings
 
@@ -136,11 +138,11 @@ def alignlab_child(a) -> dict:
         "samples_per_prompt": a.k, "clip_low": CLIP, "beta": BETA[a.algo], "train": settings,
     }
     if a.algo == "grpo":
-        cfg = stage.GRPOConfig(**shared, scale_rewards=True, aggregation="sequence_mean")
-        run = stage.run_grpo
+        cfg = GRPOConfig(**shared, scale_rewards=True, aggregation="sequence_mean")
+        run = run_grpo
     else:
-        cfg = stage.RLOOConfig(**shared, aggregation="sequence_sum")
-        run = stage.run_rloo
+        cfg = RLOOConfig(**shared, aggregation="sequence_sum")
+        run = run_rloo
 
     probe, timing = common.Probe(), {}
     real_loop = stage.run_online

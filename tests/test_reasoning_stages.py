@@ -202,7 +202,7 @@ def test_search_needs_a_prm_for_beam_search_and_a_step_checkable_task(policy):
 def test_grpo_with_the_verifier_as_reward_raises_exact_match(policy):
     from alignlab.stages.evaluate import EvaluateConfig
     from alignlab.stages.evaluate import run as evaluate
-    from alignlab.stages.policy_gradient import GRPOConfig, run_grpo
+    from alignlab.stages.grpo import GRPOConfig, run_grpo
 
     out = policy / "grpo"
     prompts = str(policy / "task/data/prompts_train.jsonl")

@@ -85,17 +85,15 @@ def test_ppo_raises_the_toy_reward(rl_setup, critic):
         assert (out / "critic" / "config.json").exists()
 
 
-@pytest.mark.parametrize("algorithm", ["grpo", "rloo"])
+@pytest.mark.parametrize("algorithm", ["grpo", "rloo", "reinforce_pp"])
 def test_group_methods_raise_the_toy_reward(rl_setup, algorithm):
-    from alignlab.stages.policy_gradient import (
-        GRPOConfig,
-        RLOOConfig,
-        run_grpo,
-        run_rloo,
-    )
+    from alignlab.stages.grpo import GRPOConfig, run_grpo
+    from alignlab.stages.reinforce_pp import ReinforcePPConfig, run_reinforce_pp
+    from alignlab.stages.rloo import RLOOConfig, run_rloo
 
     tmp, model, prompts = rl_setup
-    config, run = (GRPOConfig, run_grpo) if algorithm == "grpo" else (RLOOConfig, run_rloo)
+    config, run = {"grpo": (GRPOConfig, run_grpo), "rloo": (RLOOConfig, run_rloo),
+                   "reinforce_pp": (ReinforcePPConfig, run_reinforce_pp)}[algorithm]
     cfg = config(model=model, prompts=prompts, reward={"type": "callable", "function": "toy_reward_mod:score"},
                  samples_per_prompt=4, beta=0.01, sampling={"max_new_tokens": 12},
                  train=_train(iterations=20, prompts_per_iteration=4, minibatch_size=16, lr=1e-2))
@@ -107,7 +105,7 @@ def test_group_methods_raise_the_toy_reward(rl_setup, algorithm):
 
 
 def test_a_reward_that_fails_on_some_samples_drops_them_and_goes_on(rl_setup):
-    from alignlab.stages.policy_gradient import GRPOConfig, run_grpo
+    from alignlab.stages.grpo import GRPOConfig, run_grpo
 
     tmp, model, prompts = rl_setup
     cfg = GRPOConfig(model=model, prompts=prompts, reward={"type": "callable", "function": "toy_reward_mod:flaky"},
@@ -119,7 +117,7 @@ def test_a_reward_that_fails_on_some_samples_drops_them_and_goes_on(rl_setup):
 
 
 def test_kl_past_the_bound_stops_and_keeps_the_last_good_checkpoint(rl_setup):
-    from alignlab.stages.policy_gradient import GRPOConfig, run_grpo
+    from alignlab.stages.grpo import GRPOConfig, run_grpo
 
     tmp, model, prompts = rl_setup
     cfg = GRPOConfig(model=model, prompts=prompts, reward={"type": "callable", "function": "toy_reward_mod:score"},
@@ -169,7 +167,7 @@ def test_a_killed_run_resumes_to_the_same_weights(rl_setup, monkeypatch):
 
 
 def test_grpo_writes_what_the_policy_says(rl_setup):
-    from alignlab.stages.policy_gradient import GRPOConfig, run_grpo
+    from alignlab.stages.grpo import GRPOConfig, run_grpo
 
     tmp, model, prompts = rl_setup
     cfg = GRPOConfig(model=model, prompts=prompts, reward={"type": "callable", "function": "toy_reward_mod:score"},
@@ -257,7 +255,7 @@ def test_ppo_with_lora_keeps_one_model_in_memory(rl_setup, monkeypatch):
 
 def test_grpo_with_gradient_checkpointing_makes_the_same_updates(rl_setup, monkeypatch):
     import alignlab.ops.logps as logps_module
-    from alignlab.stages.policy_gradient import GRPOConfig, run_grpo
+    from alignlab.stages.grpo import GRPOConfig, run_grpo
 
     tmp, model, prompts = rl_setup
     # checkpointing takes the one-pass log-prob route; the run without it would share prompts
@@ -313,7 +311,7 @@ def test_dr_grpo_update_does_not_depend_on_micro_batching(rl_setup, monkeypatch)
     # four give the same gradient at every step. The gradients are compared, not the weights alone:
     # Adam's first steps move each weight by about ±lr whatever the gradient's scale, which hid the
     # padded-width normaliser in the weights.
-    from alignlab.stages.policy_gradient import GRPOConfig, run_grpo
+    from alignlab.stages.grpo import GRPOConfig, run_grpo
 
     tmp, model, _ = rl_setup
     prompts = tmp / "ragged.jsonl"

@@ -87,6 +87,7 @@ OWN = {
     "spin": {"loss": "hinge", "beta": 0.3, "label_smoothing": 0.1, "reference": "initial", "max_length": 40},
 }
 PPO, PG, PREF = "alignlab.stages.ppo", "alignlab.stages.policy_gradient", "alignlab.stages.online_preference"
+GRPO, RLOO = "alignlab.stages.grpo", "alignlab.stages.rloo"
 COMMON, ONLINE_COMMON = "alignlab.stages.common", "alignlab.stages.online_common"
 REACH = {
     "ppo": {
@@ -98,13 +99,13 @@ REACH = {
         "vf_coef": [(PPO, "ppo_loss", "vf_coef")],
     },
     "grpo": {
-        **{key: [(PG, "grpo_loss", key)] for key in ("beta", "kl_bias_correction", "aggregation", "clip_low", "clip_high")},
-        "scale_rewards": [(PG, "group_normalised_advantages", "scale")],
-        "samples_per_prompt": [(PG, "group_normalised_advantages", "k")],
+        **{key: [(GRPO, "grpo_loss", key)] for key in ("beta", "kl_bias_correction", "aggregation", "clip_low", "clip_high")},
+        "scale_rewards": [(GRPO, "group_normalised_advantages", "scale")],
+        "samples_per_prompt": [(GRPO, "group_normalised_advantages", "k")],
     },
     "rloo": {
-        **{key: [(PG, "clipped_policy_loss", key)] for key in ("aggregation", "clip_low", "clip_high")},
-        "samples_per_prompt": [(PG, "leave_one_out_advantages", "k")],
+        **{key: [(RLOO, "clipped_policy_loss", key)] for key in ("aggregation", "clip_low", "clip_high")},
+        "samples_per_prompt": [(RLOO, "leave_one_out_advantages", "k")],
     },
     "online_dpo": {"min_gap": [(PREF, "rank_pairs", "min_gap")], "beta": [(PREF, "implicit_reward_figures", "beta")]},
     "spin": {"max_length": [(PREF, "load_demonstrations", "max_length")]},
@@ -243,7 +244,9 @@ def test_every_train_and_sampling_setting_reaches_the_loop_and_the_sampler(kind,
         seen.update(sampling=settings, prompts=len(prompts), seed=kwargs["seed"])
         raise Reached
 
-    monkeypatch.setattr(importlib.import_module(STAGE_MODULE[kind]), "run_online", loop_spy)
+    # the group algorithms (one short file each) run the shared group loop of policy_gradient
+    loop_module = PG if importlib.import_module(STAGE_MODULE[kind]).__dict__.get("run_group") else STAGE_MODULE[kind]
+    monkeypatch.setattr(importlib.import_module(loop_module), "run_online", loop_spy)
     monkeypatch.setattr(local, "sample", sampler_spy)
     if kind == "spin":
         monkeypatch.setattr(importlib.import_module(PREF), "sample", sampler_spy)
@@ -533,7 +536,7 @@ def test_each_online_stages_own_settings_reach_their_consumers(kind, inputs, tmp
                 loads = function in ("load_policy", "frozen_reference")
                 spies[module, function] = Spy(monkeypatch, module, function, substitute=cheap if loads else None)
     for module, function in [*TRAINER_LOGPS[kind], REFERENCE_LOGPS, (PPO, "masked_whiten"), (PPO, "ValueHead"),
-                             (PPO, "load_critic"), (PG, "leave_one_out_advantages"), (PREF, "preference_objective"),
+                             (PPO, "load_critic"), (RLOO, "leave_one_out_advantages"), (PREF, "preference_objective"),
                              (PREF, "frozen_reference")]:
         if (module, function) not in spies:
             spies[module, function] = Spy(monkeypatch, module, function,
@@ -560,9 +563,9 @@ def test_each_online_stages_own_settings_reach_their_consumers(kind, inputs, tmp
         # whiten_rewards true, whiten_advantages false: one whitening, of the rewards (no mean shift)
         assert spies[PPO, "masked_whiten"].seen("shift_mean") == [False]
     if kind == "grpo":  # Dr. GRPO's constant is the sampling's max_new_tokens
-        assert set(spies[PG, "grpo_loss"].seen("max_tokens")) == {5}
+        assert set(spies[GRPO, "grpo_loss"].seen("max_tokens")) == {5}
     if kind == "rloo":  # β reaches the rewards of the baseline: R = r − β·KL
-        rewards = torch.cat(spies[PG, "leave_one_out_advantages"].seen("rewards"))
+        rewards = torch.cat(spies[RLOO, "leave_one_out_advantages"].seen("rewards"))
         # the log holds float32 means of the same rewards and KLs, summed in another order: 1e-5 relative
         assert float(rewards.mean()) == pytest.approx(log[0]["reward"] - own["beta"] * log[0]["kl"], rel=1e-5)
     if kind in ("online_dpo", "spin"):

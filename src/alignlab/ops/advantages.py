@@ -156,6 +156,17 @@ def group_normalised_advantages(
     return centred.reshape(-1)
 
 
+def batch_normalised_group_advantages(rewards: Tensor, k: int, eps: float = 1e-8) -> Tensor:
+    """REINFORCE++-baseline advantages `[B]`: r_i − mean_group, divided by the std over the whole
+    batch (Hu et al. 2025): the group mean removes the prompt's difficulty, and one global scale
+    does not blow up a group whose rewards barely differ. Under torchrun the batch is this
+    process's share. A batch of equal rewards gets 0."""
+    centred = group_normalised_advantages(rewards, k, scale=False)
+    if centred.numel() < 2:
+        return centred
+    return centred / (centred.std() + eps)
+
+
 def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> Tensor:
     """1 − Var[returns − values]/Var[returns] over the masked tokens (a detached metric).
 
@@ -170,6 +181,7 @@ def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> Tensor:
 
 
 __all__ = [
+    "batch_normalised_group_advantages",
     "explained_variance",
     "gae",
     "group_normalised_advantages",
