@@ -27,6 +27,13 @@ def _one_error(result) -> str:
     return lines[0]
 
 
+def _refused(stage: str, model, data: str, out, *extra: str) -> str:
+    """`stage` run on `data` fails with one error line and leaves no `out` behind; the line."""
+    message = _one_error(_invoke([stage, "--model", str(model), "--data", data, "--out", str(out), *extra]))
+    assert not out.exists()
+    return message
+
+
 def _write(path, records) -> str:
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return str(path)
@@ -48,9 +55,8 @@ def test_a_model_directory_without_tokenizer_files_is_refused(tiny_model_dir, tm
             shutil.copy(tiny_model_dir / name, model / name)
     data = _write(tmp_path / "sft.jsonl", [{"prompt": "the film", "completion": f" was fine {i}"} for i in range(4)])
     out = tmp_path / "out"
-    message = _one_error(_invoke(["sft", "--model", str(model), "--data", data, "--out", str(out)]))
+    message = _refused("sft", model, data, out)
     assert str(model) in message and "tokenizer" in message
-    assert not out.exists()
 
 
 def test_a_config_only_directory_whose_tokenizer_cannot_be_built_is_one_line(tmp_path):
@@ -125,10 +131,8 @@ def test_max_length_past_the_models_positions_is_refused_before_any_work(stage, 
         data = _write(tmp_path / "d.jsonl", _pairs(8, 4))
     out = tmp_path / "out"
     # the tiny GPT-2 has 256 positions (n_positions)
-    message = _one_error(_invoke([stage, "--model", str(tiny_model_dir), "--data", data, "--out", str(out),
-                                  "--max_length", "300"]))
+    message = _refused(stage, tiny_model_dir, data, out, "--max_length", "300")
     assert "max_length 300" in message and "256" in message and "n_positions" in message
-    assert not out.exists()
 
 
 def test_an_unset_max_length_fits_the_model(tiny_model_dir):
@@ -179,10 +183,8 @@ def test_online_lengths_past_the_positions_are_refused(tiny_model_dir, tmp_path)
 def test_pairs_of_one_prompt_with_a_held_out_fraction_are_refused(stage, tiny_model_dir, tmp_path):
     data = _write(tmp_path / "one-prompt.jsonl", _pairs(6, 1))
     out = tmp_path / "out"
-    message = _one_error(_invoke([stage, "--model", str(tiny_model_dir), "--data", data, "--out", str(out),
-                                  "--max_length", "64"]))
+    message = _refused(stage, tiny_model_dir, data, out, "--max_length", "64")
     assert "one-prompt.jsonl" in message and "share one prompt" in message and "eval_fraction 0" in message
-    assert not out.exists()
 
 
 def test_a_large_held_out_fraction_still_leaves_a_prompt_to_train_on(tiny_tokenizer, tmp_path):

@@ -21,6 +21,11 @@ REF_C, REF_R = [-3.5, -5.0, -2.5], [-3.0, -5.5, -6.0]
 BETA = 0.7
 
 
+def _scaled_logratios() -> list[tuple[float, float]]:
+    """(β·(log π − log π_ref) of chosen, of rejected) for each hand-made pair."""
+    return [(BETA * (c - c0), BETA * (r - r0)) for c, r, c0, r0 in zip(POLICY_C, POLICY_R, REF_C, REF_R)]
+
+
 def _inputs():
     pc = torch.tensor(POLICY_C, dtype=torch.float64, requires_grad=True)
     pr = torch.tensor(POLICY_R, dtype=torch.float64, requires_grad=True)
@@ -31,8 +36,7 @@ def test_apo_zero_is_its_closed_form_with_its_gradient():
     pc, pr, rc, rr = _inputs()
     loss, metrics = apo_zero_loss(pc, pr, rc, rr, beta=BETA, reduction="sum")
     expected, grad_c, grad_r = 0.0, [], []
-    for c, r, c0, r0 in zip(POLICY_C, POLICY_R, REF_C, REF_R):
-        zw, zl = BETA * (c - c0), BETA * (r - r0)
+    for zw, zl in _scaled_logratios():
         expected += (1 - _sig(zw)) + _sig(zl)
         grad_c.append(-BETA * _sig(zw) * (1 - _sig(zw)))  # d/dc (1 - σ(β(c - c0)))
         grad_r.append(BETA * _sig(zl) * (1 - _sig(zl)))
@@ -40,7 +44,7 @@ def test_apo_zero_is_its_closed_form_with_its_gradient():
     loss.backward()
     assert pc.grad.tolist() == pytest.approx(grad_c, rel=1e-12)
     assert pr.grad.tolist() == pytest.approx(grad_r, rel=1e-12)
-    margin = [BETA * ((c - c0) - (r - r0)) for c, r, c0, r0 in zip(POLICY_C, POLICY_R, REF_C, REF_R)]
+    margin = [zw - zl for zw, zl in _scaled_logratios()]
     assert metrics["reward_margin"].item() == pytest.approx(sum(margin) / 3, rel=1e-12)
     assert metrics["accuracy"].item() == pytest.approx(sum(m > 0 for m in margin) / 3)
 
@@ -49,8 +53,7 @@ def test_apo_down_is_its_closed_form_with_its_gradient():
     pc, pr, rc, rr = _inputs()
     loss, _ = apo_down_loss(pc, pr, rc, rr, beta=BETA, reduction="mean")
     expected, grad_c, grad_r = 0.0, [], []
-    for c, r, c0, r0 in zip(POLICY_C, POLICY_R, REF_C, REF_R):
-        zw, zl = BETA * (c - c0), BETA * (r - r0)
+    for zw, zl in _scaled_logratios():
         d = zw - zl
         expected += (_sig(zw) + 1 - _sig(d)) / 3
         grad_c.append((BETA * _sig(zw) * (1 - _sig(zw)) - BETA * _sig(d) * (1 - _sig(d))) / 3)
@@ -77,6 +80,20 @@ def test_the_registry_runs_apo_through_the_preference_objective():
     assert OBJECTIVES["apo_zero"].needs_reference and OBJECTIVES["apo_down"].needs_reference
     with pytest.raises(ValueError, match="needs reference log-probs"):
         preference_objective([("apo_down", 1.0)], PairLogps(pc, pr, torch.ones(3), torch.ones(3)), PreferenceSettings())
+
+
+# a value of each setting other than the default, where each changes the loss of the objectives reading it
+CHANGED = {"label_smoothing": 0.2, "tau": 0.5, "gamma": 1.0, "orpo_lambda": 0.5, "ipo_length_normalize": True}
+
+
+@pytest.mark.parametrize("name", list(OBJECTIVES))
+def test_each_objective_reads_exactly_the_settings_its_registry_line_names(name):
+    pc, pr, rc, rr = _inputs()
+    lp = PairLogps(pc, pr, torch.tensor([3.0, 5.0, 2.0]), torch.tensor([4.0, 2.0, 6.0]), rc, rr)
+    base, _ = preference_objective([(name, 1.0)], lp, PreferenceSettings())
+    changed = {key for key, value in CHANGED.items()
+               if preference_objective([(name, 1.0)], lp, PreferenceSettings(**{key: value}))[0].item() != base.item()}
+    assert changed == set(OBJECTIVES[name].reads)
 
 
 def test_the_configs_take_a_registered_name_and_refuse_an_unknown_one():

@@ -66,7 +66,8 @@ OFFLINE_TRAIN_OUTSIDE_THE_LOOP = {
                         "(every stage passes its config to the same `finish`)",
 }
 
-ONLINE = ["ppo", "grpo", "rloo", "online_dpo", "spin"]
+ONLINE = ["ppo", "grpo", "rloo", "reinforce_pp", "online_dpo", "spin"]
+GROUP = ("grpo", "rloo", "reinforce_pp")  # one short file each over the shared group run
 OFFLINE = ["pretrain", "sft", "reward_model", "dpo", "kto", "prm"]
 STAGE_MODULE = {kind: f"alignlab.stages.{STAGES[kind].module}" for kind in ONLINE + OFFLINE}
 for _module in sorted(set(STAGE_MODULE.values())):
@@ -83,11 +84,13 @@ OWN = {
     "grpo": {"beta": 0.07, "kl_bias_correction": True, "scale_rewards": False, "aggregation": "token_sum_norm",
              "clip_low": 0.15, "clip_high": 0.3, "samples_per_prompt": 3},
     "rloo": {"beta": 0.2, "aggregation": "token_mean", "clip_low": 0.15, "clip_high": 0.3, "samples_per_prompt": 3},
+    "reinforce_pp": {"beta": 0.2, "aggregation": "token_mean", "clip_low": 0.15, "clip_high": 0.3,
+                     "samples_per_prompt": 3},
     "online_dpo": {"loss": "robust", "beta": 0.3, "label_smoothing": 0.1, "min_gap": 0.01},
     "spin": {"loss": "hinge", "beta": 0.3, "label_smoothing": 0.1, "reference": "initial", "max_length": 40},
 }
 PPO, PG, PREF = "alignlab.stages.ppo", "alignlab.stages.policy_gradient", "alignlab.stages.online_preference"
-GRPO, RLOO = "alignlab.stages.grpo", "alignlab.stages.rloo"
+GRPO, RLOO, RPP = "alignlab.stages.grpo", "alignlab.stages.rloo", "alignlab.stages.reinforce_pp"
 COMMON, ONLINE_COMMON = "alignlab.stages.common", "alignlab.stages.online_common"
 REACH = {
     "ppo": {
@@ -104,8 +107,12 @@ REACH = {
         "samples_per_prompt": [(GRPO, "group_normalised_advantages", "k")],
     },
     "rloo": {
-        **{key: [(RLOO, "clipped_policy_loss", key)] for key in ("aggregation", "clip_low", "clip_high")},
+        **{key: [(PG, "clipped_policy_loss", key)] for key in ("aggregation", "clip_low", "clip_high")},
         "samples_per_prompt": [(RLOO, "leave_one_out_advantages", "k")],
+    },
+    "reinforce_pp": {
+        **{key: [(PG, "clipped_policy_loss", key)] for key in ("aggregation", "clip_low", "clip_high")},
+        "samples_per_prompt": [(RPP, "batch_normalised_group_advantages", "k")],
     },
     "online_dpo": {"min_gap": [(PREF, "rank_pairs", "min_gap")], "beta": [(PREF, "implicit_reward_figures", "beta")]},
     "spin": {"max_length": [(PREF, "load_demonstrations", "max_length")]},
@@ -124,6 +131,7 @@ CUSTOM = {
             "whiten_advantages": "masked_whiten calls"},
     "grpo": {"track_kl": "test_without_track_kl_no_reference_is_loaded"},
     "rloo": {"beta": "the rewards of the leave-one-out baseline", "track_kl": "test_without_track_kl_no_reference_is_loaded"},
+    "reinforce_pp": {"beta": "the rewards of the group baseline", "track_kl": "test_without_track_kl_no_reference_is_loaded"},
     "online_dpo": {"loss": "preference_objective", "label_smoothing": "preference_objective"},
     "spin": {"loss": "preference_objective", "beta": "preference_objective", "label_smoothing": "preference_objective",
              "reference": "frozen_reference called"},
@@ -244,8 +252,7 @@ def test_every_train_and_sampling_setting_reaches_the_loop_and_the_sampler(kind,
         seen.update(sampling=settings, prompts=len(prompts), seed=kwargs["seed"])
         raise Reached
 
-    # the group algorithms (one short file each) run the shared group loop of policy_gradient
-    loop_module = PG if importlib.import_module(STAGE_MODULE[kind]).__dict__.get("run_group") else STAGE_MODULE[kind]
+    loop_module = PG if kind in GROUP else STAGE_MODULE[kind]
     monkeypatch.setattr(importlib.import_module(loop_module), "run_online", loop_spy)
     monkeypatch.setattr(local, "sample", sampler_spy)
     if kind == "spin":
@@ -503,7 +510,7 @@ def test_the_offline_loop_uses_every_setting_it_is_handed(tmp_path):
 
 # the functions that compute the trainer's log-probs: each must get the sampling temperature
 TRAINER_LOGPS = {"ppo": [(PPO, "logps_from_logits")], "grpo": [(PG, "token_logps")], "rloo": [(PG, "token_logps")],
-                 "online_dpo": [(PREF, "token_logps")], "spin": [(PREF, "token_logps")]}
+                 "reinforce_pp": [(PG, "token_logps")], "online_dpo": [(PREF, "token_logps")], "spin": [(PREF, "token_logps")]}
 REFERENCE_LOGPS = ("alignlab.models.reference", "token_logps")
 
 
@@ -536,7 +543,8 @@ def test_each_online_stages_own_settings_reach_their_consumers(kind, inputs, tmp
                 loads = function in ("load_policy", "frozen_reference")
                 spies[module, function] = Spy(monkeypatch, module, function, substitute=cheap if loads else None)
     for module, function in [*TRAINER_LOGPS[kind], REFERENCE_LOGPS, (PPO, "masked_whiten"), (PPO, "ValueHead"),
-                             (PPO, "load_critic"), (RLOO, "leave_one_out_advantages"), (PREF, "preference_objective"),
+                             (PPO, "load_critic"), (RLOO, "leave_one_out_advantages"), (RPP, "batch_normalised_group_advantages"),
+                             (PREF, "preference_objective"),
                              (PREF, "frozen_reference")]:
         if (module, function) not in spies:
             spies[module, function] = Spy(monkeypatch, module, function,
@@ -564,8 +572,9 @@ def test_each_online_stages_own_settings_reach_their_consumers(kind, inputs, tmp
         assert spies[PPO, "masked_whiten"].seen("shift_mean") == [False]
     if kind == "grpo":  # Dr. GRPO's constant is the sampling's max_new_tokens
         assert set(spies[GRPO, "grpo_loss"].seen("max_tokens")) == {5}
-    if kind == "rloo":  # β reaches the rewards of the baseline: R = r − β·KL
-        rewards = torch.cat(spies[RLOO, "leave_one_out_advantages"].seen("rewards"))
+    if kind in ("rloo", "reinforce_pp"):  # β reaches the rewards of the baseline: R = r − β·KL
+        baseline = (RLOO, "leave_one_out_advantages") if kind == "rloo" else (RPP, "batch_normalised_group_advantages")
+        rewards = torch.cat(spies[baseline].seen("rewards"))
         # the log holds float32 means of the same rewards and KLs, summed in another order: 1e-5 relative
         assert float(rewards.mean()) == pytest.approx(log[0]["reward"] - own["beta"] * log[0]["kl"], rel=1e-5)
     if kind in ("online_dpo", "spin"):
@@ -576,7 +585,7 @@ def test_each_online_stages_own_settings_reach_their_consumers(kind, inputs, tmp
         assert spies[PREF, "frozen_reference"].seen("ref_path") == [inputs[0]]
 
 
-@pytest.mark.parametrize("kind", ["grpo", "rloo"])
+@pytest.mark.parametrize("kind", GROUP)
 def test_without_track_kl_no_reference_is_loaded(kind, inputs, tmp_path, monkeypatch):
     reference = Spy(monkeypatch, COMMON, "frozen_reference")
     config_cls, run = STAGES[kind].load()
@@ -602,7 +611,7 @@ def test_a_partial_block_keeps_the_stages_own_defaults():
     assert cfg.sampling.max_new_tokens == 128 and cfg.sampling.temperature == 0.5
 
 
-@pytest.mark.parametrize("kind", ["ppo", "grpo", "rloo"])
+@pytest.mark.parametrize("kind", ["ppo", *GROUP])
 def test_the_old_top_level_update_epochs_says_where_it_lives(kind):
     from pydantic import ValidationError
 

@@ -50,7 +50,7 @@ class PairLogps:
         return self.chosen, self.rejected, self.ref_chosen, self.ref_rejected
 
 
-Compute = Callable[[PairLogps, PreferenceSettings, float, "Tensor | None", str], tuple[Tensor, dict[str, Tensor]]]
+Compute = Callable[[PairLogps, PreferenceSettings, float, Tensor | None, str], tuple[Tensor, dict[str, Tensor]]]
 """(log-probs, settings, β, soft labels or None, reduction) -> (loss, metrics)"""
 
 

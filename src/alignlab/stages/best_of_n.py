@@ -21,8 +21,6 @@ picked for each N.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
-
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,15 +40,14 @@ from alignlab.feedback import (
 from alignlab.models import load_causal_lm, load_tokenizer
 from alignlab.rollout import SamplingSettings, sample
 from alignlab.search.select import pick_best
-from alignlab.stages.blocks import DtypeSettings, ModelSettings, PromptLengthSettings, SeedSettings
+from alignlab.stages.blocks import DtypeSettings, EvaluationSeedSettings, ModelSettings, PromptLengthSettings
 from alignlab.stages.common import finish, runtime, seed_everything
 from alignlab.stages.online_common import load_prompt_ids
 
 MAX_PROBLEMS_REPORTED = 20
 
 
-class BestOfNConfig(ModelSettings, DtypeSettings, PromptLengthSettings, SeedSettings):
-    stage_defaults: ClassVar[dict[str, Any]] = {"seed": 1234}  # evaluation samples apart from training's seed 0
+class BestOfNConfig(ModelSettings, DtypeSettings, PromptLengthSettings, EvaluationSeedSettings):
     prompts: str
     reward: RewardSpec = Field(description="the proxy that picks the best sample (usually a reward model)")
     gold: RewardSpec | None = Field(

@@ -1,9 +1,12 @@
 """The settings blocks stage configs are made of. Each shared knob is declared here once, with one
 validation and one default; a stage composes the blocks it uses (they stay flat in a recipe:
 `model:`, `max_length:`, not `policy.model:`), and a stage whose knob needs another default says
-so in its `stage_defaults` (an evaluation samples with seed 1234, apart from training's 0)."""
+so in its `stage_defaults` (`EvaluationSeedSettings`: evaluation samples with seed 1234, apart
+from training's 0)."""
 
 from __future__ import annotations
+
+from typing import Any, ClassVar
 
 from pydantic import Field
 
@@ -11,9 +14,9 @@ from alignlab.models import LoraSettings
 from alignlab.stages.common import StageConfig
 from alignlab.train.settings import SeedSettings
 
-__all__ = ["AdapterSettings", "DtypeSettings", "EvalDataSettings", "EvalFractionSettings", "HeldOutSettings",
-           "LengthSettings", "MaxLengthSettings", "ModelSettings", "PolicySettings", "PromptLengthSettings",
-           "SeedSettings"]
+__all__ = ["AdapterSettings", "DtypeSettings", "EvalDataSettings", "EvalFractionSettings", "EvaluationSeedSettings",
+           "HeldOutSettings", "LengthSettings", "MaxLengthSettings", "ModelSettings", "PolicySettings",
+           "PromptLengthSettings", "SeedSettings"]
 
 
 class ModelSettings(StageConfig):
@@ -43,6 +46,16 @@ class LengthSettings(MaxLengthSettings, PromptLengthSettings):
 
 class PolicySettings(ModelSettings, DtypeSettings, AdapterSettings, LengthSettings):
     """A trained policy: where it starts, its precision, its adapters and its lengths."""
+
+
+EVALUATION_SEED = 1234
+
+
+class EvaluationSeedSettings(StageConfig, SeedSettings):
+    """The seed of a stage that samples to evaluate: apart from training's (0), so the evaluation's
+    samples are not the ones a training stage drew with the same seed."""
+
+    stage_defaults: ClassVar[dict[str, Any]] = {"seed": EVALUATION_SEED}
 
 
 class EvalDataSettings(StageConfig):

@@ -8,8 +8,6 @@ frontier plots), response length, and distinct-n. Samples are written to `data/s
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
-
 import statistics
 from pathlib import Path
 
@@ -29,13 +27,12 @@ from alignlab.models import (
 )
 from alignlab.ops import sequence_logps, token_logps
 from alignlab.rollout import SamplingSettings, generate
-from alignlab.stages.blocks import PromptLengthSettings, SeedSettings
+from alignlab.stages.blocks import EvaluationSeedSettings, PromptLengthSettings
 from alignlab.stages.common import finish, runtime, seed_everything
 from alignlab.tasks import TaskSpec, get_task
 
 
-class EvaluateConfig(PromptLengthSettings, SeedSettings):
-    stage_defaults: ClassVar[dict[str, Any]] = {"seed": 1234}  # evaluation samples apart from training's seed 0
+class EvaluateConfig(PromptLengthSettings, EvaluationSeedSettings):
     models: dict[str, str] = Field(description="name -> model path, e.g. {sft: '@sft', dpo: '@dpo'}")
     snapshots: dict[str, str] = Field(
         default_factory=dict,

@@ -20,7 +20,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from alignlab.losses.policy_gradient import AGGREGATIONS
+from alignlab.losses.policy_gradient import AGGREGATIONS, clipped_policy_loss
 from alignlab.models import save_pretrained_atomic
 from alignlab.ops import masked_mean, masked_sum
 from alignlab.ops.logps import token_logps
@@ -57,6 +57,17 @@ class GroupAlgorithm:
     """(rewards [N], sequence KL to the reference [N] or None, config) -> advantages [N]"""
     loss: Callable[[Tensor, Tensor, dict[str, Tensor], Tensor, GroupConfig, int], tuple[Tensor, dict[str, Tensor]]]
     """(log-probs, old log-probs, micro-batch, mask, config, max_tokens) -> (loss, metrics)"""
+
+
+def kl_penalised(rewards: Tensor, seq_kl: Tensor | None, beta: float) -> Tensor:
+    """R_i = r_i − β·KL_i, the sequence KL in the reward (RLOO, REINFORCE++)."""
+    return rewards - beta * seq_kl if beta > 0 else rewards
+
+
+def clipped_loss(logps, old, b, mask, cfg: GroupConfig, max_tokens: int):
+    """REINFORCE on the sample's advantage with PPO's clipped ratio (exact when samples are fresh)."""
+    return clipped_policy_loss(logps, old, b["advantages"], mask, clip_low=cfg.clip_low, clip_high=cfg.clip_high,
+                               aggregation=cfg.aggregation, max_tokens=max_tokens)
 
 
 def run_group(cfg: GroupConfig, out: Path, algorithm: GroupAlgorithm) -> dict:

@@ -86,12 +86,15 @@ class RejectionSamplingConfig(PolicySettings, SeedSettings):
     def _consistent(self) -> RejectionSamplingConfig:
         if self.keep == "above_threshold" and self.min_reward is None:
             raise ValueError("keep: above_threshold needs min_reward")
-        if self.max_length is not None and self.max_prompt_length >= self.max_length:
-            raise ValueError(
-                f"max_prompt_length ({self.max_prompt_length}) must be below max_length ({self.max_length}) "
-                "to leave room for the completion"
-            )
+        if self.max_length is not None:  # checked again once an unset max_length is resolved
+            check_completion_room(self.max_prompt_length, self.max_length)
         return self
+
+
+def check_completion_room(max_prompt_length: int, max_length: int) -> None:
+    if max_prompt_length >= max_length:
+        raise ValueError(f"max_prompt_length ({max_prompt_length}) must be below max_length ({max_length}) "
+                         "to leave room for the completion")
 
 
 def select_samples(
@@ -184,9 +187,7 @@ def copy_dir_atomic(src: Path, dst: Path) -> None:
 def run(cfg: RejectionSamplingConfig, out: Path) -> dict:
     tokenizer = load_tokenizer(cfg.model)
     max_length = resolve_max_length(cfg.model, cfg.max_length)
-    if cfg.max_prompt_length >= max_length:
-        raise ValueError(f"max_prompt_length ({cfg.max_prompt_length}) must be below the model's max_length "
-                         f"({max_length}) to leave room for the completion")
+    check_completion_room(cfg.max_prompt_length, max_length)
     prompt_texts, prompt_ids = load_prompt_ids(cfg.prompts, tokenizer, cfg.max_prompt_length)
     device, dist = runtime(cfg.train.device)
     stream = PromptStream(len(prompt_ids), cfg.prompts_per_round or len(prompt_ids), cfg.seed)

@@ -11,25 +11,20 @@ from pathlib import Path
 
 from pydantic import Field
 
-from alignlab.losses.policy_gradient import clipped_policy_loss
 from alignlab.ops.advantages import leave_one_out_advantages
-from alignlab.stages.policy_gradient import Aggregation, GroupAlgorithm, GroupConfig, run_group
+from alignlab.stages.policy_gradient import (
+    Aggregation,
+    GroupAlgorithm,
+    GroupConfig,
+    clipped_loss,
+    kl_penalised,
+    run_group,
+)
 
 
 class RLOOConfig(GroupConfig):
     beta: float = Field(0.05, ge=0, description="KL coefficient in the reward")
     aggregation: Aggregation = "sequence_sum"
-
-
-def kl_penalised(rewards, seq_kl, beta: float):
-    """R_i = r_i − β·KL_i, the sequence KL in the reward (RLOO, REINFORCE++)."""
-    return rewards - beta * seq_kl if beta > 0 else rewards
-
-
-def clipped_loss(logps, old, b, mask, cfg, max_tokens):
-    """REINFORCE on the sample's advantage with PPO's clipped ratio (exact when samples are fresh)."""
-    return clipped_policy_loss(logps, old, b["advantages"], mask, clip_low=cfg.clip_low, clip_high=cfg.clip_high,
-                               aggregation=cfg.aggregation, max_tokens=max_tokens)
 
 
 RLOO = GroupAlgorithm(

@@ -22,8 +22,6 @@ data/samples.jsonl (every sample with its answer, correctness, scores and true s
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
-
 import math
 from pathlib import Path
 from typing import Literal
@@ -40,7 +38,7 @@ from alignlab.search.beam import beam_search
 from alignlab.search.select import pick_best
 from alignlab.search.step_sampler import StepSampler, newline_token_ids
 from alignlab.search.vote import majority_vote, weighted_vote
-from alignlab.stages.blocks import MaxLengthSettings, ModelSettings, PromptLengthSettings, SeedSettings
+from alignlab.stages.blocks import EvaluationSeedSettings, MaxLengthSettings, ModelSettings, PromptLengthSettings
 from alignlab.stages.common import finish
 from alignlab.stages.online_common import sample_policy
 from alignlab.stages.step_labels import step_checkable
@@ -56,8 +54,7 @@ class BeamSettings(BaseModel):
     max_new_tokens: int = Field(24, gt=0, description="tokens per sampled step")
 
 
-class SearchConfig(ModelSettings, PromptLengthSettings, MaxLengthSettings, SeedSettings):
-    stage_defaults: ClassVar[dict[str, Any]] = {"seed": 1234}  # evaluation samples apart from training's seed 0
+class SearchConfig(ModelSettings, PromptLengthSettings, MaxLengthSettings, EvaluationSeedSettings):
     prompts: str = Field(description="held-out problems")
     task: TaskSpec = Field(description="a step-checkable task: its verifier scores and labels solutions")
     n: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 16], min_length=1)

@@ -20,8 +20,6 @@ a seeded random order: label them and run again with a `human` judge on the same
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
-
 import hashlib
 import random
 from pathlib import Path
@@ -49,7 +47,7 @@ from alignlab.feedback.judges import (
 from alignlab.feedback.llm_spec import LLMSpec, build_llm
 from alignlab.models import load_causal_lm, load_tokenizer, resolve_max_length
 from alignlab.rollout import SamplingSettings, generate
-from alignlab.stages.blocks import LengthSettings, PromptLengthSettings, SeedSettings
+from alignlab.stages.blocks import EvaluationSeedSettings, LengthSettings, PromptLengthSettings
 from alignlab.stages.common import finish, runtime, seed_everything
 
 LABEL_QUEUE = "data/label_queue.jsonl"
@@ -89,8 +87,7 @@ class HumanJudgeSpec(_JudgeSpec):
 JudgeSpec = Annotated[RewardModelJudgeSpec | LLMJudgeSpec | HumanJudgeSpec, Field(discriminator="type")]
 
 
-class WinRateConfig(PromptLengthSettings, SeedSettings):
-    stage_defaults: ClassVar[dict[str, Any]] = {"seed": 1234}  # evaluation samples apart from training's seed 0
+class WinRateConfig(PromptLengthSettings, EvaluationSeedSettings):
     model_a: str
     model_b: str
     prompts: str = Field(description="held-out prompts")
@@ -107,7 +104,8 @@ def build_judge(spec, device=None, cache_dir: str | Path | None = None) -> Pairw
     """The judge a `JudgeSpec` describes (an LLM judge's relative cache path lands in `cache_dir`)."""
     if isinstance(spec, RewardModelJudgeSpec):
         return RewardModelJudge(spec.path, device=device, batch_size=spec.batch_size,
-                                max_length=resolve_max_length(spec.path, spec.max_length), max_prompt_length=spec.max_prompt_length)
+                                max_length=resolve_max_length(spec.path, spec.max_length),
+                                max_prompt_length=spec.max_prompt_length)
     if isinstance(spec, LLMJudgeSpec):
         question = load_constitution(spec.constitution).principle(spec.principle) if spec.principle else (
             spec.question or DEFAULT_QUESTION)

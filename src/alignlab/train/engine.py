@@ -19,7 +19,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -37,6 +37,7 @@ from alignlab.train.distributed import (
 )
 from alignlab.train.optim import make_optimizer
 from alignlab.train.schedule import make_scheduler
+from alignlab.train.settings import OnlineSettings, TrainSettings
 
 Batch = dict[str, Tensor]
 PartLoss = Callable[[Batch, Tensor], tuple[Tensor, dict[str, Tensor]]]
@@ -56,19 +57,6 @@ class ResumeMismatchError(RuntimeError):
     """Raised when a checkpoint was written for different data or settings."""
 
 
-class EngineSettings(Protocol):
-    """What the engine reads of a stage's training block (TrainSettings and OnlineSettings both have it)."""
-
-    lr: float
-    weight_decay: float
-    adam_betas: tuple[float, float]
-    adam_eps: float
-    schedule: str
-    max_grad_norm: float | None
-    precision: str
-    gradient_checkpointing: bool
-
-
 def run_key(settings, *parts: Any) -> str:
     """A run's identity for resume checks: its data and every setting that changes its numbers."""
     payload = json.dumps([*parts, settings.model_dump(exclude=set(NOT_IN_RUN_KEY))])
@@ -84,7 +72,7 @@ class TrainState:
     scheduler: LambdaLR
     out_dir: Path
     key: str
-    settings: EngineSettings
+    settings: TrainSettings | OnlineSettings
     extras: dict[str, nn.Module] = field(default_factory=dict)
     """modules saved beside the model: a value head (trained), a synced reference (changed by a hook)"""
     stateful: dict[str, Any] = field(default_factory=dict)
@@ -92,22 +80,21 @@ class TrainState:
     dist: Dist = Dist()
     device: torch.device = torch.device("cpu")
     name: str = "train"
+    trainable: list[nn.Parameter] = field(default_factory=list)
+    """the parameters the optimizer steps: their gradients are summed over processes and clipped"""
 
     @classmethod
-    def create(cls, model: nn.Module, settings: EngineSettings, *, total_steps: int, warmup_steps: int, out_dir: Path,
-               key: str, extras: dict[str, nn.Module] | None = None, stateful: dict[str, Any] | None = None,
+    def create(cls, model: nn.Module, settings: TrainSettings | OnlineSettings, *, total_steps: int,
+               warmup_steps: int, out_dir: Path, key: str, extras: dict[str, nn.Module] | None = None, stateful: dict[str, Any] | None = None,
                dist: Dist = Dist(), device: torch.device = torch.device("cpu"), name: str = "train") -> "TrainState":
         extras = extras or {}
-        params = [p for m in (model, *extras.values()) for p in m.parameters()]
-        broadcast_parameters([p for p in params if p.requires_grad], dist)  # frozen weights: the same files everywhere
+        trainable = [p for m in (model, *extras.values()) for p in m.parameters() if p.requires_grad]
+        broadcast_parameters(trainable, dist)  # frozen weights: the same files everywhere
         use_gradient_checkpointing(model, settings.gradient_checkpointing)
-        optimizer = make_optimizer(params, settings)
+        optimizer = make_optimizer(trainable, settings)
         scheduler = make_scheduler(optimizer, total_steps, warmup_steps, settings.schedule)
-        return cls(model, optimizer, scheduler, out_dir, key, settings, extras, stateful or {}, dist, device, name)
-
-    @property
-    def trainable(self) -> list[nn.Parameter]:
-        return [p for m in (self.model, *self.extras.values()) for p in m.parameters() if p.requires_grad]
+        return cls(model, optimizer, scheduler, out_dir, key, settings, extras, stateful or {}, dist, device, name,
+                   trainable)
 
     @property
     def checkpoints(self) -> Path:
