@@ -221,7 +221,7 @@ def alignlab_batches(kind: str, path: Path, batch_size: int, seed: int, group_by
     from alignlab.data.formats import load_preferences, load_sft
     from alignlab.data.tokenize import tokenize_preferences, tokenize_sft
     from alignlab.models import load_tokenizer
-    from alignlab.stages.pairs import pair_lengths
+    from alignlab.stages.offline.pairs import pair_lengths
 
     tokenizer = load_tokenizer(model_dir())
     if kind == "sft":

@@ -42,7 +42,7 @@ PRECOMPUTE_BATCH = 32  # alignlab's reference precompute batch; TRL's is set to 
 
 
 def alignlab_child(a) -> dict:
-    import alignlab.stages.dpo as stage
+    import alignlab.stages.offline.dpo as stage
 
     cfg = stage.DPOConfig(
         model=str(common.model_dir()), data=str(common.data_file("pairs", a.steps * a.batch)),

@@ -29,7 +29,7 @@ import common  # noqa: E402
 
 
 def alignlab_child(a) -> dict:
-    import alignlab.stages.reward_model as stage
+    import alignlab.stages.offline.reward_model as stage
 
     cfg = stage.RewardModelConfig(
         model=str(common.model_dir()), data=str(common.data_file("pairs", a.steps * a.batch)), eval_fraction=0.0,

@@ -87,7 +87,7 @@ def letter_e_percent(prompts, completions, **_ignored) -> list[float]:
 
 def prompt_order(a) -> list[str]:
     """The prompts of every step, `a.prompts` per step, in the order alignlab's prompt stream draws them."""
-    from alignlab.stages.online_common import PromptStream
+    from alignlab.stages.online.common import PromptStream
 
     prompts = [r["prompt"] for r in common.read_jsonl(common.prompts_file(a.steps * a.prompts))]
     stream = PromptStream(len(prompts), a.prompts, seed=0)
@@ -118,9 +118,9 @@ class Profiled:
 
 def alignlab_child(a) -> dict:
     sys.path.insert(0, str(REPO))  # REWARD_SPEC imports bench.rl (bench/ is a namespace package)
-    import alignlab.stages.policy_gradient as stage
-    from alignlab.stages.grpo import GRPOConfig, run_grpo
-    from alignlab.stages.rloo import RLOOConfig, run_rloo
+    import alignlab.stages.online.policy_gradient as stage
+    from alignlab.stages.online.grpo import GRPOConfig, run_grpo
+    from alignlab.stages.online.rloo import RLOOConfig, run_rloo
     from alignlab.rollout import SamplingSettings
     from alignlab.train.online import OnlineSettings
 

@@ -51,8 +51,8 @@ def round_tokens_per_s(base_url: str, concurrent: int, max_tokens: int) -> float
 
 
 def main() -> None:
-    from alignlab.feedback.llm import LocalLLM
-    from alignlab.feedback.llm.server import make_app, start_in_thread
+    from alignlab.feedback.ai.llm import LocalLLM
+    from alignlab.feedback.ai.llm.server import make_app, start_in_thread
 
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as path:

@@ -30,7 +30,7 @@ import common  # noqa: E402
 
 
 def alignlab_child(a) -> dict:
-    import alignlab.stages.sft as stage
+    import alignlab.stages.offline.sft as stage
 
     cfg = stage.SFTConfig(
         model=str(common.model_dir()), data=str(common.data_file("sft", a.steps * a.batch)),

@@ -47,6 +47,6 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer):
 @pytest.fixture(scope="module")
 def llm(tiny_model_dir):
     """The tiny model as a local feedback LLM (a test module may define its own `llm` instead)."""
-    from alignlab.feedback.llm import LocalLLM
+    from alignlab.feedback.ai.llm import LocalLLM
 
     return LocalLLM(tiny_model_dir, device="cpu")

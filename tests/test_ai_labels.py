@@ -10,7 +10,7 @@ import math
 import pytest
 
 from alignlab.data.formats import load_preferences
-from alignlab.feedback.ai_labels import (
+from alignlab.feedback.ai.labels import (
     COT_CLAMP,
     LabelSettings,
     Pair,
@@ -21,8 +21,8 @@ from alignlab.feedback.ai_labels import (
     preference_records,
     question_prompt,
 )
-from alignlab.feedback.constitution import load_constitution
-from alignlab.feedback.llm.base import GenerationSettings, LLMError
+from alignlab.feedback.ai.constitution import load_constitution
+from alignlab.feedback.ai.llm.base import GenerationSettings, LLMError
 
 CONSTITUTION = """\
 name: tiny
@@ -199,7 +199,7 @@ def _pairs_file(tmp_path, n=6):
 
 
 def test_stage_resumes_without_relabelling_finished_pairs(tiny_model_dir, tmp_path, constitution, monkeypatch):
-    import alignlab.stages.ai_labels as stage
+    import alignlab.stages.feedback.ai_labels as stage
 
     (tmp_path / "tiny.yaml").write_text(CONSTITUTION)
     cfg = stage.AILabelsConfig(
@@ -231,7 +231,7 @@ def test_stage_resumes_without_relabelling_finished_pairs(tiny_model_dir, tmp_pa
 
 
 def test_config_needs_exactly_one_source_of_pairs(tiny_model_dir):
-    from alignlab.stages.ai_labels import AILabelsConfig
+    from alignlab.stages.feedback.ai_labels import AILabelsConfig
 
     feedback = {"type": "local", "path": str(tiny_model_dir)}
     with pytest.raises(ValueError, match="either"):
@@ -245,10 +245,10 @@ def test_config_needs_exactly_one_source_of_pairs(tiny_model_dir):
 
 
 def test_policy_pairs_labelled_then_train_the_reward_model(tiny_model_dir, tmp_path):
-    from alignlab.stages.ai_labels import AILabelsConfig
-    from alignlab.stages.ai_labels import run as run_labels
-    from alignlab.stages.reward_model import RewardModelConfig
-    from alignlab.stages.reward_model import run as run_reward_model
+    from alignlab.stages.feedback.ai_labels import AILabelsConfig
+    from alignlab.stages.feedback.ai_labels import run as run_labels
+    from alignlab.stages.offline.reward_model import RewardModelConfig
+    from alignlab.stages.offline.reward_model import run as run_reward_model
 
     (tmp_path / "tiny.yaml").write_text(CONSTITUTION)
     prompts = tmp_path / "prompts.jsonl"
@@ -275,8 +275,8 @@ def test_over_http_labels_match_the_local_model(llm, tiny_model_dir, tmp_path):
     """Over HTTP only the server's top-20 log-probs come back, and the random tiny model never puts
     "A" or "B" among them; the backend then scores the letters exactly by echo, so the labels
     equal the ones the same model gives in-process."""
-    from alignlab.feedback.llm.server import make_app, start_in_thread
-    from alignlab.stages.ai_labels import AILabelsConfig, run
+    from alignlab.feedback.ai.llm.server import make_app, start_in_thread
+    from alignlab.stages.feedback.ai_labels import AILabelsConfig, run
 
     (tmp_path / "tiny.yaml").write_text(CONSTITUTION)
     pairs = str(_pairs_file(tmp_path, n=3))

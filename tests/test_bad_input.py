@@ -188,7 +188,7 @@ def test_pairs_of_one_prompt_with_a_held_out_fraction_are_refused(stage, tiny_mo
 
 
 def test_a_large_held_out_fraction_still_leaves_a_prompt_to_train_on(tiny_tokenizer, tmp_path):
-    from alignlab.stages.pairs import load_pair_splits
+    from alignlab.stages.offline.pairs import load_pair_splits
 
     data = _write(tmp_path / "two-prompts.jsonl", _pairs(6, 2))
     train_ex, eval_ex, *_ = load_pair_splits(data, None, 0.9, 0, tiny_tokenizer, 64, 32)

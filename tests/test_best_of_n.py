@@ -12,7 +12,7 @@ from user_modules import importable_module
 
 from alignlab.data.readers import write_jsonl
 from alignlab.search.select import pick_best
-from alignlab.stages.best_of_n import BestOfNConfig, best_of_n_kl, run
+from alignlab.stages.evaluation.best_of_n import BestOfNConfig, best_of_n_kl, run
 
 NAN = float("nan")
 

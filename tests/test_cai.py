@@ -8,7 +8,7 @@ import json
 import pytest
 
 from alignlab.data.formats import load_preferences, load_sft
-from alignlab.feedback.cai import (
+from alignlab.feedback.ai.cai import (
     STOP_STRINGS,
     CritiquePrompts,
     CritiqueSettings,
@@ -19,8 +19,8 @@ from alignlab.feedback.cai import (
     critique_and_revise,
     draw_principle,
 )
-from alignlab.feedback.constitution import load_constitution
-from alignlab.feedback.llm.base import GenerationSettings, LLMError
+from alignlab.feedback.ai.constitution import load_constitution
+from alignlab.feedback.ai.llm.base import GenerationSettings, LLMError
 
 # Short requests: the tiny model's context is 256 tokens and its tokenizer splits unseen words
 # into bytes, so a few-shot example plus a chain must stay small.
@@ -180,7 +180,7 @@ def test_an_llm_error_ends_only_its_own_chain(llm, constitution):
 
 
 def _stage_config(tiny_model_dir, tmp_path, constitution_path, **overrides):
-    from alignlab.stages.sl_cai import SLCAIConfig
+    from alignlab.stages.feedback.sl_cai import SLCAIConfig
 
     prompts = tmp_path / "red_team.jsonl"
     rows = [{"prompt": p} for p in PROMPTS[:4]] + [{"messages": [{"role": "user", "content": "hello world"}]}]
@@ -204,7 +204,7 @@ def constitution_path(tmp_path):
 
 
 def test_stage_writes_loadable_files_and_resumes_after_a_kill(tiny_model_dir, tmp_path, constitution_path, monkeypatch):
-    import alignlab.stages.sl_cai as stage
+    import alignlab.stages.feedback.sl_cai as stage
 
     real_build = stage.build_llm
     backends: list[Recording] = []
@@ -254,8 +254,8 @@ def test_parts_of_another_run_are_not_mixed_in(tmp_path):
 
 
 def test_stage_with_a_feedback_model_behind_an_openai_compatible_server(llm, tiny_model_dir, tmp_path, constitution_path):
-    from alignlab.feedback.llm.server import make_app, start_in_thread
-    from alignlab.stages.sl_cai import run
+    from alignlab.feedback.ai.llm.server import make_app, start_in_thread
+    from alignlab.stages.feedback.sl_cai import run
 
     base_url, stop = start_in_thread(make_app(llm, "tiny"))
     try:

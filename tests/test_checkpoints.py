@@ -118,7 +118,7 @@ def test_metrics_json_is_strict_json():
 
 
 def test_a_stage_that_fails_before_its_first_step_leaves_nothing(tiny_model_dir, tmp_path, monkeypatch):
-    import alignlab.stages.sft as sft
+    import alignlab.stages.offline.sft as sft
 
     def fails(*args, **kwargs):
         raise ValueError("the first batch could not be built")
@@ -255,7 +255,7 @@ def test_a_stage_killed_before_dropping_its_checkpoints_is_skipped_and_drops_the
 
 
 def test_a_recipe_stage_that_fails_before_its_first_step_leaves_no_directory(tiny_model_dir, tmp_path, monkeypatch):
-    import alignlab.stages.sft as sft
+    import alignlab.stages.offline.sft as sft
     from alignlab.pipeline.runner import run_recipe
 
     def fails(*args, **kwargs):
@@ -283,7 +283,7 @@ def test_a_report_reads_null_figures_back_as_nan(tmp_path):
 
 @pytest.mark.parametrize("ref_mode", ["precompute", "live"])
 def test_a_dpo_run_that_fails_at_its_first_batch_leaves_nothing(ref_mode, tiny_model_dir, tmp_path, monkeypatch):
-    import alignlab.stages.dpo as dpo
+    import alignlab.stages.offline.dpo as dpo
 
     def fails(*args, **kwargs):
         raise ValueError("the first batch could not be built")

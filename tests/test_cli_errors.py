@@ -79,7 +79,7 @@ def test_a_bug_inside_torch_keeps_its_traceback(tiny_model_dir, data, tmp_path, 
     # a RuntimeError raised by torch's insides is not the user's doing: it must not be hidden
     import torch
 
-    import alignlab.stages.sft as sft
+    import alignlab.stages.offline.sft as sft
 
     def broken(*args, **kwargs):
         return torch.zeros(2, 3) @ torch.zeros(2, 3)  # a shape mismatch, raised inside torch

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from alignlab.data.errors import DataError
-from alignlab.feedback.constitution import load_constitution
+from alignlab.feedback.ai.constitution import load_constitution
 
 GOOD = """name: tiny
 principles:

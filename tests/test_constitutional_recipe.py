@@ -40,8 +40,8 @@ def _write(tmp_path, feedback: dict | None) -> Path:
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    from alignlab.feedback.llm.local import LocalLLM
-    from alignlab.feedback.llm.server import make_app, start_in_thread
+    from alignlab.feedback.ai.llm.local import LocalLLM
+    from alignlab.feedback.ai.llm.server import make_app, start_in_thread
 
     tmp = tmp_path_factory.mktemp("cai")
     out = tmp / "run"

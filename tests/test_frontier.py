@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from alignlab.stages.frontier import FrontierConfig, run
+from alignlab.stages.evaluation.frontier import FrontierConfig, run
 
 
 def _stage(path, metrics):
@@ -58,7 +58,7 @@ def test_a_pattern_that_matches_nothing_is_an_error(stages):
 
 
 def test_evaluate_expands_snapshot_directories(tmp_path):
-    from alignlab.stages.evaluate import EvaluateConfig, all_models
+    from alignlab.stages.evaluation.evaluate import EvaluateConfig, all_models
 
     for name in ("iter-00002", "iter-00004"):
         (tmp_path / "snaps" / name).mkdir(parents=True)

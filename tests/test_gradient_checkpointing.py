@@ -8,7 +8,7 @@ import torch
 from alignlab.data import SFTExample, tokenize_sft
 from alignlab.data.readers import Source
 from alignlab.models import LoraSettings, apply_lora, load_causal_lm
-from alignlab.stages.sft import sft_step_fns
+from alignlab.stages.offline.sft import sft_step_fns
 from alignlab.train import TrainSettings, train
 from alignlab.train.activations import use_gradient_checkpointing
 

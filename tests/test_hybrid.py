@@ -11,7 +11,7 @@ import pytest
 
 from alignlab.data.formats import load_preferences
 from alignlab.data.readers import write_jsonl
-from alignlab.feedback.hybrid import (
+from alignlab.feedback.human.hybrid import (
     agreement_report,
     confidence,
     human_queue,
@@ -19,8 +19,8 @@ from alignlab.feedback.hybrid import (
     pair_id,
     route_pairs,
 )
-from alignlab.feedback.judges import PairLabels
-from alignlab.stages.hybrid_labels import AwaitingHumanLabels, HybridLabelsConfig, run
+from alignlab.feedback.ai.judges import PairLabels
+from alignlab.stages.feedback.hybrid_labels import AwaitingHumanLabels, HybridLabelsConfig, run
 
 # (prompt, chosen, rejected, P_ai(chosen ≻ rejected)) and, with ai_threshold 0.6 and
 # human_threshold 0.2, confidence |P − 0.5|·2 and route:
@@ -80,7 +80,7 @@ def test_routing_counts_per_bucket(tmp_path):
 
 
 def test_the_labelling_app_reads_the_queue(tmp_path):
-    from alignlab.feedback.labelling.items import load_label_items
+    from alignlab.feedback.human.labelling.items import load_label_items
 
     pairs = route_pairs(load_preferences(write_ai_labels(tmp_path / "ai.jsonl")), **THRESHOLDS)
     write_jsonl(tmp_path / "queue.jsonl", human_queue(pairs))

@@ -22,8 +22,8 @@ from alignlab.eval.winrate import (
     win_rate,
     z_value,
 )
-from alignlab.feedback.constitution import load_constitution
-from alignlab.feedback.judges import (
+from alignlab.feedback.ai.constitution import load_constitution
+from alignlab.feedback.ai.judges import (
     HumanLabelsJudge,
     JudgeError,
     Judgement,
@@ -31,7 +31,7 @@ from alignlab.feedback.judges import (
     PairwiseJudge,
     RewardModelJudge,
 )
-from alignlab.feedback.llm.base import LLMError
+from alignlab.feedback.ai.llm.base import LLMError
 from alignlab.models import load_reward_model, load_tokenizer, reward_scores
 
 # --------------------------------------------------------------------------- statistics
@@ -149,7 +149,7 @@ def test_reward_model_judge_reports_a_too_long_prompt_as_that_items_error(tiny_m
 
 @pytest.fixture(scope="module")
 def tiny_llm(tiny_model_dir):
-    from alignlab.feedback.llm.local import LocalLLM
+    from alignlab.feedback.ai.llm.local import LocalLLM
 
     return LocalLLM(tiny_model_dir, device="cpu", batch_size=4)
 
@@ -282,7 +282,7 @@ def test_judgement_validates_its_probability():
 
 
 def test_winrate_stage_model_against_itself(tiny_model_dir, tmp_path):
-    from alignlab.stages.winrate import WinRateConfig, run
+    from alignlab.stages.evaluation.winrate import WinRateConfig, run
 
     prompts = tmp_path / "prompts.jsonl"
     write_jsonl(prompts, [{"prompt": p} for p in ["the film was", "hello", "i loved", "the acting was",
@@ -320,7 +320,7 @@ def test_winrate_stage_model_against_itself(tiny_model_dir, tmp_path):
 def test_winrate_config_rejects_an_unknown_judge_type():
     from pydantic import ValidationError
 
-    from alignlab.stages.winrate import WinRateConfig
+    from alignlab.stages.evaluation.winrate import WinRateConfig
 
     with pytest.raises(ValidationError):
         WinRateConfig.model_validate({"model_a": "a", "model_b": "b", "prompts": "p", "judge": {"type": "oracle"}})
@@ -331,7 +331,7 @@ def test_winrate_config_rejects_an_unknown_judge_type():
 
 
 def test_winrate_stage_with_a_local_llm_judge_asking_a_principle(tiny_model_dir, tmp_path):
-    from alignlab.stages.winrate import WinRateConfig, run
+    from alignlab.stages.evaluation.winrate import WinRateConfig, run
 
     prompts = tmp_path / "prompts.jsonl"
     write_jsonl(prompts, [{"prompt": p} for p in ["the film was", "hello", "i loved"]])

@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 from alignlab.data.errors import DataError
 from alignlab.data.formats import load_preferences
 from alignlab.data.readers import read_records, write_jsonl
-from alignlab.feedback.labelling import (
+from alignlab.feedback.human.labelling import (
     Answer,
     LabelStore,
     answer_from_display,
@@ -36,8 +36,8 @@ from alignlab.feedback.labelling import (
     hash_token,
     load_label_items,
 )
-from alignlab.feedback.labelling.app import COOKIE, running_server
-from alignlab.feedback.labelling.cli import label_app
+from alignlab.feedback.human.labelling.app import COOKIE, running_server
+from alignlab.feedback.human.labelling.cli import label_app
 
 XSS = "<img src=x onerror=alert(1)>"
 
@@ -653,7 +653,7 @@ def test_nothing_to_export_is_a_clear_error(tmp_path):
 
 
 def test_labels_from_the_app_train_the_dpo_stage(tmp_path, tiny_model_dir):
-    from alignlab.stages.dpo import DPOConfig, run
+    from alignlab.stages.offline.dpo import DPOConfig, run
 
     store, tokens = make_store(tmp_path, pair_records(16) + ranking_records(2))
     with store, running_server(store) as url, client(url, tokens["alice"]) as alice:

@@ -19,8 +19,8 @@ import httpx
 import pytest
 
 from alignlab.data.readers import read_records, write_jsonl
-from alignlab.feedback.labelling import LabelStore, export_rankings, load_label_items
-from alignlab.feedback.labelling.app import running_server
+from alignlab.feedback.human.labelling import LabelStore, export_rankings, load_label_items
+from alignlab.feedback.human.labelling.app import running_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

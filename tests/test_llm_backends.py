@@ -17,8 +17,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from alignlab.data.templates import DEFAULT_CHAT_TEMPLATE
-from alignlab.feedback.llm import CallCache, GenerationSettings, LLMBackend, LLMError, LocalLLM, OpenAICompatibleLLM
-from alignlab.feedback.llm.server import make_app, start_in_thread
+from alignlab.feedback.ai.llm import CallCache, GenerationSettings, LLMBackend, LLMError, LocalLLM, OpenAICompatibleLLM
+from alignlab.feedback.ai.llm.server import make_app, start_in_thread
 from alignlab.models.load import load_causal_lm, load_tokenizer
 
 GREEDY = GenerationSettings(max_tokens=6)

@@ -99,8 +99,8 @@ def test_each_objective_reads_exactly_the_settings_its_registry_line_names(name)
 def test_the_configs_take_a_registered_name_and_refuse_an_unknown_one():
     from pydantic import ValidationError
 
-    from alignlab.stages.dpo import DPOConfig
-    from alignlab.stages.online_preference import OnlineDPOConfig
+    from alignlab.stages.offline.dpo import DPOConfig
+    from alignlab.stages.online.preference import OnlineDPOConfig
 
     assert DPOConfig(model="m", data="d", loss="apo_zero").loss == "apo_zero"
     assert OnlineDPOConfig(model="m", prompts="p", reward={"type": "gold", "task": "sentiment"}, loss="apo_down").loss == "apo_down"

@@ -67,7 +67,7 @@ def _sample_reward(model_path: str, n: int = 8) -> float:
 def _demonstration_logp(model_path: str, sft_path: str) -> float:
     """Mean summed log-prob of the demonstrations' completions under the model at `model_path`."""
     from alignlab.ops import sequence_logps, token_logps
-    from alignlab.stages.online_preference import load_demonstrations, pair_tensors
+    from alignlab.stages.online.preference import load_demonstrations, pair_tensors
 
     tokenizer = load_tokenizer(model_path)
     demos, _ = load_demonstrations(sft_path, tokenizer, 64, 32)
@@ -83,7 +83,7 @@ def _demonstration_logp(model_path: str, sft_path: str) -> float:
 
 
 def test_pairs_take_the_higher_score_as_chosen_and_drop_ties():
-    from alignlab.stages.online_preference import rank_pairs
+    from alignlab.stages.online.preference import rank_pairs
 
     scores = torch.tensor([1.0, 2.0, 3.0, 3.0, 5.0, 1.0, 0.50, 0.55])
     assert rank_pairs(scores) == ([1, 4, 7], [0, 5, 6])
@@ -97,7 +97,7 @@ def test_pair_rows_survive_the_loops_shuffle_and_share_one_forward(tiny_model_di
     """Rows are whole pairs under run_online's row selection and trim; the loss at a fresh
     reference is ln 2 and its log-probs equal separate forwards of chosen and rejected."""
     from alignlab.ops import sequence_logps, token_logps
-    from alignlab.stages.online_preference import (
+    from alignlab.stages.online.preference import (
         OnlineDPOConfig,
         flat_pairs,
         pair_loss_fn,
@@ -133,7 +133,7 @@ def test_pair_rows_survive_the_loops_shuffle_and_share_one_forward(tiny_model_di
 def test_spin_needs_no_reward_and_online_dpo_does(setup):
     from pydantic import ValidationError
 
-    from alignlab.stages.online_preference import OnlineDPOConfig, SPINConfig
+    from alignlab.stages.online.preference import OnlineDPOConfig, SPINConfig
 
     _, model, prompts, sft = setup
     assert SPINConfig(model=model, data=sft).reference == "previous"
@@ -149,7 +149,7 @@ def test_spin_needs_no_reward_and_online_dpo_does(setup):
 
 
 def test_online_dpo_raises_the_toy_reward(setup):
-    from alignlab.stages.online_preference import OnlineDPOConfig, run_online_dpo
+    from alignlab.stages.online.preference import OnlineDPOConfig, run_online_dpo
 
     tmp, model, prompts, _ = setup
     cfg = OnlineDPOConfig(model=model, prompts=prompts, reward=REWARD, sampling={"max_new_tokens": 12},
@@ -171,7 +171,7 @@ def test_online_dpo_raises_the_toy_reward(setup):
 
 
 def test_when_every_pair_ties_nothing_is_learnt_and_nothing_breaks(setup):
-    from alignlab.stages.online_preference import OnlineDPOConfig, run_online_dpo
+    from alignlab.stages.online.preference import OnlineDPOConfig, run_online_dpo
 
     tmp, model, prompts, _ = setup
     constant = {"type": "callable", "function": "toy_pref_reward:constant"}
@@ -185,7 +185,7 @@ def test_when_every_pair_ties_nothing_is_learnt_and_nothing_breaks(setup):
 
 @pytest.mark.parametrize("reference", ["previous", "initial"])
 def test_spin_raises_the_likelihood_of_the_demonstrations(setup, reference):
-    from alignlab.stages.online_preference import SPINConfig, run_spin
+    from alignlab.stages.online.preference import SPINConfig, run_spin
 
     tmp, model, _, sft = setup
     cfg = SPINConfig(model=model, data=sft, reference=reference, sampling={"max_new_tokens": 12},
@@ -204,8 +204,8 @@ def test_spin_raises_the_likelihood_of_the_demonstrations(setup, reference):
 
 
 def test_a_killed_online_dpo_run_resumes_to_the_same_weights(setup, monkeypatch):
-    from alignlab.stages import online_common
-    from alignlab.stages.online_preference import OnlineDPOConfig, run_online_dpo
+    import alignlab.stages.online.common as online_common
+    from alignlab.stages.online.preference import OnlineDPOConfig, run_online_dpo
 
     tmp, model, prompts, _ = setup
     cfg = OnlineDPOConfig(model=model, prompts=prompts, reward=REWARD, sampling={"max_new_tokens": 8},

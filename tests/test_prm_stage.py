@@ -16,7 +16,7 @@ from alignlab.data.stepwise import (
 )
 from alignlab.models import load_tokenizer
 from alignlab.models.build import new_causal_lm, train_bpe_tokenizer
-from alignlab.stages.prm import (
+from alignlab.stages.offline.prm import (
     PRMConfig,
     eval_prm,
     prm_step_fns,

@@ -11,14 +11,14 @@ from alignlab.data.stepwise import load_stepwise
 from alignlab.models import load_tokenizer
 from alignlab.models.value import load_critic
 from alignlab.rollout import SamplingSettings
-from alignlab.stages import search as search_stage
-from alignlab.stages.pretrain import PretrainConfig
-from alignlab.stages.pretrain import run as pretrain
-from alignlab.stages.search import BeamSettings, SearchConfig
-from alignlab.stages.step_labels import StepLabelsConfig
-from alignlab.stages.step_labels import run as step_labels
-from alignlab.stages.task_data import TaskDataConfig
-from alignlab.stages.task_data import run as task_data
+from alignlab.stages.evaluation import search as search_stage
+from alignlab.stages.offline.pretrain import PretrainConfig
+from alignlab.stages.offline.pretrain import run as pretrain
+from alignlab.stages.evaluation.search import BeamSettings, SearchConfig
+from alignlab.stages.data.step_labels import StepLabelsConfig
+from alignlab.stages.data.step_labels import run as step_labels
+from alignlab.stages.data.task_data import TaskDataConfig
+from alignlab.stages.data.task_data import run as task_data
 from alignlab.tasks import get_task
 from alignlab.train import TrainSettings
 
@@ -83,10 +83,10 @@ def test_step_labels_writes_checker_labelled_step_outcome_and_pair_data(labelled
 def test_a_bradley_terry_orm_from_the_pairs_ranks_best_of_n_by_final_answer(policy, labelled):
     # The pairs step_labels writes train an ORM with the reward_model stage; best_of_n then picks
     # by it and reports the verifier's exact match as the gold score.
-    from alignlab.stages.best_of_n import BestOfNConfig
-    from alignlab.stages.best_of_n import run as best_of_n
-    from alignlab.stages.reward_model import RewardModelConfig
-    from alignlab.stages.reward_model import run as reward_model
+    from alignlab.stages.evaluation.best_of_n import BestOfNConfig
+    from alignlab.stages.evaluation.best_of_n import run as best_of_n
+    from alignlab.stages.offline.reward_model import RewardModelConfig
+    from alignlab.stages.offline.reward_model import run as reward_model
 
     _, data = labelled
     rm = reward_model(RewardModelConfig(
@@ -180,7 +180,7 @@ def test_search_loads_saved_scorers_and_uninformative_ones_pick_the_first_answer
 
 
 def test_within_problem_auc_counts_pairs_inside_each_problem_only():
-    from alignlab.stages.search import within_problem_auc
+    from alignlab.stages.evaluation.search import within_problem_auc
 
     # problem 0: right 0.9 beats wrong 0.1 and ties 0.9; problem 1: right 0.2 loses to wrong 0.3;
     # the NaN sample and problem 2 (no wrong answer) make no pairs; 0.9 vs 0.2 across problems
@@ -200,9 +200,9 @@ def test_search_needs_a_prm_for_beam_search_and_a_step_checkable_task(policy):
 
 
 def test_grpo_with_the_verifier_as_reward_raises_exact_match(policy):
-    from alignlab.stages.evaluate import EvaluateConfig
-    from alignlab.stages.evaluate import run as evaluate
-    from alignlab.stages.grpo import GRPOConfig, run_grpo
+    from alignlab.stages.evaluation.evaluate import EvaluateConfig
+    from alignlab.stages.evaluation.evaluate import run as evaluate
+    from alignlab.stages.online.grpo import GRPOConfig, run_grpo
 
     out = policy / "grpo"
     prompts = str(policy / "task/data/prompts_train.jsonl")

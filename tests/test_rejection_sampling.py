@@ -19,7 +19,7 @@ from alignlab.data.readers import write_jsonl
 from alignlab.data.tokenize import tokenize_prompts
 from alignlab.models import load_causal_lm, load_tokenizer
 from alignlab.rollout import SamplingSettings, generate
-from alignlab.stages.rejection_sampling import (
+from alignlab.stages.online.rejection_sampling import (
     RejectionSamplingConfig,
     run,
     select_samples,

@@ -12,7 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 from user_modules import importable_module
 
-from alignlab.feedback import (
+from alignlab.feedback.rewards import (
     CallableSource,
     GoldSource,
     LengthPenalty,

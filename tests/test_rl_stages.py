@@ -66,7 +66,7 @@ def _log(out):
 
 @pytest.mark.parametrize("critic", ["separate", "shared"])
 def test_ppo_raises_the_toy_reward(rl_setup, critic):
-    from alignlab.stages.ppo import PPOConfig, run
+    from alignlab.stages.online.ppo import PPOConfig, run
 
     tmp, model, prompts = rl_setup
     cfg = PPOConfig(model=model, prompts=prompts, reward={"type": "callable", "function": "toy_reward_mod:score"},
@@ -87,9 +87,9 @@ def test_ppo_raises_the_toy_reward(rl_setup, critic):
 
 @pytest.mark.parametrize("algorithm", ["grpo", "rloo", "reinforce_pp"])
 def test_group_methods_raise_the_toy_reward(rl_setup, algorithm):
-    from alignlab.stages.grpo import GRPOConfig, run_grpo
-    from alignlab.stages.reinforce_pp import ReinforcePPConfig, run_reinforce_pp
-    from alignlab.stages.rloo import RLOOConfig, run_rloo
+    from alignlab.stages.online.grpo import GRPOConfig, run_grpo
+    from alignlab.stages.online.reinforce_pp import ReinforcePPConfig, run_reinforce_pp
+    from alignlab.stages.online.rloo import RLOOConfig, run_rloo
 
     tmp, model, prompts = rl_setup
     config, run = {"grpo": (GRPOConfig, run_grpo), "rloo": (RLOOConfig, run_rloo),
@@ -105,7 +105,7 @@ def test_group_methods_raise_the_toy_reward(rl_setup, algorithm):
 
 
 def test_a_reward_that_fails_on_some_samples_drops_them_and_goes_on(rl_setup):
-    from alignlab.stages.grpo import GRPOConfig, run_grpo
+    from alignlab.stages.online.grpo import GRPOConfig, run_grpo
 
     tmp, model, prompts = rl_setup
     cfg = GRPOConfig(model=model, prompts=prompts, reward={"type": "callable", "function": "toy_reward_mod:flaky"},
@@ -117,7 +117,7 @@ def test_a_reward_that_fails_on_some_samples_drops_them_and_goes_on(rl_setup):
 
 
 def test_kl_past_the_bound_stops_and_keeps_the_last_good_checkpoint(rl_setup):
-    from alignlab.stages.grpo import GRPOConfig, run_grpo
+    from alignlab.stages.online.grpo import GRPOConfig, run_grpo
 
     tmp, model, prompts = rl_setup
     cfg = GRPOConfig(model=model, prompts=prompts, reward={"type": "callable", "function": "toy_reward_mod:score"},
@@ -134,8 +134,8 @@ def test_kl_past_the_bound_stops_and_keeps_the_last_good_checkpoint(rl_setup):
 
 
 def test_a_killed_run_resumes_to_the_same_weights(rl_setup, monkeypatch):
-    import alignlab.stages.online_common as online_common
-    from alignlab.stages.ppo import PPOConfig, run
+    import alignlab.stages.online.common as online_common
+    from alignlab.stages.online.ppo import PPOConfig, run
 
     tmp, model, prompts = rl_setup
     cfg = PPOConfig(model=model, prompts=prompts, reward={"type": "callable", "function": "toy_reward_mod:score"},
@@ -167,7 +167,7 @@ def test_a_killed_run_resumes_to_the_same_weights(rl_setup, monkeypatch):
 
 
 def test_grpo_writes_what_the_policy_says(rl_setup):
-    from alignlab.stages.grpo import GRPOConfig, run_grpo
+    from alignlab.stages.online.grpo import GRPOConfig, run_grpo
 
     tmp, model, prompts = rl_setup
     cfg = GRPOConfig(model=model, prompts=prompts, reward={"type": "callable", "function": "toy_reward_mod:score"},
@@ -183,7 +183,7 @@ def test_grpo_writes_what_the_policy_says(rl_setup):
 
 
 def test_spin_writes_its_samples_beside_the_demonstrations(rl_setup):
-    from alignlab.stages.online_preference import SPINConfig, run_spin
+    from alignlab.stages.online.preference import SPINConfig, run_spin
 
     tmp, model, _ = rl_setup
     sft = tmp / "sft.jsonl"
@@ -226,7 +226,7 @@ def test_ppo_with_lora_keeps_one_model_in_memory(rl_setup, monkeypatch):
     """LoRA + shared critic: the reference is the policy with its adapter off (no copy is loaded),
     the value head sits on the policy's trunk, and training still raises the reward."""
     import alignlab.models.reference as reference
-    from alignlab.stages.ppo import PPOConfig, run
+    from alignlab.stages.online.ppo import PPOConfig, run
 
     def no_copies(*args, **kwargs):
         raise AssertionError("a frozen copy was loaded in LoRA mode")
@@ -255,7 +255,7 @@ def test_ppo_with_lora_keeps_one_model_in_memory(rl_setup, monkeypatch):
 
 def test_grpo_with_gradient_checkpointing_makes_the_same_updates(rl_setup, monkeypatch):
     import alignlab.ops.logps as logps_module
-    from alignlab.stages.grpo import GRPOConfig, run_grpo
+    from alignlab.stages.online.grpo import GRPOConfig, run_grpo
 
     tmp, model, prompts = rl_setup
     # checkpointing takes the one-pass log-prob route; the run without it would share prompts
@@ -283,7 +283,7 @@ def test_ppo_samples_with_a_vllm_engine_whose_weights_follow_the_policy(rl_setup
     import fake_vllm
 
     from alignlab.rollout import VLLMSampler
-    from alignlab.stages.ppo import PPOConfig, run
+    from alignlab.stages.online.ppo import PPOConfig, run
 
     monkeypatch.setitem(sys.modules, "vllm", fake_vllm)
     if not synced:
@@ -311,7 +311,7 @@ def test_dr_grpo_update_does_not_depend_on_micro_batching(rl_setup, monkeypatch)
     # four give the same gradient at every step. The gradients are compared, not the weights alone:
     # Adam's first steps move each weight by about ±lr whatever the gradient's scale, which hid the
     # padded-width normaliser in the weights.
-    from alignlab.stages.grpo import GRPOConfig, run_grpo
+    from alignlab.stages.online.grpo import GRPOConfig, run_grpo
 
     tmp, model, _ = rl_setup
     prompts = tmp / "ragged.jsonl"

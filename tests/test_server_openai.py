@@ -11,8 +11,8 @@ import pytest
 
 openai = pytest.importorskip("openai")
 
-from alignlab.feedback.llm.server import make_app, start_in_thread  # noqa: E402
-from alignlab.feedback.llm.token_text import TokenTexts  # noqa: E402
+from alignlab.feedback.ai.llm.server import make_app, start_in_thread  # noqa: E402
+from alignlab.feedback.ai.llm.token_text import TokenTexts  # noqa: E402
 
 PROMPT = "the film was"
 

@@ -114,15 +114,15 @@ def test_the_policy_knobs_live_in_one_block_class(name):
     others = {cls for cls, _ in _declarations()[name]} - homes
     assert len(homes) == 1, homes
     # the feedback layer sits below stages/ and cannot import its blocks: its specs declare their own
-    allowed = {"model": {"alignlab.feedback.llm_spec.OpenAILLMSpec"},
-               "dtype": {"alignlab.feedback.llm_spec.LocalLLMSpec"},
-               "max_length": {"alignlab.stages.pretrain.PretrainConfig", "alignlab.feedback.reward_config.ProcessRewardTerm"}}
+    allowed = {"model": {"alignlab.feedback.ai.llm_spec.OpenAILLMSpec"},
+               "dtype": {"alignlab.feedback.ai.llm_spec.LocalLLMSpec"},
+               "max_length": {"alignlab.stages.offline.pretrain.PretrainConfig", "alignlab.feedback.rewards.config.ProcessRewardTerm"}}
     assert others <= allowed.get(name, set()), others
 
 
 def test_a_stage_default_is_applied_and_shown(tiny_model_dir):
     from alignlab.pipeline.settings_help import settings_lines
-    from alignlab.stages.evaluate import EvaluateConfig
+    from alignlab.stages.evaluation.evaluate import EvaluateConfig
 
     config = EvaluateConfig(models={"a": str(tiny_model_dir)}, prompts="p.jsonl", task="sentiment")
     assert config.seed == 1234 and EvaluateConfig.model_fields["seed"].default == 0

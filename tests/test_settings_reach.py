@@ -89,9 +89,9 @@ OWN = {
     "online_dpo": {"loss": "robust", "beta": 0.3, "label_smoothing": 0.1, "min_gap": 0.01},
     "spin": {"loss": "hinge", "beta": 0.3, "label_smoothing": 0.1, "reference": "initial", "max_length": 40},
 }
-PPO, PG, PREF = "alignlab.stages.ppo", "alignlab.stages.policy_gradient", "alignlab.stages.online_preference"
-GRPO, RLOO, RPP = "alignlab.stages.grpo", "alignlab.stages.rloo", "alignlab.stages.reinforce_pp"
-COMMON, ONLINE_COMMON = "alignlab.stages.common", "alignlab.stages.online_common"
+PPO, PG, PREF = "alignlab.stages.online.ppo", "alignlab.stages.online.policy_gradient", "alignlab.stages.online.preference"
+GRPO, RLOO, RPP = "alignlab.stages.online.grpo", "alignlab.stages.online.rloo", "alignlab.stages.online.reinforce_pp"
+COMMON, ONLINE_COMMON = "alignlab.stages.common", "alignlab.stages.online.common"
 REACH = {
     "ppo": {
         "kl.beta": [(PPO, "make_kl_controller", "beta"), (PPO, "kl_penalised_rewards", "beta")],
@@ -240,7 +240,7 @@ def _config(kind: str, model: str, prompts: str, demos: str, train: dict, sampli
 @pytest.mark.parametrize("kind", ONLINE)
 def test_every_train_and_sampling_setting_reaches_the_loop_and_the_sampler(kind, inputs, tmp_path, monkeypatch):
     import alignlab.rollout.local as local
-    from alignlab.stages.online_common import iteration_seed
+    from alignlab.stages.online.common import iteration_seed
 
     seen = {}
 
@@ -598,7 +598,7 @@ def test_without_track_kl_no_reference_is_loaded(kind, inputs, tmp_path, monkeyp
 
 def test_a_partial_block_keeps_the_stages_own_defaults():
     # PPO declares train.update_epochs 4: setting only the learning rate must not reset it to the block's 1
-    from alignlab.stages.ppo import PPOConfig
+    from alignlab.stages.online.ppo import PPOConfig
 
     base = {"model": "m", "prompts": "p", "reward": {"type": "gold", "task": "sentiment"}}
     assert PPOConfig.model_validate({**base, "train": {"lr": 1e-5}}).train.update_epochs == 4

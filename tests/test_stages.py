@@ -256,7 +256,7 @@ def dpo(base_model, data_dir, out: Path, steps: int = 12, lr: float = 5e-3, **se
 @pytest.fixture
 def reference_calls(monkeypatch) -> list[int]:
     """Counts calls of the DPO stage's reference log-prob computation (one per dataset split)."""
-    import alignlab.stages.dpo as dpo_stage
+    import alignlab.stages.offline.dpo as dpo_stage
 
     calls: list[int] = []
     real = dpo_stage._reference_logps
@@ -378,7 +378,7 @@ def test_sample_pairs_with_no_pair_past_min_gap_is_a_clear_error(base_model, dat
 def test_hold_out_one_prompt_moves_a_whole_prompt_and_keeps_a_lone_one():
     import random
 
-    from alignlab.stages.sample_pairs import hold_out_one_prompt
+    from alignlab.stages.data.sample_pairs import hold_out_one_prompt
 
     rows = [{"prompt": p, "chosen": f"{p}{i}", "rejected": "r"} for p in "aab" for i in range(2)]
     splits = {"train": list(rows), "test": []}

@@ -58,7 +58,7 @@ def _print_headlines(recipe: Path, out: Optional[Path]) -> None:
     """After a recipe, its report stages' headline figures: a run should end with its result."""
     from alignlab.pipeline.recipe import load_recipe
     from alignlab.stages.common import done_hash, stage_metrics
-    from alignlab.stages.report import headline
+    from alignlab.stages.evaluation.report import headline
     from alignlab.train.distributed import launched_rank
 
     if launched_rank()[0] != 0:
@@ -227,14 +227,14 @@ def serve_llm(
     api_key_env: Optional[str] = typer.Option(None, help="require a Bearer key read from this environment variable"),
 ) -> None:
     """Serve a local model over an OpenAI-compatible HTTP API (/v1/completions with log-probs, /v1/chat/completions)."""
-    from alignlab.feedback.llm.server import serve
+    from alignlab.feedback.ai.llm.server import serve
 
     _guarded(lambda: serve(model, host=host, port=port, device=device, dtype=dtype, batch_size=batch_size,
                            model_name=model_name, api_key_env=api_key_env))
 
 
 def _add_label_commands() -> None:
-    from alignlab.feedback.labelling.cli import label_app
+    from alignlab.feedback.human.labelling.cli import label_app
 
     app.add_typer(label_app, name="label", help="The human labelling app: serve items, manage tokens, export labels.")
 

@@ -1,59 +1,6 @@
-"""Feedback: reward sources for online RL (reward model, gold task scorer, user function, rule terms)."""
+"""Feedback, in three wings that do not import one another upward:
 
-from alignlab.feedback.reward_config import (
-    CallableTerm,
-    GoldTerm,
-    LengthPenaltyTerm,
-    MissingEOSTerm,
-    ProcessRewardTerm,
-    RewardModelTerm,
-    RewardSpec,
-    RewardTerm,
-    build_reward,
-    parse_reward_spec,
-    single_reward_model_path,
-)
-from alignlab.feedback.rewards import (
-    CallableSource,
-    GoldSource,
-    RewardError,
-    RewardModelSource,
-    RewardOutputError,
-    RewardSource,
-    ScoreResult,
-    ScoringBatch,
-    WeightedSum,
-    describe_reward,
-    score_safely,
-)
-from alignlab.feedback.rules import LengthPenalty, MissingEOSPenalty
-from alignlab.feedback.step_scores import ProcessRewardSource, StepScorer
-
-__all__ = [
-    "CallableSource",
-    "CallableTerm",
-    "GoldSource",
-    "GoldTerm",
-    "LengthPenalty",
-    "LengthPenaltyTerm",
-    "MissingEOSPenalty",
-    "MissingEOSTerm",
-    "ProcessRewardSource",
-    "ProcessRewardTerm",
-    "RewardError",
-    "RewardModelSource",
-    "RewardModelTerm",
-    "RewardOutputError",
-    "RewardSource",
-    "RewardSpec",
-    "RewardTerm",
-    "ScoreResult",
-    "ScoringBatch",
-    "StepScorer",
-    "WeightedSum",
-    "build_reward",
-    "describe_reward",
-    "parse_reward_spec",
-    "score_safely",
-    "single_reward_model_path",
-]
+- `rewards`: reward sources for online RL (reward model, gold task scorer, user function, rule terms, PRM);
+- `ai`: AI feedback (constitution, LLM backends and server, SL-CAI, RLAIF labels, judges);
+- `human`: human feedback (the labelling app, hybrid AI/human routing).
+"""

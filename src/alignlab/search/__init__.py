@@ -3,7 +3,7 @@
 from alignlab.search.beam import Beam, BeamResult, beam_search
 from alignlab.search.select import pick_best
 from alignlab.search.step_sampler import SampledStep, StepSampler, newline_token_ids
-from alignlab.feedback.step_scores import AGGREGATIONS, StepScorer, aggregate
+from alignlab.feedback.rewards.step_scores import AGGREGATIONS, StepScorer, aggregate
 from alignlab.search.vote import majority_vote, weighted_vote
 
 __all__ = [

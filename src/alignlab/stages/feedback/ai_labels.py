@@ -1,0 +1,108 @@
+"""AI labels stage (RLAIF): soft preference labels for response pairs from a feedback model.
+
+Pairs come from a file (`pairs`: records with prompt/response_a/response_b), or are sampled from
+`policy`: two responses per prompt of `prompts`. Writes `data/preferences.jsonl` (prompt, chosen,
+rejected, soft `label` = P(chosen ≻ rejected)), which the reward_model and dpo stages train on as
+it is, and `data/labels.jsonl` (every pair: per-principle and per-order probabilities, or why it
+was skipped or failed). The question format is in `alignlab.feedback.ai.labels`.
+
+Pairs are labelled in fixed batches of `batch_size`, each stored in `parts/` as it finishes, so a
+killed run resumes without asking about finished pairs again.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+
+from alignlab.data.formats import load_prompts
+from alignlab.feedback.ai.labels import (
+    REASONING_STOP,
+    LabelSettings,
+    Pair,
+    label_pairs,
+    load_pairs,
+    write_label_outputs,
+)
+from alignlab.feedback.ai.cai import PartStore, resume_key
+from alignlab.feedback.ai.constitution import load_constitution
+from alignlab.feedback.ai.llm_spec import (
+    FeedbackGeneration,
+    LLMSpec,
+    answer_relevant,
+    build_llm,
+)
+from alignlab.rollout import SamplingSettings
+from alignlab.stages.blocks import PromptLengthSettings, SeedSettings
+from alignlab.stages.common import (
+    file_fingerprint,
+    finish,
+    seed_everything,
+)
+from alignlab.stages.feedback.sl_cai import PolicyResponder
+
+
+class AILabelsConfig(PromptLengthSettings, SeedSettings):
+    feedback: LLMSpec = Field(description="the model that compares the two responses")
+    pairs: str | None = Field(None, description="records with prompt (or messages), response_a, response_b")
+    prompts: str | None = Field(None, description="prompts to sample two responses each from `policy`")
+    policy: str | None = None
+    constitution: str = Field("default", description="'default' or a YAML file")
+    principles_per_pair: int = Field(1, ge=1, description="distinct principles drawn per pair; labels averaged")
+    chain_of_thought: bool = Field(False, description="reason first; probabilities clamped to [0.4, 0.6]")
+    reasoning: FeedbackGeneration = FeedbackGeneration(max_tokens=128)
+    sampling: SamplingSettings = SamplingSettings(max_new_tokens=128)
+    batch_size: int = Field(16, gt=0, description="pairs per stored batch (the unit of resumption)")
+    device: str = Field("auto", description="where the policy samples")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> AILabelsConfig:
+        if (self.pairs is None) == (self.prompts is None):
+            raise ValueError("give either `pairs` (a file of response pairs) or `prompts` with `policy`")
+        if self.prompts is not None and self.policy is None:
+            raise ValueError("`prompts` needs `policy`, the model that answers them twice")
+        if self.pairs is not None and self.policy is not None:
+            raise ValueError("`policy` is only used with `prompts`; the pairs file already has the responses")
+        return self
+
+
+def run(cfg: AILabelsConfig, out: Path) -> dict:
+    constitution = load_constitution(cfg.constitution)
+    if cfg.principles_per_pair > len(constitution.principles):
+        raise ValueError(
+            f"principles_per_pair={cfg.principles_per_pair} but constitution {constitution.name!r} has "
+            f"{len(constitution.principles)} principles"
+        )
+    settings = LabelSettings(
+        principles_per_pair=cfg.principles_per_pair, chain_of_thought=cfg.chain_of_thought,
+        reasoning=cfg.reasoning.settings(stop=REASONING_STOP, seed=cfg.seed), seed=cfg.seed,
+    )
+    if cfg.pairs is not None:
+        pairs = load_pairs(cfg.pairs)
+        make_pairs = lambda indices: [pairs[i] for i in indices]
+        n, data = len(pairs), cfg.pairs
+    else:
+        prompts = load_prompts(cfg.prompts)
+        policy = PolicyResponder(cfg.policy, cfg.sampling, cfg.device, cfg.seed)
+        prompt_ids = policy.prompt_ids(prompts, cfg.max_prompt_length)
+
+        def make_pairs(indices: list[int]) -> list[Pair]:
+            texts = policy([prompt_ids[i] for i in indices], indices[0], copies=2)
+            return [Pair(i, prompts[i].prompt, texts[2 * j], texts[2 * j + 1]) for j, i in enumerate(indices)]
+
+        n, data = len(prompts), cfg.prompts
+    seed_everything(cfg.seed)
+    feedback = build_llm(cfg.feedback, cache_dir=out)
+    key = resume_key(
+        cfg.model_dump(exclude={"feedback", "device"}), answer_relevant(cfg.feedback), file_fingerprint(data),
+        constitution.model_dump(),
+    )
+    store = PartStore(out / "parts", key, n, cfg.batch_size)
+    labels = store.run(lambda indices: label_pairs(make_pairs(indices), feedback, constitution, settings))
+    metrics = write_label_outputs(labels, out / "data")
+    if metrics["preference_pairs"] == 0:
+        raise RuntimeError(f"no pair could be labelled ({metrics}); see {out / 'data' / 'labels.jsonl'}")
+    result = finish(out, cfg, {**metrics, "batches_resumed": store.resumed_batches})
+    store.remove()
+    return result

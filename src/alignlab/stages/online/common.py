@@ -1,0 +1,260 @@
+"""What the online stages (PPO, RLOO, GRPO, online DPO) share: prompts per iteration, sampling
+and scoring with faulty samples dropped, and no-grad log-prob passes over an experience batch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from alignlab.data.formats import load_prompts
+from alignlab.data.tokenize import tokenize_prompts
+from alignlab.feedback.rewards import RewardSpec, ScoringBatch, score_safely
+from alignlab.rollout import LocalSampler, Rollouts, Sampler, SamplingSettings, VLLMSampler, logp_mismatch, sample, to_batch
+from alignlab.stages.blocks import DtypeSettings, ModelSettings, PromptLengthSettings
+from alignlab.train.distributed import Dist
+from alignlab.train.online import OnlineSettings, OnlineStage
+
+
+class OnlineConfig(ModelSettings, DtypeSettings, PromptLengthSettings):
+    """Settings every online stage has."""
+
+    prompts: str
+    reward: RewardSpec
+    ref_model: str | None = Field(None, description="the KL anchor; default: the starting model")
+    sampling: SamplingSettings = SamplingSettings()
+    on_reward_error: Literal["drop", "stop"] = Field("drop", description="a sample whose reward fails or is NaN")
+    rollout_backend: Literal["local", "vllm"] = Field(
+        "local", description="vllm: sample with a vLLM engine (GPU; alignlab's vllm extra); the policy's weights "
+        "are pushed into it before every iteration")
+    vllm: dict[str, Any] = Field({}, description="keyword arguments for vllm.LLM, e.g. gpu_memory_utilization")
+    train: OnlineSettings = OnlineSettings()
+    moved: ClassVar[dict[str, str]] = {"update_epochs": "train.update_epochs"}
+
+
+def check_sample_lengths(model: str, prompt_ids: list[list[int]], max_new_tokens: int) -> None:
+    """The longest prompt and its sampled continuation must fit the model's positions."""
+    from alignlab.models import check_length_limit
+
+    longest = max(map(len, prompt_ids), default=0)
+    check_length_limit(model, longest + max_new_tokens,
+                       f"the longest prompt ({longest} tokens) + sampling.max_new_tokens ({max_new_tokens}) =",
+                       "lower sampling.max_new_tokens or max_prompt_length")
+
+
+def iteration_seed(seed: int, iteration: int, rank: int = 0) -> int:
+    """The sampling seed of one iteration (and process): a resumed run draws the same samples again."""
+    return seed * 100_003 + iteration + 1_000_000_007 * rank
+
+
+def my_share(indices: list[int], dist) -> list[int]:
+    """This process's share of an iteration's prompts (all of them for one process)."""
+    return indices[dist.rank :: dist.world_size]
+
+
+class PromptStream:
+    """Prompts for each iteration: seeded shuffles of the whole set, one after another."""
+
+    def __init__(self, n: int, per_iteration: int, seed: int):
+        if n == 0:
+            raise ValueError("no prompts to sample from")
+        self.n, self.per_iteration, self.seed = n, per_iteration, seed
+
+    def indices(self, iteration: int) -> list[int]:
+        out: list[int] = []
+        position = iteration * self.per_iteration
+        while len(out) < self.per_iteration:
+            epoch, offset = divmod(position, self.n)
+            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 7919 + epoch)).tolist()
+            take = order[offset : offset + self.per_iteration - len(out)]
+            out += take
+            position += len(take)
+        return out
+
+
+def load_prompt_ids(path: str, tokenizer, max_prompt_length: int) -> tuple[list[str], list[list[int]]]:
+    prompts = load_prompts(path)
+    return [p.prompt for p in prompts], tokenize_prompts(prompts, tokenizer, max_prompt_length)
+
+
+@dataclass
+class PolicySamples:
+    """k samples of each prompt from a loaded policy; sample i of prompt p is row p*k + i."""
+
+    tokenizer: object
+    policy: torch.nn.Module
+    device: torch.device
+    prompts: list[str]
+    prompt_ids: list[list[int]]
+    k: int
+    texts: list[str]
+
+    @property
+    def row_prompts(self) -> list[str]:
+        """The prompt of every sample row."""
+        return [p for p in self.prompts for _ in range(self.k)]
+
+
+def sample_policy(model: str, prompts_path: str, k: int, sampling: SamplingSettings, *, max_prompt_length: int,
+                  n_prompts: int | None, seed: int) -> PolicySamples:
+    """Load `model`, take the first `n_prompts` prompts (all when None) and sample k of each."""
+    from alignlab.models import load_causal_lm, load_tokenizer
+    from alignlab.stages.common import runtime, seed_everything
+
+    tokenizer = load_tokenizer(model)
+    prompts, prompt_ids = load_prompt_ids(prompts_path, tokenizer, max_prompt_length)
+    prompts, prompt_ids = prompts[:n_prompts], prompt_ids[:n_prompts]
+    device, _ = runtime("auto")
+    seed_everything(seed)
+    policy = load_causal_lm(model, device=device)
+    rollouts = sample(policy, [ids for ids in prompt_ids for _ in range(k)], sampling,
+                      pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id, seed=seed)
+    texts = tokenizer.batch_decode(rollouts.completion_ids, skip_special_tokens=True)
+    return PolicySamples(tokenizer, policy, device, prompts, prompt_ids, k, texts)
+
+
+@dataclass
+class ScoredRollouts:
+    rollouts: Rollouts
+    prompts: list[str]
+    completions: list[str]
+    scores: Tensor
+    figures: dict[str, float] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
+def sample_and_score(
+    sampler: Sampler, tokenizer, prompt_texts: list[str], prompt_ids: list[list[int]], k: int,
+    sampling: SamplingSettings, reward, on_error: str, seed: int,
+) -> ScoredRollouts:
+    """k samples per prompt from `sampler` (local or vLLM), scored; samples whose reward failed
+    are dropped — with their whole group when k > 1, because the group's baseline needs every member."""
+    repeated = [ids for ids in prompt_ids for _ in range(k)]
+    texts_in = [t for t in prompt_texts for _ in range(k)]
+    rollouts = sampler.sample(repeated, sampling, seed=seed)
+    completions = tokenizer.batch_decode(rollouts.completion_ids, skip_special_tokens=True)
+    result = score_safely(reward, ScoringBatch(texts_in, completions, rollouts.prompt_ids, rollouts.completion_ids,
+                                               rollouts.finished), on_error=on_error)
+    valid = result.valid.view(-1, k).all(dim=1).repeat_interleave(k) if k > 1 else result.valid
+    keep = valid.nonzero().flatten().tolist()
+    figures = {f"reward/{name}": _mean(values, valid) for name, values in result.terms.items()}
+    figures.update({"dropped_samples": float(len(valid) - len(keep)),
+                    "response_tokens": sum(map(len, rollouts.completion_ids)) / max(len(repeated), 1),
+                    "eos_rate": sum(rollouts.finished) / max(len(repeated), 1)})
+    kept = Rollouts(*[[getattr(rollouts, f)[i] for i in keep] for f in ("prompt_ids", "completion_ids", "logps", "finished")])
+    return ScoredRollouts(kept, [texts_in[i] for i in keep], [completions[i] for i in keep], result.scores[keep],
+                          figures, result.problems)
+
+
+def _mean(values: list[float], valid: Tensor) -> float:
+    kept = [v for v, ok in zip(values, valid.tolist()) if ok]
+    return sum(kept) / len(kept) if kept else float("nan")
+
+
+@torch.no_grad()
+def batched_logps(fn, batch: dict[str, Tensor], device, micro: int) -> Tensor:
+    """Run `fn(micro_batch) -> [b, T-1]` over `batch` in micro-batches, gathered on the CPU."""
+    n = batch["input_ids"].shape[0]
+    parts = []
+    for start in range(0, n, micro):
+        part = {k: v[start : start + micro].to(device) for k, v in batch.items() if v.dim() >= 1}
+        parts.append(fn(part).float().cpu())
+    return torch.cat(parts) if parts else torch.zeros(0, batch["input_ids"].shape[1] - 1)
+
+
+def rollout_batch(scored: ScoredRollouts, pad_id: int) -> dict[str, Tensor]:
+    """Right-padded ids, masks and the sampler's log-probs of the kept samples (on the CPU)."""
+    return to_batch(scored.rollouts, pad_id)
+
+
+def mismatch_figures(sampler_logps: Tensor, trainer_logps: Tensor, mask: Tensor) -> dict[str, float]:
+    """How far the sampler's log-probs are from the trainer's on the same tokens (≈0 / ratio ≈1 is healthy)."""
+    return {f"sampler/{k}": float(v) for k, v in logp_mismatch(sampler_logps, trainer_logps, mask).items()}
+
+
+@dataclass
+class OnlineRun:
+    """What every reward-driven online stage sets up first: tokenizer, prompts, device, reward
+    source, the trainable policy (dropout off) and the stream of prompts per iteration."""
+
+    cfg: OnlineConfig
+    settings: OnlineSettings
+    tokenizer: object
+    prompt_texts: list[str]
+    prompt_ids: list[list[int]]
+    device: torch.device
+    reward: object
+    policy: torch.nn.Module
+    stream: PromptStream
+    dist: Dist
+    sampler: Sampler
+    last_scored: ScoredRollouts | None = None
+
+    @classmethod
+    def start(cls, cfg: OnlineConfig) -> OnlineRun:
+        from alignlab.feedback.rewards import build_reward
+        from alignlab.models import disable_dropout, load_tokenizer
+        from alignlab.stages.common import load_policy, runtime, seed_everything
+
+        tokenizer = load_tokenizer(cfg.model)
+        texts, ids = load_prompt_ids(cfg.prompts, tokenizer, cfg.max_prompt_length)
+        check_sample_lengths(cfg.model, ids, cfg.sampling.max_new_tokens)
+        settings = cfg.train
+        device, dist = runtime(settings.device)
+        seed_everything(settings.seed)
+        reward = build_reward(cfg.reward, tokenizer, device)  # a bad reward fails before the model loads
+        policy = load_policy(cfg.model, cfg.dtype, device, getattr(cfg, "lora", None))
+        disable_dropout(policy)
+        stream = PromptStream(len(ids), settings.prompts_per_iteration, settings.seed)
+        if cfg.rollout_backend == "vllm":
+            sampler = VLLMSampler(cfg.model, **cfg.vllm)
+        else:
+            sampler = LocalSampler(policy, tokenizer.pad_token_id, tokenizer.eos_token_id)
+        return cls(cfg, settings, tokenizer, texts, ids, device, reward, policy, stream, dist, sampler)
+
+    def reference(self):
+        """The frozen KL anchor (the policy with its adapter off under LoRA, else a loaded copy)."""
+        from alignlab.stages.common import frozen_reference
+
+        cfg = self.cfg
+        return frozen_reference(self.policy, cfg.model, cfg.ref_model or cfg.model, getattr(cfg, "lora", None),
+                                cfg.dtype, self.device)
+
+    def sample(self, iteration: int, k: int) -> ScoredRollouts:
+        """k scored samples per prompt of this iteration (this process's share), from the current policy."""
+        idx = my_share(self.stream.indices(iteration), self.dist)
+        self.last_scored = self._score(idx, k, iteration_seed(self.settings.seed, iteration, self.dist.rank))
+        return self.last_scored
+
+    def _score(self, idx: list[int], k: int, seed: int) -> ScoredRollouts:
+        if isinstance(self.sampler, VLLMSampler):
+            # the engine holds its own copy of the weights: bring it to the policy's current ones
+            # (every iteration, a resumed run's first included, and for the final samples)
+            from alignlab.models import merged_for_saving
+
+            self.sampler.load_weights(merged_for_saving(self.policy))
+        return sample_and_score(self.sampler, self.tokenizer, [self.prompt_texts[i] for i in idx],
+                                [self.prompt_ids[i] for i in idx], k, self.cfg.sampling, self.reward,
+                                self.cfg.on_reward_error, seed=seed)
+
+    def recent_samples(self, n: int) -> list[dict]:
+        """Up to n of the last iteration's scored samples, for samples.jsonl."""
+        return _records(self.last_scored, n) if self.last_scored is not None else []
+
+    def fresh_samples(self, n: int) -> list[dict]:
+        """One new sample for each of n prompts from the policy as it is now (after the last update)."""
+        idx = self.stream.indices(self.settings.iterations)[:n]
+        self.policy.eval()
+        return _records(self._score(idx, 1, iteration_seed(self.settings.seed, self.settings.iterations)), n)
+
+    def online_stage(self, collect, loss, **kwargs) -> OnlineStage:
+        """The loop's view of this run's algorithm, with its samples shown in samples.jsonl."""
+        return OnlineStage(collect, loss, recent_samples=self.recent_samples, fresh_samples=self.fresh_samples, **kwargs)
+
+
+def _records(scored: ScoredRollouts, n: int) -> list[dict]:
+    return [{"prompt": p, "completion": c, "reward": float(r)}
+            for p, c, r in zip(scored.prompts[:n], scored.completions[:n], scored.scores[:n].tolist())]
