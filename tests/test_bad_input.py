@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from alignlab.cli import app
 from alignlab.data.errors import DataError
-from alignlab.data.formats import parse_preference_record, parse_sft_record
+from alignlab.data.formats import parse_sft_record
+from alignlab.data.preference_records import parse_preference_record
 from alignlab.data.errors import Source
 
 

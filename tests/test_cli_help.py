@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from typer.testing import CliRunner
 
@@ -36,3 +39,11 @@ def test_every_stage_lists_leaf_settings_only(kind):
     for line in lines:
         assert line.startswith("--") and ("(required)" in line or "(default " in line or "(off unless" in line), line
         assert "Settings(" not in line and "object at 0x" not in line, line
+
+
+def test_the_command_list_starts_without_torch_or_any_stage():
+    # `alignlab --help` took 6 s when every stage (and torch) was imported to build it; now only a
+    # stage's own --help or run imports it. A fresh interpreter, as a user's shell starts one.
+    code = "import sys, alignlab.cli; heavy = [m for m in ('torch', 'transformers') if m in sys.modules]; print(heavy)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

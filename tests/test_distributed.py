@@ -207,6 +207,7 @@ def test_a_recipe_under_torchrun_trains_in_parallel_and_samples_once(tmp_path):
 def test_a_stage_that_does_not_train_in_parallel_runs_on_process_zero_only(tmp_path, monkeypatch):
     import threading
 
+    from alignlab.files import write_text_atomic
     from alignlab.pipeline import runner
     from alignlab.pipeline.recipe import PlannedStage
 
@@ -217,7 +218,8 @@ def test_a_stage_that_does_not_train_in_parallel_runs_on_process_zero_only(tmp_p
     monkeypatch.setenv("RANK", "0")
     assert runner._run_stage(stage, tmp_path) == {} and calls == ["1"]  # alone: it sees a world of one
     monkeypatch.setenv("RANK", "1")
-    timer = threading.Timer(0.2, lambda: (tmp_path / "done.json").write_text('{"config_hash": "x"}'))
+    # written as the stage writes it (atomically): a plain write_text could be polled half-written
+    timer = threading.Timer(0.2, lambda: write_text_atomic(tmp_path / "done.json", '{"config_hash": "x"}'))
     timer.start()
     assert runner._run_stage(stage, tmp_path) is None and calls == ["1"]  # waited for process 0's done mark
     assert os.environ["WORLD_SIZE"] == "2"

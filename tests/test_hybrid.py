@@ -19,7 +19,7 @@ from alignlab.feedback.human.hybrid import (
     pair_id,
     route_pairs,
 )
-from alignlab.feedback.ai.judges import PairLabels
+from alignlab.feedback.human.labels_judge import PairLabels
 from alignlab.stages.feedback.hybrid_labels import AwaitingHumanLabels, HybridLabelsConfig, run
 
 # (prompt, chosen, rejected, P_ai(chosen ≻ rejected)) and, with ai_threshold 0.6 and

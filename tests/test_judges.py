@@ -23,14 +23,9 @@ from alignlab.eval.winrate import (
     z_value,
 )
 from alignlab.feedback.ai.constitution import load_constitution
-from alignlab.feedback.ai.judges import (
-    HumanLabelsJudge,
-    JudgeError,
-    Judgement,
-    LLMJudge,
-    PairwiseJudge,
-    RewardModelJudge,
-)
+from alignlab.feedback.ai.judges import LLMJudge, RewardModelJudge
+from alignlab.feedback.human.labels_judge import HumanLabelsJudge
+from alignlab.feedback.judgement import JudgeError, Judgement, PairwiseJudge
 from alignlab.feedback.ai.llm.base import LLMError
 from alignlab.models import load_reward_model, load_tokenizer, reward_scores
 

@@ -26,16 +26,11 @@ from typer.testing import CliRunner
 from alignlab.data.errors import DataError
 from alignlab.data.formats import load_preferences
 from alignlab.data.readers import read_records, write_jsonl
-from alignlab.feedback.human.labelling import (
-    Answer,
-    LabelStore,
-    answer_from_display,
-    display_order,
-    export_preferences,
-    export_rankings,
-    hash_token,
-    load_label_items,
-)
+from alignlab.feedback.human.labelling.answers import Answer, answer_from_display, display_order
+from alignlab.feedback.human.labelling.export import export_preferences, export_rankings
+from alignlab.feedback.human.labelling.items import load_label_items
+from alignlab.feedback.human.labelling.store import LabelStore
+from alignlab.feedback.human.labelling.tokens import hash_token
 from alignlab.feedback.human.labelling.app import COOKIE, running_server
 from alignlab.feedback.human.labelling.cli import label_app
 

@@ -67,7 +67,8 @@ def _sample_reward(model_path: str, n: int = 8) -> float:
 def _demonstration_logp(model_path: str, sft_path: str) -> float:
     """Mean summed log-prob of the demonstrations' completions under the model at `model_path`."""
     from alignlab.ops import sequence_logps, token_logps
-    from alignlab.stages.online.preference import load_demonstrations, pair_tensors
+    from alignlab.stages.online.preference import pair_tensors
+    from alignlab.stages.online.spin import load_demonstrations
 
     tokenizer = load_tokenizer(model_path)
     demos, _ = load_demonstrations(sft_path, tokenizer, 64, 32)
@@ -133,7 +134,8 @@ def test_pair_rows_survive_the_loops_shuffle_and_share_one_forward(tiny_model_di
 def test_spin_needs_no_reward_and_online_dpo_does(setup):
     from pydantic import ValidationError
 
-    from alignlab.stages.online.preference import OnlineDPOConfig, SPINConfig
+    from alignlab.stages.online.preference import OnlineDPOConfig
+    from alignlab.stages.online.spin import SPINConfig
 
     _, model, prompts, sft = setup
     assert SPINConfig(model=model, data=sft).reference == "previous"
@@ -185,7 +187,7 @@ def test_when_every_pair_ties_nothing_is_learnt_and_nothing_breaks(setup):
 
 @pytest.mark.parametrize("reference", ["previous", "initial"])
 def test_spin_raises_the_likelihood_of_the_demonstrations(setup, reference):
-    from alignlab.stages.online.preference import SPINConfig, run_spin
+    from alignlab.stages.online.spin import SPINConfig, run_spin
 
     tmp, model, _, sft = setup
     cfg = SPINConfig(model=model, data=sft, reference=reference, sampling={"max_new_tokens": 12},

@@ -183,7 +183,7 @@ def test_grpo_writes_what_the_policy_says(rl_setup):
 
 
 def test_spin_writes_its_samples_beside_the_demonstrations(rl_setup):
-    from alignlab.stages.online.preference import SPINConfig, run_spin
+    from alignlab.stages.online.spin import SPINConfig, run_spin
 
     tmp, model, _ = rl_setup
     sft = tmp / "sft.jsonl"

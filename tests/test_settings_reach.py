@@ -90,6 +90,7 @@ OWN = {
     "spin": {"loss": "hinge", "beta": 0.3, "label_smoothing": 0.1, "reference": "initial", "max_length": 40},
 }
 PPO, PG, PREF = "alignlab.stages.online.ppo", "alignlab.stages.online.policy_gradient", "alignlab.stages.online.preference"
+SPIN = "alignlab.stages.online.spin"
 GRPO, RLOO, RPP = "alignlab.stages.online.grpo", "alignlab.stages.online.rloo", "alignlab.stages.online.reinforce_pp"
 COMMON, ONLINE_COMMON = "alignlab.stages.common", "alignlab.stages.online.common"
 REACH = {
@@ -115,7 +116,7 @@ REACH = {
         "samples_per_prompt": [(RPP, "batch_normalised_group_advantages", "k")],
     },
     "online_dpo": {"min_gap": [(PREF, "rank_pairs", "min_gap")], "beta": [(PREF, "implicit_reward_figures", "beta")]},
-    "spin": {"max_length": [(PREF, "load_demonstrations", "max_length")]},
+    "spin": {"max_length": [(SPIN, "load_demonstrations", "max_length")]},
 }
 # settings every reward-driven online stage has (OnlineConfig), and SPIN's counterparts
 COMMON_OWN = {"dtype": "bfloat16", "max_prompt_length": 17, "on_reward_error": "stop", "lora": {"r": 4, "alpha": 8}}
@@ -123,8 +124,8 @@ COMMON_REACH = {"dtype": [(COMMON, "load_policy", "dtype")], "lora": [(COMMON, "
                 "max_prompt_length": [(ONLINE_COMMON, "load_prompt_ids", "max_prompt_length")],
                 "on_reward_error": [(ONLINE_COMMON, "score_safely", "on_error")],
                 "ref_model": [(COMMON, "frozen_reference", "ref_path")]}
-SPIN_COMMON_REACH = {"dtype": [(PREF, "load_policy", "dtype")], "lora": [(PREF, "load_policy", "lora")],
-                     "max_prompt_length": [(PREF, "load_demonstrations", "max_prompt_length")]}
+SPIN_COMMON_REACH = {"dtype": [(SPIN, "load_policy", "dtype")], "lora": [(SPIN, "load_policy", "lora")],
+                     "max_prompt_length": [(SPIN, "load_demonstrations", "max_prompt_length")]}
 # observed by a custom check in test_each_online_stages_own_settings_reach_their_consumers
 CUSTOM = {
     "ppo": {"critic": "ValueHead built, no critic loaded", "whiten_rewards": "masked_whiten calls",
@@ -252,12 +253,13 @@ def test_every_train_and_sampling_setting_reaches_the_loop_and_the_sampler(kind,
         seen.update(sampling=settings, prompts=len(prompts), seed=kwargs["seed"])
         raise Reached
 
-    loop_module = PG if kind in GROUP else STAGE_MODULE[kind]
+    # the group algorithms run the loop in policy_gradient.py, SPIN in the pair stages' preference.py
+    loop_module = PG if kind in GROUP else PREF if kind == "spin" else STAGE_MODULE[kind]
     monkeypatch.setattr(importlib.import_module(loop_module), "run_online", loop_spy)
     monkeypatch.setattr(local, "sample", sampler_spy)
     if kind == "spin":
-        monkeypatch.setattr(importlib.import_module(PREF), "sample", sampler_spy)
-    runtime = Spy(monkeypatch, PREF if kind == "spin" else COMMON, "runtime")
+        monkeypatch.setattr(importlib.import_module(SPIN), "sample", sampler_spy)
+    runtime = Spy(monkeypatch, SPIN if kind == "spin" else COMMON, "runtime")
     critic = Spy(monkeypatch, PPO, "load_critic") if kind == "ppo" else None
     config_cls, run = STAGES[kind].load()
     config = _config(kind, *inputs, TRAIN, SAMPLING)
@@ -545,7 +547,7 @@ def test_each_online_stages_own_settings_reach_their_consumers(kind, inputs, tmp
     for module, function in [*TRAINER_LOGPS[kind], REFERENCE_LOGPS, (PPO, "masked_whiten"), (PPO, "ValueHead"),
                              (PPO, "load_critic"), (RLOO, "leave_one_out_advantages"), (RPP, "batch_normalised_group_advantages"),
                              (PREF, "preference_objective"),
-                             (PREF, "frozen_reference")]:
+                             (SPIN, "frozen_reference")]:
         if (module, function) not in spies:
             spies[module, function] = Spy(monkeypatch, module, function,
                                           substitute=cheap if function == "frozen_reference" else None)
@@ -582,7 +584,7 @@ def test_each_online_stages_own_settings_reach_their_consumers(kind, inputs, tmp
         assert all(terms == [(own["loss"], 1.0)] for terms in objective.seen("terms"))
         assert {(s.beta, s.label_smoothing) for s in objective.seen("s")} == {(own["beta"], own["label_smoothing"])}
     if kind == "spin":  # reference: initial loads the starting model as a frozen copy
-        assert spies[PREF, "frozen_reference"].seen("ref_path") == [inputs[0]]
+        assert spies[SPIN, "frozen_reference"].seen("ref_path") == [inputs[0]]
 
 
 @pytest.mark.parametrize("kind", GROUP)

@@ -17,9 +17,9 @@ import typer
 import yaml
 from pydantic import ValidationError
 from safetensors import SafetensorError
+from typer.core import TyperCommand
 
 from alignlab.stages import STAGES
-from alignlab.stages.common import deep_merge
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Align language models: SFT, reward models, DPO and more, from one recipe or one stage at a time.")
@@ -123,6 +123,7 @@ def parse_overrides(args: list[str]) -> dict:
 def _guarded(fn) -> None:
     from alignlab.data.errors import DataError
 
+    _quiet_libraries()
     try:
         fn()
     except DataError as e:
@@ -186,6 +187,7 @@ def _stage_command(kind: str):
         config: Optional[Path] = typer.Option(None, help="YAML file of settings; --key value overrides it"),
     ) -> None:
         config_cls, run_stage = stage.load()
+        from alignlab.stages.common import deep_merge, no_empty_directory_on_failure
 
         def go():
             check_writable(out, "--out")
@@ -195,22 +197,31 @@ def _stage_command(kind: str):
                 typer.secho(f"{out}: finished earlier with these settings; its metrics:", err=True)
                 typer.echo((out / "metrics.json").read_text())
                 return
-            from alignlab.stages.common import no_empty_directory_on_failure
-
             with no_empty_directory_on_failure(out):
                 metrics = run_stage(cfg, out)
             typer.echo(json.dumps(metrics, indent=1, default=float))
 
         _guarded(go)
 
-    config_cls, _ = stage.load()
-    command.__doc__ = f"{stage.summary[0].upper()}{stage.summary[1:]}.\n\nSettings:\n\n{_settings_help(config_cls)}"
+    command.__doc__ = f"{stage.summary[0].upper()}{stage.summary[1:]}."
     return command
+
+
+class _StageCommand(TyperCommand):
+    """A stage's command, whose settings list is built (importing the stage) only for its own --help:
+    `alignlab --help` then starts without loading torch and every stage."""
+
+    def format_help(self, ctx, formatter) -> None:
+        if "Settings:" not in (self.help or ""):
+            config_cls, _ = STAGES[self.name.replace("-", "_")].load()
+            self.help = f"{self.help}\n\nSettings:\n\n{_settings_help(config_cls)}"
+        return super().format_help(ctx, formatter)
 
 
 for _kind in STAGES:
     app.command(
         name=_kind.replace("_", "-"),
+        cls=_StageCommand,
         context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
     )(_stage_command(_kind))
 
@@ -243,7 +254,8 @@ _add_label_commands()
 
 
 def _quiet_libraries() -> None:
-    """Keep the terminal for alignlab's own progress: no per-file bars or load reports."""
+    """Keep the terminal for alignlab's own progress: no per-file bars or load reports (run by every
+    command that works, not at start-up: importing transformers costs a second that --help need not pay)."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -258,7 +270,6 @@ def _working_directory_importable() -> None:
 
 
 def main() -> None:
-    _quiet_libraries()
     _working_directory_importable()
     app()
 

@@ -7,21 +7,18 @@ Files → `read_records` → `load_sft` / `load_preferences` / `load_prompts` (v
 
 from alignlab.data.collate import collate_pairs, length_grouped_batches, pad_rows, padding_waste
 from alignlab.data.errors import DataError, DataFileNotFoundError, Source
+from alignlab.data.examples import ROLES, PreferenceExample, PromptExample, SFTExample
 from alignlab.data.formats import (
-    ROLES,
-    PreferenceExample,
-    PromptExample,
-    SFTExample,
     load_preferences,
     load_prompts,
     load_sft,
-    parse_preference_record,
     parse_prompt_record,
     parse_sft_record,
     preferences_from_records,
     prompts_from_records,
     sft_from_records,
 )
+from alignlab.data.preference_records import parse_preference_record
 from alignlab.data.readers import read_records, write_jsonl
 from alignlab.data.templates import DEFAULT_CHAT_TEMPLATE, chat_template_of, render_completion, render_prompt
 from alignlab.data.tokenize import (

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from alignlab.data.errors import DataError, Source
-from alignlab.data.formats import _describe, _require, _shown
+from alignlab.data.fields import describe_value, required_field, shown_value
 from alignlab.data.readers import read_records
 from alignlab.data.tokenize import _encode, _specials, _with_bos
 
@@ -62,13 +62,13 @@ def load_stepwise(path: str | Path, split: str | None = None) -> list[StepExampl
 
 def parse_stepwise_record(record: dict, source: Source) -> StepExample:
     """One StepExample; DataError naming the file, line and field for anything malformed."""
-    prompt = _require(record, "prompt", source)
+    prompt = required_field(record, "prompt", source)
     if not isinstance(prompt, str):
-        raise DataError(source, "prompt", f"must be a string (got {_describe(prompt)})")
+        raise DataError(source, "prompt", f"must be a string (got {describe_value(prompt)})")
     if not prompt.strip():
         raise DataError(source, "prompt", "empty prompt")
-    completions = _steps(_require(record, "completions", source), source)
-    labels = _labels(_require(record, "labels", source), source)
+    completions = _steps(required_field(record, "completions", source), source)
+    labels = _labels(required_field(record, "labels", source), source)
     if len(labels) != len(completions):
         raise DataError(
             source, "labels",
@@ -79,10 +79,10 @@ def parse_stepwise_record(record: dict, source: Source) -> StepExample:
 
 def _steps(value: Any, source: Source) -> list[str]:
     if not isinstance(value, list) or not value:
-        raise DataError(source, "completions", f"must be a non-empty list of step strings (got {_describe(value)})")
+        raise DataError(source, "completions", f"must be a non-empty list of step strings (got {describe_value(value)})")
     for i, step in enumerate(value):
         if not isinstance(step, str):
-            raise DataError(source, "completions", f"completions[{i}]: must be a string (got {_describe(step)})")
+            raise DataError(source, "completions", f"completions[{i}]: must be a string (got {describe_value(step)})")
         if not step.strip():
             raise DataError(source, "completions", f"completions[{i}]: empty step")
     return list(value)
@@ -90,14 +90,14 @@ def _steps(value: Any, source: Source) -> list[str]:
 
 def _labels(value: Any, source: Source) -> list[bool]:
     if not isinstance(value, list):
-        raise DataError(source, "labels", f"must be a list of booleans (got {_describe(value)})")
+        raise DataError(source, "labels", f"must be a list of booleans (got {describe_value(value)})")
     labels = []
     for i, label in enumerate(value):
         # bool is a subclass of int, so this accepts true/false and the ints 0/1 only.
         if not isinstance(label, int) or label not in (0, 1):
             raise DataError(
                 source, "labels",
-                f"labels[{i}]: must be true/false (or 0/1) (got {_shown(label)})",
+                f"labels[{i}]: must be true/false (or 0/1) (got {shown_value(label)})",
             )
         labels.append(bool(label))
     return labels

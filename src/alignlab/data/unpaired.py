@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alignlab.data.errors import DataError, Source
-from alignlab.data.formats import PromptLike, _describe, _prompt, _require, _response, parse_preference_record
+from alignlab.data.examples import PromptLike
+from alignlab.data.fields import describe_value, prompt_field, required_field, response_field
+from alignlab.data.preference_records import parse_preference_record
 from alignlab.data.readers import read_records
 
 
@@ -33,11 +35,11 @@ def parse_unpaired_record(record: dict, source: Source, unpair: bool = False) ->
             out += [UnpairedExample(pair.prompt, pair.chosen, True, source),
                     UnpairedExample(pair.prompt, pair.rejected, False, source)]
         return out
-    prompt = _prompt(record, source)
-    completion = _response(record, "completion", source, prompt)
-    label = _require(record, "label", source)
+    prompt = prompt_field(record, source)
+    completion = response_field(record, "completion", source, prompt)
+    label = required_field(record, "label", source)
     if not isinstance(label, bool):
-        raise DataError(source, "label", f"must be true (desirable) or false (undesirable) (got {_describe(label)})")
+        raise DataError(source, "label", f"must be true (desirable) or false (undesirable) (got {describe_value(label)})")
     return [UnpairedExample(prompt, completion, label, source)]
 
 

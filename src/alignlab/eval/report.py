@@ -60,7 +60,7 @@ def write_report(title: str, models: dict[str, dict], extra: dict[str, dict], ou
         lines += ["", f"## {section}", "", "| figure | value |", "|---|---|"]
         lines += [f"| {k} | {_fmt(v) if isinstance(v, float) else v} |" for k, v in figures.items()]
     path = out / "report.md"
-    from alignlab.train.checkpoint import write_text_atomic
+    from alignlab.files import write_text_atomic
 
     write_text_atomic(path, "\n".join(lines) + "\n")
     return path

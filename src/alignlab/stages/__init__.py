@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from importlib import import_module
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from alignlab.stages.common import StageConfig
+if TYPE_CHECKING:  # the registry stays import-light: `alignlab --help` needs only the names and summaries
+    from alignlab.stages.common import StageConfig
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ STAGES: dict[str, StageType] = {
     "rloo": StageType("online.rloo", "RLOOConfig", "RLOO: k samples, leave-one-out baseline", "run_rloo", data_parallel=True),
     "reinforce_pp": StageType("online.reinforce_pp", "ReinforcePPConfig", "REINFORCE++ (group baseline, batch-normalised advantages, KL in the reward)", "run_reinforce_pp", data_parallel=True),
     "online_dpo": StageType("online.preference", "OnlineDPOConfig", "online DPO: pairs sampled from the policy, ranked by a reward source", "run_online_dpo", data_parallel=True),
-    "spin": StageType("online.preference", "SPINConfig", "SPIN self-play: demonstrations preferred over the policy's own samples", "run_spin", data_parallel=True),
+    "spin": StageType("online.spin", "SPINConfig", "SPIN self-play: demonstrations preferred over the policy's own samples", "run_spin", data_parallel=True),
     "best_of_n": StageType("evaluation.best_of_n", "BestOfNConfig", "best of N samples by a proxy reward: gold/proxy per N and the analytic KL"),
     "rejection_sampling": StageType("online.rejection_sampling", "RejectionSamplingConfig", "rounds of: sample N, keep the best per prompt, SFT on it"),
     "sl_cai": StageType("feedback.sl_cai", "SLCAIConfig", "Constitutional AI, supervised: critique and revise the policy's answers to red-team prompts"),

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import torch
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from alignlab.train.checkpoint import write_text_atomic
+from alignlab.files import write_text_atomic
 from alignlab.train.distributed import Dist, barrier, init_distributed, pick_device
 
 DONE = "done.json"

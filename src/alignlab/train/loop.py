@@ -104,12 +104,7 @@ def train(
     state = TrainState.create(model, s, total_steps=total, warmup_steps=plan.warmup, out_dir=out_dir,
                               key=run_key(s, lengths, data_key), extras=extra_modules, dist=dist, device=device,
                               name=name)
-    meta = state.resume()
-    start = meta["step"] if meta else 0
-    final = {k: meta[k] for k in ("train", "eval") if k in meta} if meta else {}  # only the final checkpoint has them
-    if meta is None:
-        torch.manual_seed(s.seed)  # every rank starts its dropout stream at the same seed
-
+    start, final = _resume(state, s.seed)
     log = RunLog(out_dir, start, total, name, dist.is_main)
     epoch_batches: dict[int, list[list[int]]] = {}
     last: dict = {}
@@ -128,9 +123,7 @@ def train(
 
         if done % s.log_every == 0 or done == total:
             now = time.perf_counter()
-            last = {"step": done, "epoch": round(done / plan.steps_per_epoch, 4), "lr": state.scheduler.get_last_lr()[0],
-                    **{k: v.item() for k, v in totals.items()}, "grad_norm": float(grad_norm),
-                    "examples_per_s": seen / max(now - tick, 1e-9)}
+            last = _training_line(state, plan, done, totals, grad_norm, examples_per_s=seen / max(now - tick, 1e-9))
             tick, seen = now, 0
             log.write(last, (done, f"loss {last['loss']:.4f}"))
         figures = None
@@ -143,6 +136,26 @@ def train(
         if (s.save_every and done % s.save_every == 0) or done == total:
             state.save(done, final, final=done == total)
 
+    return _result(model, final, log, total, dist, eval_fn)
+
+
+def _resume(state: TrainState, seed: int) -> tuple[int, dict]:
+    """The step to start from, and the final figures when the run had finished (only the final checkpoint has them)."""
+    meta = state.resume()
+    if meta is None:
+        torch.manual_seed(seed)  # every rank starts its dropout stream at the same seed
+        return 0, {}
+    return meta["step"], {k: meta[k] for k in ("train", "eval") if k in meta}
+
+
+def _training_line(state: TrainState, plan: OfflinePlan, done: int, totals: dict[str, torch.Tensor],
+                   grad_norm: torch.Tensor, examples_per_s: float) -> dict:
+    return {"step": done, "epoch": round(done / plan.steps_per_epoch, 4), "lr": state.scheduler.get_last_lr()[0],
+            **{k: v.item() for k, v in totals.items()}, "grad_norm": float(grad_norm), "examples_per_s": examples_per_s}
+
+
+def _result(model: nn.Module, final: dict, log: RunLog, total: int, dist: Dist,
+            eval_fn: Callable[[nn.Module], dict[str, float]] | None) -> dict:
     if "train" not in final and dist.is_main:  # a final checkpoint of an older version: its last line
         final["train"] = log.last_training_line()
     result = {"train": final.get("train", {}), "steps": total, "processes": dist.world_size}

@@ -120,9 +120,7 @@ def run_online(
     resumed_before_update = meta is not None and not meta.get("finished", False)
 
     log = RunLog(out_dir, start, s.iterations, name, dist.is_main)
-    show = dist.is_main and s.log_samples > 0 and stage.recent_samples is not None
-    # what the policy says, readable as it trains; a resumed run drops the lines past its checkpoint
-    samples_log = StepLog(out_dir / "samples.jsonl", resume_step=start, tensorboard=False) if show else None
+    samples_log = _samples_log(stage, s, dist, out_dir, start)
     last: dict = {}
     for iteration in range(start, s.iterations):
         tick = time.perf_counter()
@@ -131,11 +129,10 @@ def run_online(
         figures, n = _global_figures(figures, _count(experience), dist)
         rollout_s = time.perf_counter() - tick
         if samples_log is not None:
-            for record in stage.recent_samples(s.log_samples):
-                samples_log.write({"step": iteration + 1, **record})
+            _write_samples(samples_log, stage.recent_samples(s.log_samples), step=iteration + 1)
         _check_kl_bound(state, figures, iteration)
-        if s.save_every and iteration % s.save_every == 0 and iteration > 0 \
-                and not (resumed_before_update and iteration == start):
+        saved_already = resumed_before_update and iteration == start  # the checkpoint this run resumed from
+        if s.save_every and iteration % s.save_every == 0 and iteration > 0 and not saved_already:
             state.save(iteration, {"iteration": iteration, "finished": False}, final=False)
 
         tick = time.perf_counter()
@@ -144,24 +141,43 @@ def run_online(
         if stage.after_iteration is not None:
             figures = {**figures, **stage.after_iteration(iteration, figures)}
         done = iteration + 1
-        last = {"step": done, **figures, **update, "lr": state.scheduler.get_last_lr()[0], "samples": n,
-                "rollout_s": rollout_s, "update_s": update_s, "samples_per_s": n / max(rollout_s + update_s, 1e-9)}
+        last = _iteration_line(state, done, {**figures, **update}, n, rollout_s=rollout_s, update_s=update_s)
         if done % s.log_every == 0 or done == s.iterations:
             log.write(last, (done, f"reward {figures.get('reward', float('nan')):.3f} "
                                    f"kl {figures.get('kl', float('nan')):.2f}"))
         if save_snapshot is not None and s.snapshot_every and done % s.snapshot_every == 0:
-            if dist.is_main:
-                save_snapshot(out_dir / "snapshots" / f"iter-{done:05d}")
-            barrier(dist)
-    if samples_log is not None and stage.fresh_samples is not None and start < s.iterations:
-        for record in stage.fresh_samples(s.log_samples):
-            samples_log.write({"step": s.iterations, "final": True, **record})
+            _snapshot(save_snapshot, out_dir / "snapshots" / f"iter-{done:05d}", dist)
     if samples_log is not None:
+        if stage.fresh_samples is not None and start < s.iterations:
+            _write_samples(samples_log, stage.fresh_samples(s.log_samples), step=s.iterations, final=True)
         samples_log.close()
     state.save(s.iterations, {"iteration": s.iterations, "finished": True}, final=True)
     last = last or log.last_training_line()
     log.close()
     return {"train": last, "iterations": s.iterations, "processes": dist.world_size}
+
+
+def _iteration_line(state: TrainState, done: int, figures: dict, n: int, rollout_s: float, update_s: float) -> dict:
+    return {"step": done, **figures, "lr": state.scheduler.get_last_lr()[0], "samples": n, "rollout_s": rollout_s,
+            "update_s": update_s, "samples_per_s": n / max(rollout_s + update_s, 1e-9)}
+
+
+def _samples_log(stage: OnlineStage, s: OnlineSettings, dist: Dist, out_dir: Path, start: int) -> StepLog | None:
+    """What the policy says, readable as it trains; a resumed run drops the lines past its checkpoint."""
+    if not (dist.is_main and s.log_samples > 0 and stage.recent_samples is not None):
+        return None
+    return StepLog(out_dir / "samples.jsonl", resume_step=start, tensorboard=False)
+
+
+def _write_samples(samples_log: StepLog, records: list[dict], step: int, final: bool = False) -> None:
+    for record in records:
+        samples_log.write({"step": step, **({"final": True} if final else {}), **record})
+
+
+def _snapshot(save_snapshot: Callable[[Path], None], directory: Path, dist: Dist) -> None:
+    if dist.is_main:
+        save_snapshot(directory)
+    barrier(dist)
 
 
 def _check_kl_bound(state: TrainState, figures: dict[str, float], iteration: int) -> None:

@@ -1,121 +1,34 @@
-"""Pairwise judges: which of two responses to the same prompt is better?
-
-One protocol for every judge::
-
-    judge.judge(prompts, responses_a, responses_b) -> list[Judgement | JudgeError]
-
-one result per pair, in order. A `Judgement` holds p_a = P(A is better) in [0, 1] and a hard
-winner ("a", "b" or "tie"); a `JudgeError` in a slot says why that one pair could not be judged
-(the rest are unaffected, and callers count the errors). Prompts and responses are text or
-conversations (lists of {"role", "content"} messages), as everywhere in alignlab. Two identical
-responses are a tie (p_a = 0.5) without asking anyone.
-
-Judges:
+"""Model judges of pairs (the protocol and `Judgement` are in `feedback/judgement.py`):
 
 - `RewardModelJudge`: p_a = σ(r_a − r_b), the Bradley–Terry probability under a reward model
   (each response scored after its prompt, tokenized as the reward model was trained);
 - `LLMJudge`: an LLM answers a multiple-choice question, "(A)" or "(B)", and p_a comes from the
   next-token log-probabilities of "A" and "B" (normalised over the two). LLMs prefer one position
   (Zheng et al. 2023, "Judging LLM-as-a-judge"), so each pair is asked in both orders and the two
-  estimates of p_a averaged; swapping A and B then gives exactly 1 − p_a;
-- `HumanLabelsJudge`: looks each pair up in people's labels (a preference file, as the labelling
-  app exports it), in either order.
+  estimates of p_a averaged; swapping A and B then gives exactly 1 − p_a.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, Protocol, runtime_checkable
 
-from alignlab.data.formats import PreferenceExample, PromptLike, load_preferences
+from alignlab.data.examples import PromptLike
 from alignlab.data.tokenize import tokenize_example
 from alignlab.feedback.ai.constitution import Principle
 from alignlab.feedback.ai.llm.base import LLMBackend, LLMError
+from alignlab.feedback.judgement import (
+    JudgeError,
+    Judgement,
+    JudgeResult,
+    Winner,
+    sigmoid,
+    ties_first,
+    winner_from_probability,
+)
 from alignlab.feedback.rewards.sources import RewardModelSource, ScoringBatch
 from alignlab.models import load_tokenizer
-
-Winner = Literal["a", "b", "tie"]
-
-
-@dataclass
-class Judgement:
-    """The verdict on one pair: p_a = P(response A is better than B), and the hard winner."""
-
-    p_a: float
-    winner: Winner | None = None  # None: derived from p_a (see `outcome`)
-    details: dict = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.p_a <= 1.0:  # also refuses NaN
-            raise ValueError(f"p_a must be a probability in [0, 1], got {self.p_a}")
-
-    @property
-    def outcome(self) -> float:
-        """1 when A wins, 0.5 for a tie, 0 when B wins: the winner, else the side p_a favours."""
-        winner = self.winner or winner_from_probability(self.p_a)
-        return {"a": 1.0, "tie": 0.5, "b": 0.0}[winner]
-
-
-@dataclass
-class JudgeError:
-    """Why one pair could not be judged."""
-
-    message: str
-    details: dict = field(default_factory=dict)
-
-    def __str__(self) -> str:
-        return self.message
-
-
-JudgeResult = Judgement | JudgeError
-
-
-@runtime_checkable
-class PairwiseJudge(Protocol):
-    name: str
-
-    def judge(
-        self, prompts: Sequence[PromptLike], responses_a: Sequence[PromptLike], responses_b: Sequence[PromptLike]
-    ) -> list[JudgeResult]: ...
-
-
-def winner_from_probability(p_a: float) -> Winner:
-    return "a" if p_a > 0.5 else "b" if p_a < 0.5 else "tie"
-
-
-def sigmoid(x: float) -> float:
-    """σ(x) without overflow for large |x|."""
-    if x >= 0:
-        return 1.0 / (1.0 + math.exp(-x))
-    e = math.exp(x)
-    return e / (1.0 + e)
-
-
-def _check_lengths(prompts: Sequence, responses_a: Sequence, responses_b: Sequence) -> None:
-    if not len(prompts) == len(responses_a) == len(responses_b):
-        raise ValueError(
-            f"a judge needs one prompt per pair: got {len(prompts)} prompts, {len(responses_a)} responses A "
-            f"and {len(responses_b)} responses B"
-        )
-
-
-def _ties_first(
-    prompts: Sequence, responses_a: Sequence, responses_b: Sequence
-) -> tuple[list[JudgeResult | None], list[int]]:
-    """Results with identical pairs already decided as ties, and the indices still to judge."""
-    _check_lengths(prompts, responses_a, responses_b)
-    results: list[JudgeResult | None] = [None] * len(prompts)
-    todo = []
-    for i, (a, b) in enumerate(zip(responses_a, responses_b)):
-        if a == b:
-            results[i] = Judgement(0.5, "tie", {"identical": True})
-        else:
-            todo.append(i)
-    return results, todo
 
 
 # --------------------------------------------------------------------------- reward model
@@ -175,7 +88,7 @@ class RewardModelJudge:
         return out  # type: ignore[return-value]  # every slot is filled above
 
     def judge(self, prompts, responses_a, responses_b) -> list[JudgeResult]:
-        results, todo = _ties_first(prompts, responses_a, responses_b)
+        results, todo = ties_first(prompts, responses_a, responses_b)
         both = self.rewards([prompts[i] for i in todo] * 2, [responses_a[i] for i in todo] + [responses_b[i] for i in todo])
         for k, i in enumerate(todo):
             r_a, r_b = both[k], both[k + len(todo)]
@@ -257,7 +170,7 @@ class LLMJudge:
         )
 
     def judge(self, prompts, responses_a, responses_b) -> list[JudgeResult]:
-        results, todo = _ties_first(prompts, responses_a, responses_b)
+        results, todo = ties_first(prompts, responses_a, responses_b)
         texts = [self.prompt(prompts[i], responses_a[i], responses_b[i]) for i in todo]
         if self.both_orders:
             texts += [self.prompt(prompts[i], responses_b[i], responses_a[i]) for i in todo]
@@ -294,68 +207,3 @@ def _p_first_option(answer) -> float | JudgeError:
     if l_a == math.inf or l_b == math.inf:
         return JudgeError(f"LLM gave an infinite log-prob ({l_a}, {l_b})")
     return sigmoid(l_a - l_b)
-
-
-# --------------------------------------------------------------------------- human labels
-
-
-def pair_key(prompt: PromptLike, first: PromptLike, second: PromptLike) -> str:
-    """One string per (prompt, first, second), text or conversations alike."""
-    return json.dumps([prompt, first, second], ensure_ascii=False, sort_keys=True, separators=(",", ":"))
-
-
-class PairLabels:
-    """Preference labels looked up by content: P(a ≻ b) for a (prompt, a, b) given in either order.
-
-    A pair labelled several times (by several people, or in both orders) gets the mean of its
-    labels, each turned to P(a ≻ b) first.
-    """
-
-    def __init__(self, examples: Iterable[PreferenceExample], where: str = "labels"):
-        self.where = where
-        self.labels: dict[str, list[float]] = {}
-        for ex in examples:
-            self.labels.setdefault(pair_key(ex.prompt, ex.chosen, ex.rejected), []).append(ex.label)
-
-    @classmethod
-    def from_file(cls, path: str | Path) -> PairLabels:
-        """Labels from a preference file (prompt/chosen/rejected, optional soft `label`). An empty
-        response is a valid answer to judge (a tiny model often ends at once), so it is accepted."""
-        return cls(load_preferences(path, allow_empty_responses=True), where=str(path))
-
-    def __len__(self) -> int:
-        return sum(len(v) for v in self.labels.values())
-
-    def keys_of(self, prompt: PromptLike, a: PromptLike, b: PromptLike) -> tuple[str, str]:
-        """The two keys a pair may be stored under: (a, b) and (b, a)."""
-        return pair_key(prompt, a, b), pair_key(prompt, b, a)
-
-    def lookup(self, prompt: PromptLike, a: PromptLike, b: PromptLike) -> tuple[float, int] | None:
-        """(P(a ≻ b), number of labels) or None when the pair was never labelled."""
-        forward, backward = self.keys_of(prompt, a, b)
-        values = list(self.labels.get(forward, [])) + [1.0 - v for v in self.labels.get(backward, [])]
-        if not values:
-            return None
-        return sum(values) / len(values), len(values)
-
-
-class HumanLabelsJudge:
-    """People's labels as a judge: each pair is looked up (in either order) in a preference file,
-    e.g. the export of `alignlab label`. p_a is the label turned to P(a ≻ b) (1 or 0 for a hard
-    label, 0.5 for a tie, the mean over several labels); a pair nobody labelled is a JudgeError."""
-
-    name = "human"
-
-    def __init__(self, path_or_labels: str | Path | PairLabels):
-        self.labels = path_or_labels if isinstance(path_or_labels, PairLabels) else PairLabels.from_file(path_or_labels)
-
-    def judge(self, prompts, responses_a, responses_b) -> list[JudgeResult]:
-        results, todo = _ties_first(prompts, responses_a, responses_b)
-        for i in todo:
-            found = self.labels.lookup(prompts[i], responses_a[i], responses_b[i])
-            if found is None:
-                results[i] = JudgeError(f"no human label for this pair in {self.labels.where}")
-            else:
-                p_a, count = found
-                results[i] = Judgement(p_a, winner_from_probability(p_a), {"labels": count})
-        return results  # type: ignore[return-value]

@@ -37,8 +37,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from alignlab.data.formats import PreferenceExample, PromptLike
-from alignlab.feedback.ai.judges import PairLabels, pair_key, winner_from_probability
+from alignlab.data.examples import PreferenceExample, PromptLike
+from alignlab.feedback.human.labels_judge import PairLabels, pair_key
+from alignlab.feedback.judgement import winner_from_probability
 
 Route = Literal["ai", "both", "human"]
 ROUTES: tuple[Route, ...] = ("ai", "both", "human")

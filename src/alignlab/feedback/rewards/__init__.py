@@ -1,4 +1,4 @@
-"""Feedback: reward sources for online RL (reward model, gold task scorer, user function, rule terms)."""
+"""Reward sources for online RL (reward model, gold task scorer, user function, rule terms)."""
 
 from alignlab.feedback.rewards.config import (
     CallableTerm,
@@ -20,12 +20,11 @@ from alignlab.feedback.rewards.sources import (
     RewardModelSource,
     RewardOutputError,
     RewardSource,
-    ScoreResult,
     ScoringBatch,
     WeightedSum,
     describe_reward,
-    score_safely,
 )
+from alignlab.feedback.rewards.scoring import ScoreResult, score_safely
 from alignlab.feedback.rewards.rules import LengthPenalty, MissingEOSPenalty
 from alignlab.feedback.rewards.step_scores import ProcessRewardSource, StepScorer
 

@@ -16,7 +16,7 @@ from pydantic import Field
 from alignlab.eval.frontier import plot_frontier, plot_overoptimisation
 from alignlab.eval.report import _fmt
 from alignlab.stages.common import StageConfig, finish, stage_metrics
-from alignlab.train.checkpoint import write_text_atomic
+from alignlab.files import write_text_atomic
 
 
 class FrontierConfig(StageConfig):

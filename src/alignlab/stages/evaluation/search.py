@@ -23,6 +23,7 @@ data/samples.jsonl (every sample with its answer, correctness, scores and true s
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -40,7 +41,7 @@ from alignlab.search.step_sampler import StepSampler, newline_token_ids
 from alignlab.search.vote import majority_vote, weighted_vote
 from alignlab.stages.blocks import EvaluationSeedSettings, MaxLengthSettings, ModelSettings, PromptLengthSettings
 from alignlab.stages.common import finish
-from alignlab.stages.online.common import sample_policy
+from alignlab.stages.online.common import PolicySamples, sample_policy
 from alignlab.stages.data.step_labels import step_checkable
 from alignlab.tasks import TaskSpec
 
@@ -104,39 +105,56 @@ def _answered_scores(scores: list[float], answers: list[str | None]) -> list[flo
     return [s if a is not None else math.nan for s, a in zip(scores, answers)]
 
 
-def run(cfg: SearchConfig, out: Path) -> dict:
-    task = step_checkable(cfg.task)
-    if cfg.beam is not None and cfg.prm is None:
-        raise ValueError("beam search is guided by the PRM: give `prm` or drop `beam`")
-    k = max(cfg.n)
-    drawn = sample_policy(cfg.model, cfg.prompts, k, cfg.sampling, max_prompt_length=cfg.max_prompt_length,
-                          n_prompts=cfg.n_prompts, seed=cfg.seed)
-    tokenizer, policy, device = drawn.tokenizer, drawn.policy, drawn.device
-    prompts, prompt_ids, texts, flat_prompts = drawn.prompts, drawn.prompt_ids, drawn.texts, drawn.row_prompts
+@dataclass(frozen=True)
+class _Verified:
+    """Every sample (k per problem, problem after problem) with what the task's verifier says of it."""
+
+    k: int
+    prompts: list[str]
+    texts: list[str]
+    labelled: list[tuple[list[str], list[bool]]]  # (steps, true step labels) per sample
+    answers: list[str | None]
+    correct: list[bool]
+
+    def per_prompt(self, values: list) -> list[list]:
+        """Per-sample values grouped by problem: one list of k per problem."""
+        return [list(values[i : i + self.k]) for i in range(0, len(values), self.k)]
+
+
+def _verify(task, drawn: PolicySamples) -> _Verified:
+    flat_prompts, texts = drawn.row_prompts, drawn.texts
     labelled = [task.label_solution(p, t) for p, t in zip(flat_prompts, texts)]
     answers = [task.final_answer(t) for t in texts]
     correct = [g == 1.0 for g in task.gold_reward(flat_prompts, texts)]
+    return _Verified(k=drawn.k, prompts=drawn.prompts, texts=texts, labelled=labelled, answers=answers,
+                     correct=correct)
 
-    def per_prompt(values: list) -> list[list]:
-        return [list(values[i : i + k]) for i in range(0, len(values), k)]
 
-    methods: dict[str, list[dict]] = {}
+def _scores(cfg: SearchConfig, device, flat_prompts: list[str],
+            samples: _Verified) -> tuple[dict[str, list[float]], StepScorer | None]:
+    """Each scorer's score of every sample (NaN without an answer), and the PRM, kept for beam search."""
     scores: dict[str, list[float]] = {}
     if cfg.orm:
         orm = _scorer(cfg.orm, device, cfg.max_length)
-        scores["orm"] = _answered_scores(orm.outcome_scores(flat_prompts, [s for s, _ in labelled]), answers)
+        scores["orm"] = _answered_scores(orm.outcome_scores(flat_prompts, [s for s, _ in samples.labelled]),
+                                         samples.answers)
         del orm
     prm = _scorer(cfg.prm, device, cfg.max_length) if cfg.prm else None
     if prm is not None:
-        step_probs = prm.step_probs(flat_prompts, [s for s, _ in labelled])
-        scores["prm"] = _answered_scores([aggregate(p, cfg.prm_aggregate) for p in step_probs], answers)
+        step_probs = prm.step_probs(flat_prompts, [s for s, _ in samples.labelled])
+        scores["prm"] = _answered_scores([aggregate(p, cfg.prm_aggregate) for p in step_probs], samples.answers)
+    return scores, prm
 
-    by_prompt_correct = per_prompt(correct)
-    by_prompt_answers = per_prompt(answers)
+
+def _selector_points(cfg: SearchConfig, samples: _Verified,
+                     grouped: dict[str, list[list[float]]]) -> dict[str, list[dict]]:
+    """Accuracy at every N of the votes, the best-of-N pickers and the oracle, in the table's order."""
+    by_prompt_correct = samples.per_prompt(samples.correct)
+    by_prompt_answers = samples.per_prompt(samples.answers)
+    methods: dict[str, list[dict]] = {}
     methods["majority vote"] = [
         accuracy_point(n, [majority_vote(a[:n]) for a in by_prompt_answers], by_prompt_correct) for n in cfg.n
     ]
-    grouped = {name: per_prompt(values) for name, values in scores.items()}
     for name, weights in grouped.items():
         label = f"{name.upper()} best-of-N" + (f" ({cfg.prm_aggregate})" if name == "prm" else "")
         methods[label] = [accuracy_point(n, pick_best(weights, n), by_prompt_correct) for n in cfg.n]
@@ -150,33 +168,61 @@ def run(cfg: SearchConfig, out: Path) -> dict:
         {"n": n, **dict(zip(("accuracy", "accuracy_se"), mean_and_se([float(any(c[:n])) for c in by_prompt_correct])))}
         for n in cfg.n
     ]
+    return methods
 
-    beams_out = []
-    if cfg.beam is not None and prm is not None:
-        beam_points, beams_out = _beam_points(cfg, task, policy, tokenizer, prompts, prompt_ids, prm)
-        methods[f"PRM beam search ({cfg.beam.aggregate}, K={cfg.beam.expansions})"] = beam_points
 
-    records = []
-    for p, prompt in enumerate(prompts):
+def _sample_records(samples: _Verified, scores: dict[str, list[float]], beams_out: list[dict]) -> list[dict]:
+    """samples.jsonl: per problem, every sample with its answer, correctness, scores and step labels."""
+    k, records = samples.k, []
+    for p, prompt in enumerate(samples.prompts):
         rows = range(p * k, (p + 1) * k)
         records.append({"prompt": prompt, "samples": [
-            {"completion": texts[i], "answer": answers[i], "correct": correct[i], "steps": labelled[i][0],
-             "step_labels": labelled[i][1], **{name: finite_or_none(v[i]) for name, v in scores.items()}}
+            {"completion": samples.texts[i], "answer": samples.answers[i], "correct": samples.correct[i],
+             "steps": samples.labelled[i][0], "step_labels": samples.labelled[i][1],
+             **{name: finite_or_none(v[i]) for name, v in scores.items()}}
             for i in rows
         ], **({"beam": beams_out[p]} if beams_out else {})})
-    write_jsonl(out / "data" / "samples.jsonl", records)
-    (out / "table.md").write_text(accuracy_table(methods), encoding="utf-8")
-    plot_accuracy_vs_n(methods, out / "accuracy_vs_n.png", f"Search on held-out problems ({len(prompts)} problems)")
+    return records
+
+
+def _summary(methods: dict[str, list[dict]], samples: _Verified, grouped: dict[str, list[list[float]]]) -> dict:
+    """The figures of metrics.json."""
+    k, correct, answers = samples.k, samples.correct, samples.answers
     largest = {name: points[-1]["accuracy"] for name, points in methods.items() if points and points[-1]["n"] == k}
-    return finish(out, cfg, {
+    by_prompt_correct = samples.per_prompt(correct)
+    return {
         "methods": methods,
-        "prompts": len(prompts),
+        "prompts": len(samples.prompts),
         "samples_per_prompt": k,
         "sample_accuracy": sum(correct) / max(len(correct), 1),
         "answered_rate": sum(a is not None for a in answers) / max(len(answers), 1),
         "accuracy_at_largest_n": largest,
         "within_problem_auc": {name: within_problem_auc(w, by_prompt_correct) for name, w in grouped.items()},
-    })
+    }
+
+
+def run(cfg: SearchConfig, out: Path) -> dict:
+    task = step_checkable(cfg.task)
+    if cfg.beam is not None and cfg.prm is None:
+        raise ValueError("beam search is guided by the PRM: give `prm` or drop `beam`")
+    drawn = sample_policy(cfg.model, cfg.prompts, max(cfg.n), cfg.sampling, max_prompt_length=cfg.max_prompt_length,
+                          n_prompts=cfg.n_prompts, seed=cfg.seed)
+    samples = _verify(task, drawn)
+    scores, prm = _scores(cfg, drawn.device, drawn.row_prompts, samples)
+    grouped = {name: samples.per_prompt(values) for name, values in scores.items()}
+    methods = _selector_points(cfg, samples, grouped)
+
+    beams_out = []
+    if cfg.beam is not None and prm is not None:
+        beam_points, beams_out = _beam_points(cfg, task, policy=drawn.policy, tokenizer=drawn.tokenizer,
+                                              prompts=drawn.prompts, prompt_ids=drawn.prompt_ids, prm=prm)
+        methods[f"PRM beam search ({cfg.beam.aggregate}, K={cfg.beam.expansions})"] = beam_points
+
+    write_jsonl(out / "data" / "samples.jsonl", _sample_records(samples, scores, beams_out))
+    (out / "table.md").write_text(accuracy_table(methods), encoding="utf-8")
+    plot_accuracy_vs_n(methods, out / "accuracy_vs_n.png",
+                       f"Search on held-out problems ({len(samples.prompts)} problems)")
+    return finish(out, cfg, _summary(methods, samples, grouped))
 
 
 def _beam_points(cfg: SearchConfig, task, policy, tokenizer, prompts, prompt_ids, prm: StepScorer):

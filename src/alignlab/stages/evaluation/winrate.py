@@ -28,22 +28,15 @@ from typing import Annotated, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from alignlab.data.formats import PromptExample, load_prompts
+from alignlab.data.examples import PromptExample
+from alignlab.data.formats import load_prompts
 from alignlab.data.readers import write_jsonl
 from alignlab.data.tokenize import tokenize_prompts
 from alignlab.eval.winrate import win_rate
 from alignlab.feedback.ai.constitution import load_constitution
-from alignlab.feedback.ai.judges import (
-    DEFAULT_QUESTION,
-    HumanLabelsJudge,
-    JudgeError,
-    Judgement,
-    LLMJudge,
-    PairLabels,
-    PairwiseJudge,
-    RewardModelJudge,
-    pair_key,
-)
+from alignlab.feedback.ai.judges import DEFAULT_QUESTION, LLMJudge, RewardModelJudge
+from alignlab.feedback.human.labels_judge import HumanLabelsJudge, PairLabels, pair_key
+from alignlab.feedback.judgement import JudgeError, Judgement, PairwiseJudge
 from alignlab.feedback.ai.llm_spec import LLMSpec, build_llm
 from alignlab.models import load_causal_lm, load_tokenizer, resolve_max_length
 from alignlab.rollout import SamplingSettings, generate

@@ -28,10 +28,10 @@ from alignlab.feedback.human.hybrid import (
     route_counts,
     route_pairs,
 )
-from alignlab.feedback.ai.judges import PairLabels
+from alignlab.feedback.human.labels_judge import PairLabels
 from alignlab.stages.blocks import SeedSettings
 from alignlab.stages.common import finish, write_json
-from alignlab.train.checkpoint import write_text_atomic
+from alignlab.files import write_text_atomic
 
 QUEUE = "data/human_queue.jsonl"
 

@@ -7,7 +7,8 @@ import random
 import torch
 
 from alignlab.data.collate import collate_pairs
-from alignlab.data.formats import PreferenceExample, load_preferences
+from alignlab.data.examples import PreferenceExample
+from alignlab.data.formats import load_preferences
 from alignlab.data.tokenize import TokenizedRow, tokenize_preferences
 
 Pair = tuple[TokenizedRow, TokenizedRow]

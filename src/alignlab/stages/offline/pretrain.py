@@ -12,7 +12,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from alignlab.data.errors import Source
-from alignlab.data.formats import SFTExample, load_sft
+from alignlab.data.examples import SFTExample
+from alignlab.data.formats import load_sft
 from alignlab.data.tokenize import tokenize_sft
 from alignlab.models import save_pretrained_atomic
 from alignlab.models.build import new_causal_lm, train_bpe_tokenizer

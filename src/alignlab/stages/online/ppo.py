@@ -12,10 +12,14 @@ trunk; with LoRA the reference is the adapter switched off, so a single model si
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import torch
 from pydantic import Field
+from torch import Tensor
 
 from alignlab.feedback.rewards import single_reward_model_path
 from alignlab.losses.policy_gradient import ppo_loss
@@ -38,8 +42,8 @@ from alignlab.stages.online.common import (
     rollout_batch,
 )
 from alignlab.train.distributed import all_reduce_sum
-from alignlab.train.kl_control import make_kl_controller
-from alignlab.train.online import OnlineSettings, run_online
+from alignlab.train.kl_control import AdaptiveKLController, FixedKLController, make_kl_controller
+from alignlab.train.online import Experience, OnlineSettings, run_online
 
 
 class KLSettings(StageConfig):
@@ -74,28 +78,61 @@ def _policy_forward(policy, head, batch, temperature):
     return logps, mask, head(out.hidden_states[-1])
 
 
-def run(cfg: PPOConfig, out: Path) -> dict:
-    job = OnlineRun.start(cfg)
-    tokenizer, settings, device, policy = job.tokenizer, job.settings, job.device, job.policy
+@dataclass(frozen=True)
+class _Models:
+    """The models of a PPO run: the policy, its frozen reference and the critic, which is either a
+    value head on the policy's trunk (`shared`) or a separate value model: exactly one is set."""
+
+    policy: torch.nn.Module
+    reference: object
+    head: ValueHead | None
+    critic: torch.nn.Module | None
+
+    @property
+    def value_module(self) -> torch.nn.Module:
+        return self.head if self.head is not None else self.critic
+
+    def values(self, batch: Experience, temperature: float) -> Tensor:
+        """The critic's per-token values of a micro-batch."""
+        if self.head is not None:
+            return _policy_forward(self.policy, self.head, batch, temperature)[2]
+        return critic_values(self.critic, batch["input_ids"], batch["attention_mask"])
+
+
+def _load_models(cfg: PPOConfig, job: OnlineRun) -> _Models:
+    """The reference, then the critic: a fresh value head (shared) or a value model loaded from
+    `critic_model`, else the reward model when the reward is one, else the policy's model."""
     reference = job.reference()
     head, critic = None, None
     if cfg.critic == "shared":
-        head = ValueHead(hidden_size(policy)).to(device)
+        head = ValueHead(hidden_size(job.policy)).to(job.device)
     else:
         critic_path = cfg.critic_model or single_reward_model_path(cfg.reward) or cfg.model
-        critic = load_critic(critic_path, cfg.dtype, device, pad_token_id=tokenizer.pad_token_id)
-    value_module = head if head is not None else critic
-    kl_ctl = make_kl_controller(cfg.kl.beta, cfg.kl.target, cfg.kl.horizon)
-    temperature, pad = cfg.sampling.temperature, tokenizer.pad_token_id
-    micro = settings.micro_batch_size or settings.minibatch_size
+        critic = load_critic(critic_path, cfg.dtype, job.device, pad_token_id=job.tokenizer.pad_token_id)
+    return _Models(job.policy, reference, head, critic)
+
+
+def _advantages(cfg: PPOConfig, rewards: Tensor, values: Tensor, mask: Tensor,
+                over_processes: Callable | None) -> tuple[Tensor, Tensor]:
+    """GAE advantages and returns, with the rewards and the advantages whitened as configured."""
+    if cfg.whiten_rewards:
+        rewards = masked_whiten(rewards, mask, shift_mean=False, reduce=over_processes)
+    advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
+    if cfg.whiten_advantages:
+        advantages = masked_whiten(advantages, mask, reduce=over_processes)
+    return advantages, returns
+
+
+def _collect_fn(cfg: PPOConfig, job: OnlineRun, models: _Models,
+                kl_ctl: FixedKLController | AdaptiveKLController) -> Callable[[int], tuple[Experience, dict]]:
+    """One iteration's experience: a sample per prompt, its old and reference log-probs, values,
+    KL-penalised rewards and GAE advantages, with the iteration's figures."""
+    device, temperature, pad = job.device, cfg.sampling.temperature, job.tokenizer.pad_token_id
+    micro = job.settings.micro_batch_size or job.settings.minibatch_size
+    policy, head, reference = models.policy, models.head, models.reference
     # whitening statistics span every process's samples, as they would in one process
     # (the experience sits on the CPU; nccl reduces on the GPU)
     over_processes = (lambda t: all_reduce_sum(t.to(device), job.dist).to(t.device)) if job.dist.enabled else None
-
-    def values_of(b):
-        if head is not None:
-            return _policy_forward(policy, head, b, temperature)[2]
-        return critic_values(critic, b["input_ids"], b["attention_mask"])
 
     def collect(iteration: int):
         scored = job.sample(iteration, 1)
@@ -104,14 +141,10 @@ def run(cfg: PPOConfig, out: Path) -> dict:
         old = batched_logps(lambda b: _policy_forward(policy, head, b, temperature)[0], batch, device, micro)
         ref = batched_logps(lambda b: reference.token_logps(b["input_ids"], b["attention_mask"], b["loss_mask"], temperature)[0],
                             batch, device, micro)
-        values = batched_logps(values_of, batch, device, micro)
+        values = batched_logps(lambda b: models.values(b, temperature), batch, device, micro)
         mask = batch["loss_mask"][:, 1:]
         rewards, kl = kl_penalised_rewards(scored.scores, old, ref, mask, kl_ctl.beta, cfg.kl.estimator)
-        if cfg.whiten_rewards:
-            rewards = masked_whiten(rewards, mask, shift_mean=False, reduce=over_processes)
-        advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
-        if cfg.whiten_advantages:
-            advantages = masked_whiten(advantages, mask, reduce=over_processes)
+        advantages, returns = _advantages(cfg, rewards, values, mask, over_processes)
         seq_kl = masked_sum(old - ref, mask, dim=-1)
         figures = {
             "reward": float(scored.scores.mean()), "kl": float(seq_kl.mean()), "beta": kl_ctl.beta,
@@ -124,25 +157,43 @@ def run(cfg: PPOConfig, out: Path) -> dict:
                       "old_logps": old, "old_values": values, "advantages": advantages, "returns": returns}
         return experience, figures
 
+    return collect
+
+
+def _loss_fn(cfg: PPOConfig, models: _Models) -> Callable[[Experience], tuple[Tensor, dict]]:
+    """The clipped policy and value losses of a micro-batch of experience."""
+    temperature = cfg.sampling.temperature
+
     def loss(b):
-        logps, mask, values = _policy_forward(policy, head, b, temperature)
+        logps, mask, values = _policy_forward(models.policy, models.head, b, temperature)
         if values is None:
-            values = critic_values(critic, b["input_ids"], b["attention_mask"])
+            values = critic_values(models.critic, b["input_ids"], b["attention_mask"])
         return ppo_loss(logps, b["old_logps"], b["advantages"], values, b["old_values"], b["returns"], mask,
                         clip=cfg.clip, value_clip=cfg.value_clip, vf_coef=cfg.vf_coef, aggregation="token_mean")
+
+    return loss
+
+
+def run(cfg: PPOConfig, out: Path) -> dict:
+    job = OnlineRun.start(cfg)
+    tokenizer, settings, device, policy = job.tokenizer, job.settings, job.device, job.policy
+    models = _load_models(cfg, job)
+    kl_ctl = make_kl_controller(cfg.kl.beta, cfg.kl.target, cfg.kl.horizon)
 
     def after_iteration(iteration: int, figures: dict) -> dict:
         kl_ctl.update(figures["kl"], settings.prompts_per_iteration)
         return {"beta_next": kl_ctl.beta}
 
-    stage = job.online_stage(collect, loss, weight=lambda b: b["loss_mask"][:, 1:].sum(), after_iteration=after_iteration,
-                        state={"kl_controller": kl_ctl})
+    stage = job.online_stage(_collect_fn(cfg, job, models, kl_ctl), _loss_fn(cfg, models),
+                             weight=lambda b: b["loss_mask"][:, 1:].sum(), after_iteration=after_iteration,
+                             state={"kl_controller": kl_ctl})
     out.mkdir(parents=True, exist_ok=True)
     result = run_online(policy, stage, settings, out, device=device, expected_samples=settings.prompts_per_iteration,
-                        extra_modules={"value": value_module}, data_key=file_fingerprint(cfg.prompts), name="ppo",
+                        extra_modules={"value": models.value_module}, data_key=file_fingerprint(cfg.prompts),
+                        name="ppo",
                         save_snapshot=lambda d: save_pretrained_atomic(policy, tokenizer, d), dist=job.dist)
     if job.dist.is_main:
         save_pretrained_atomic(policy, tokenizer, out / "model")
-        if critic is not None:
-            save_pretrained_atomic(critic, tokenizer, out / "critic")
+        if models.critic is not None:
+            save_pretrained_atomic(models.critic, tokenizer, out / "critic")
     return finish(out, cfg, {"prompts": len(job.prompt_ids), "final_beta": kl_ctl.beta, **result}, job.dist)

@@ -5,23 +5,7 @@
   policy, both scored by the reward source; the higher score is chosen, the lower rejected
   (pairs whose scores differ by `min_gap` or less are dropped, ties always). The reference is
   the starting model (or `ref_model`), frozen; its log-probs are computed once, in collect.
-- `spin` (Chen et al. 2024, "Self-Play Fine-Tuning Converts Weak Language Models to Strong
-  Language Models"). Each iteration takes `prompts_per_iteration` demonstrations from an SFT set,
-  samples the policy's own response to each prompt, and makes the pair demonstration ≻ own
-  sample; the loss is SPIN's logistic loss (DPO's `sigmoid`). With `reference: previous` (the
-  paper) the reference is the policy as it was when the samples were drawn: its log-probs are
-  computed in collect, before the update, so the opponent is always the previous iterate;
-  `reference: initial` keeps the starting model instead. No reward source is involved.
-
-  Mapping to the paper's iterations: a paper iteration regenerates responses for the whole SFT
-  set with π_t, then trains π_{t+1} for some epochs against reference π_t. Here one online
-  iteration does the same on `prompts_per_iteration` demonstrations with `update_epochs` passes,
-  so `prompts_per_iteration` = dataset size, `update_epochs` = epochs and `iterations` = SPIN
-  iterations reproduces the paper exactly; a smaller `prompts_per_iteration` refreshes the
-  opponent more often (dataset size / prompts_per_iteration online iterations per pass over
-  the data). Pairs whose sample equals the demonstration carry no gradient and are dropped.
-  samples.jsonl (`train.log_samples`) shows the policy's samples beside their demonstrations
-  (there is no reward to show).
+- `spin` (self-play against demonstrations) is in `spin.py`, on the pair pieces here.
 
 Log-probabilities use the sampling temperature throughout (policy and reference alike), as the
 RL stages and TRL's online DPO do: they describe the distribution the samples came from. At the
@@ -43,44 +27,22 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 from pydantic import Field
 from torch import Tensor
 
-from alignlab.data.errors import DataError, Source
-from alignlab.data.formats import load_sft
-from alignlab.data.tokenize import tokenize_sft
 from alignlab.losses.preference import (
     PairLogps,
     PreferenceSettings,
     ReferenceObjectiveName,
     preference_objective,
 )
-from alignlab.models import load_tokenizer, resolve_max_length, save_pretrained_atomic
-from alignlab.models.load import disable_dropout
+from alignlab.models import save_pretrained_atomic
 from alignlab.ops import masked_sum, sequence_logps, token_logps
-from alignlab.rollout import SamplingSettings, sample
-from alignlab.stages.blocks import AdapterSettings, DtypeSettings, LengthSettings, ModelSettings
-from alignlab.stages.common import (
-    file_fingerprint,
-    finish,
-    frozen_reference,
-    load_policy,
-    runtime,
-    seed_everything,
-)
-from alignlab.stages.online.common import (
-    OnlineConfig,
-    OnlineRun,
-    PromptStream,
-    batched_logps,
-    check_sample_lengths,
-    iteration_seed,
-    my_share,
-    rollout_batch,
-)
+from alignlab.stages.blocks import AdapterSettings
+from alignlab.stages.common import file_fingerprint, finish
+from alignlab.stages.online.common import OnlineConfig, OnlineRun, batched_logps, rollout_batch
 from alignlab.train.distributed import Dist
 from alignlab.train.online import Experience, OnlineSettings, OnlineStage, run_online
 
@@ -105,16 +67,6 @@ class OnlineDPOConfig(OnlineConfig, PairLossConfig):
     """Online DPO: the online settings (prompts, reward source, sampling, train) and the pair loss."""
 
     min_gap: float = Field(0.0, ge=0, description="drop pairs whose two scores differ by this much or less")
-
-
-class SPINConfig(PairLossConfig, ModelSettings, DtypeSettings, LengthSettings):
-    """SPIN: demonstrations and the pair loss; no reward source (the demonstration always wins)."""
-
-    data: str = Field(description="SFT demonstrations (prompt/completion or messages)")
-    reference: Literal["previous", "initial"] = Field(
-        "previous", description="previous: the policy that drew the samples (SPIN); initial: the starting model")
-    sampling: SamplingSettings = SamplingSettings()
-    train: OnlineSettings = OnlineSettings()
 
 
 # --------------------------------------------------------------------------- pairs
@@ -203,9 +155,30 @@ def implicit_reward_figures(policy_logps: Tensor, ref_logps: Tensor, beta: float
     return {"rollout/margin": float(margin.mean()), "rollout/accuracy": float((margin > 0).float().mean())}
 
 
-def _finish_stage(policy, tokenizer, stage: OnlineStage, settings: OnlineSettings, out: Path, device, cfg,
-                  data_key: str, name: str, extra: dict, dist: Dist) -> dict:
+@dataclass(frozen=True)
+class PairRun:
+    """What both stages' loops share: the policy, its tokenizer, runtime, settings and log-prob temperature."""
+
+    policy: torch.nn.Module
+    tokenizer: object
+    settings: OnlineSettings
+    device: torch.device
+    dist: Dist
+    temperature: float
+
+    @property
+    def pad(self) -> int:
+        return self.tokenizer.pad_token_id
+
+    @property
+    def micro(self) -> int:  # sequences per forward when computing log-probs outside the update
+        return self.settings.micro_batch_size or self.settings.minibatch_size
+
+
+def finish_pair_stage(run: PairRun, stage: OnlineStage, out: Path, cfg, *, data_key: str, name: str,
+                  extra: dict) -> dict:
     """Run the online loop, save model/ in HF format, and write metrics.json and done.json."""
+    policy, tokenizer, settings, device, dist = run.policy, run.tokenizer, run.settings, run.device, run.dist
     out.mkdir(parents=True, exist_ok=True)
     result = run_online(policy, stage, settings, out, device=device, expected_samples=settings.prompts_per_iteration,
                         data_key=data_key, name=name,
@@ -220,10 +193,9 @@ def _finish_stage(policy, tokenizer, stage: OnlineStage, settings: OnlineSetting
 
 def run_online_dpo(cfg: OnlineDPOConfig, out: Path) -> dict:
     job = OnlineRun.start(cfg)
-    tokenizer, settings, device, policy = job.tokenizer, job.settings, job.device, job.policy
+    run = PairRun(job.policy, job.tokenizer, job.settings, job.device, job.dist, cfg.sampling.temperature)
     reference = job.reference()
-    temperature, pad = cfg.sampling.temperature, tokenizer.pad_token_id
-    micro = settings.micro_batch_size or settings.minibatch_size
+    device, temperature, pad, micro = run.device, run.temperature, run.pad, run.micro
 
     def collect(iteration: int):
         scored = job.sample(iteration, 2)
@@ -250,108 +222,6 @@ def run_online_dpo(cfg: OnlineDPOConfig, out: Path) -> dict:
         }
         return experience, figures
 
-    stage = job.online_stage(collect, pair_loss_fn(policy, cfg, temperature, device))
-    return _finish_stage(policy, tokenizer, stage, settings, out, device, cfg, file_fingerprint(cfg.prompts),
-                         "online_dpo", {"prompts": len(job.prompt_ids), "objective": cfg.loss}, job.dist)
-
-
-# --------------------------------------------------------------------------- SPIN
-
-
-@dataclass
-class Demonstration:
-    prompt_ids: list[int]
-    completion_ids: list[int]
-
-
-def load_demonstrations(path: str, tokenizer, max_length: int,
-                        max_prompt_length: int) -> tuple[list[Demonstration], dict]:
-    """SFT records split into prompt ids (what the policy answers) and the demonstrated completion."""
-    examples = load_sft(path)
-    rows, stats = tokenize_sft(examples, tokenizer, max_length, max_prompt_length)
-    demos = []
-    for example, row in zip(examples, rows):
-        start = row.loss_mask.index(1)
-        if start == 0:
-            raise DataError(example.source, "prompt", "SPIN samples the policy's own answer to the prompt, "
-                            "and this record has no prompt tokens")
-        demos.append(Demonstration(row.input_ids[:start], row.input_ids[start:]))
-    if not demos:
-        raise DataError(Source(str(path)), None, "no demonstrations")
-    return demos, stats
-
-
-def _spin_records(tokenizer, chosen_demos: list[Demonstration], drawn, n: int) -> list[dict]:
-    """Up to n of SPIN's pairs as text for samples.jsonl: the policy's sample beside the demonstration
-    it plays against (SPIN has no reward)."""
-    def text(ids: list[int]) -> str:
-        return tokenizer.decode(ids, skip_special_tokens=True)
-
-    return [{"prompt": text(d.prompt_ids), "completion": text(c), "demonstration": text(d.completion_ids)}
-            for d, c in zip(chosen_demos[:n], drawn.completion_ids[:n])]
-
-
-def run_spin(cfg: SPINConfig, out: Path) -> dict:
-    tokenizer = load_tokenizer(cfg.model)
-    max_length = resolve_max_length(cfg.model, cfg.max_length)
-    demos, stats = load_demonstrations(cfg.data, tokenizer, max_length, cfg.max_prompt_length)
-    check_sample_lengths(cfg.model, [d.prompt_ids for d in demos], cfg.sampling.max_new_tokens)
-    settings = cfg.train
-    device, dist = runtime(settings.device)
-    seed_everything(settings.seed)
-    policy = load_policy(cfg.model, cfg.dtype, device, cfg.lora)
-    disable_dropout(policy)
-    initial = None
-    if cfg.reference == "initial":
-        initial = frozen_reference(policy, cfg.model, cfg.model, cfg.lora, cfg.dtype, device)
-    temperature, pad = cfg.sampling.temperature, tokenizer.pad_token_id
-    micro = settings.micro_batch_size or settings.minibatch_size
-    stream = PromptStream(len(demos), settings.prompts_per_iteration, settings.seed)
-
-    def reference_logps(ids, attn, loss_mask):
-        if initial is not None:
-            return initial.token_logps(ids, attn, loss_mask, temperature)
-        # SPIN's opponent: the policy that drew this iteration's samples, before its update
-        return token_logps(policy, ids, attn, loss_mask, temperature)
-
-    def draw(chosen_demos: list[Demonstration], seed: int):
-        return sample(policy, [d.prompt_ids for d in chosen_demos], cfg.sampling, pad_id=pad,
-                      eos_id=tokenizer.eos_token_id, seed=seed)
-
-    last: list = []  # this iteration's (demonstrations, samples), for samples.jsonl
-
-    def collect(iteration: int):
-        chosen_demos = [demos[i] for i in my_share(stream.indices(iteration), dist)]
-        drawn = draw(chosen_demos, iteration_seed(settings.seed, iteration, dist.rank))
-        last[:] = [chosen_demos, drawn]
-        keep = [j for j, d in enumerate(chosen_demos) if drawn.completion_ids[j] != d.completion_ids]
-        experience = pair_tensors([chosen_demos[j].prompt_ids for j in keep],
-                                  [chosen_demos[j].completion_ids for j in keep],
-                                  [drawn.completion_ids[j] for j in keep], pad)
-        policy.eval()
-        ref = pair_sequence_logps(reference_logps, experience, device, micro) if keep else torch.zeros(0, 2)
-        experience["ref_logps"] = ref
-        n = max(len(drawn), 1)
-        figures = {
-            "pairs": float(len(keep)), "pairs_identical": float(len(drawn) - len(keep)),
-            "ref/demo_logp": float(ref[:, 0].mean()) if keep else float("nan"),
-            "ref/sample_logp": float(ref[:, 1].mean()) if keep else float("nan"),
-            "response_tokens": sum(map(len, drawn.completion_ids)) / n, "eos_rate": sum(drawn.finished) / n,
-        }
-        if initial is not None and keep:  # KL of the samples to the starting model (with `previous` it is 0)
-            sampled = torch.tensor([sum(drawn.logps[j]) for j in keep])
-            figures["kl"] = float((sampled - ref[:, 1]).mean())
-        return experience, figures
-
-    def fresh_samples(n: int) -> list[dict]:
-        chosen_demos = [demos[i] for i in stream.indices(settings.iterations)[:n]]
-        policy.eval()
-        drawn = draw(chosen_demos, iteration_seed(settings.seed, settings.iterations))
-        return _spin_records(tokenizer, chosen_demos, drawn, n)
-
-    stage = OnlineStage(collect, pair_loss_fn(policy, cfg, temperature, device),
-                        recent_samples=lambda n: _spin_records(tokenizer, *last, n) if last else [],
-                        fresh_samples=fresh_samples)
-    return _finish_stage(policy, tokenizer, stage, settings, out, device, cfg, file_fingerprint(cfg.data), "spin",
-                         {"data": stats, "demonstrations": len(demos), "objective": cfg.loss,
-                          "reference": cfg.reference}, dist)
+    stage = job.online_stage(collect, pair_loss_fn(run.policy, cfg, temperature, device))
+    return finish_pair_stage(run, stage, out, cfg, data_key=file_fingerprint(cfg.prompts), name="online_dpo",
+                         extra={"prompts": len(job.prompt_ids), "objective": cfg.loss})

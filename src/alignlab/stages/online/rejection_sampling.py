@@ -37,9 +37,11 @@ import os
 import shutil
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import torch
 from pydantic import Field, model_validator
 
 from alignlab.data.readers import write_jsonl
@@ -62,7 +64,7 @@ from alignlab.stages.common import (
 from alignlab.stages.online.common import PromptStream, iteration_seed, load_prompt_ids
 from alignlab.stages.offline.sft import sft_step_fns
 from alignlab.train import TrainSettings, train
-from alignlab.train.distributed import barrier
+from alignlab.train.distributed import Dist, barrier
 
 SELECTION = "selection.json"
 MAX_PROBLEMS_REPORTED = 20
@@ -184,68 +186,113 @@ def copy_dir_atomic(src: Path, dst: Path) -> None:
         raise
 
 
-def run(cfg: RejectionSamplingConfig, out: Path) -> dict:
+@dataclass(eq=False)
+class _Job:
+    """What every round reads: the run's fixed pieces, and the reward once a round has needed it."""
+
+    cfg: RejectionSamplingConfig
+    out: Path
+    tokenizer: object
+    max_length: int
+    prompt_texts: list[str]
+    prompt_ids: list[list[int]]
+    device: torch.device
+    dist: Dist
+    stream: PromptStream
+    expected: str  # settings_hash(cfg): a finished round must carry the same
+    data_key: str
+    reward: object = None  # built on the first round that samples: a resumed run may not need it
+
+
+def _start(cfg: RejectionSamplingConfig, out: Path) -> _Job:
+    """Tokenizer, resolved max_length, prompts and runtime; out/ created."""
     tokenizer = load_tokenizer(cfg.model)
     max_length = resolve_max_length(cfg.model, cfg.max_length)
     check_completion_room(cfg.max_prompt_length, max_length)
     prompt_texts, prompt_ids = load_prompt_ids(cfg.prompts, tokenizer, cfg.max_prompt_length)
     device, dist = runtime(cfg.train.device)
     stream = PromptStream(len(prompt_ids), cfg.prompts_per_round or len(prompt_ids), cfg.seed)
-    expected = settings_hash(cfg)
-    data_key = file_fingerprint(cfg.prompts)
-    reward = None  # built on the first round that samples: a resumed run may not need it
+    job = _Job(cfg=cfg, out=out, tokenizer=tokenizer, max_length=max_length, prompt_texts=prompt_texts,
+               prompt_ids=prompt_ids, device=device, dist=dist, stream=stream, expected=settings_hash(cfg),
+               data_key=file_fingerprint(cfg.prompts))
     out.mkdir(parents=True, exist_ok=True)
+    return job
 
+
+def _finished_figures(job: _Job, round_dir: Path) -> dict:
+    """A finished round's figures, once its settings are checked to be the current ones."""
+    finished = read_json(round_dir / DONE)
+    if finished.get("settings_hash") != job.expected:
+        raise ValueError(
+            f"{round_dir} was finished with other settings; delete {job.out} (or rerun the recipe with --redo) "
+            "to start over"
+        )
+    return finished["figures"]
+
+
+def _selection(job: _Job, r: int, round_dir: Path, policy) -> dict:
+    """The round's kept samples: sampled, scored and written by the main process unless a killed
+    run already wrote them; read back by every process."""
+    cfg, prompt_ids = job.cfg, job.prompt_ids
+    if not (round_dir / SELECTION).exists() and job.dist.is_main:
+        job.reward = job.reward or build_reward(cfg.reward, job.tokenizer, job.device)
+        idx = job.stream.indices(r) if cfg.prompts_per_round else list(range(len(prompt_ids)))
+        selection, records = sample_and_select(cfg, policy, job.tokenizer, job.reward,
+                                               [job.prompt_texts[i] for i in idx], [prompt_ids[i] for i in idx],
+                                               seed=iteration_seed(cfg.seed, r))
+        write_jsonl(round_dir / "data" / "selected.jsonl", records)
+        write_json(round_dir / SELECTION, selection)  # after the records: its presence means both exist
+    barrier(job.dist)
+    return read_json(round_dir / SELECTION)
+
+
+def _fine_tune(job: _Job, r: int, round_dir: Path, policy, selection: dict) -> dict:
+    """SFT of the policy on the kept samples; the round's figures."""
+    cfg = job.cfg
+    rows = training_rows(selection, job.max_length)
+    figures = {"round": r, **selection["figures"]}
+    if rows:
+        ids_key = hashlib.sha256(json.dumps([selection["prompt_ids"], selection["completion_ids"]]).encode())
+        result = train(policy, [len(x) for x in rows], sft_step_fns(rows, job.tokenizer.pad_token_id), cfg.train,
+                       round_dir, device=job.device, dist=job.dist,
+                       data_key=f"{job.data_key}:{ids_key.hexdigest()[:16]}",
+                       name=f"rejection sampling {r + 1}/{cfg.rounds}")
+        figures.update({"steps": result["steps"], "train_loss": result["train"].get("loss", float("nan"))})
+    else:  # nothing passed the filter: the policy goes on unchanged
+        figures.update({"steps": 0, "train_loss": float("nan")})
+    return figures
+
+
+def _run_round(job: _Job, r: int, round_dir: Path, policy_path: str) -> dict:
+    """Round r from the policy at `policy_path`: select, fine-tune, save round-<r>/model and done.json."""
+    seed_everything(job.cfg.train.seed)
+    policy = load_policy(policy_path, job.cfg.dtype, job.device, job.cfg.lora)
+    selection = _selection(job, r, round_dir, policy)
+    figures = _fine_tune(job, r, round_dir, policy, selection)
+    if job.dist.is_main:
+        save_pretrained_atomic(policy, job.tokenizer, round_dir / "model")
+        write_json(round_dir / DONE, {"settings_hash": job.expected, "figures": figures,
+                                      "problems": selection["problems"]})
+        # the round's model is saved: its optimizer state (twice the model's size) is no longer needed
+        if not job.cfg.train.keep_checkpoints:
+            shutil.rmtree(round_dir / "checkpoints", ignore_errors=True)
+    barrier(job.dist)
+    return figures
+
+
+def run(cfg: RejectionSamplingConfig, out: Path) -> dict:
+    job = _start(cfg, out)
     rounds: list[dict] = []
     policy_path = cfg.model
     for r in range(cfg.rounds):
         round_dir = out / f"round-{r}"
-        marker = round_dir / DONE
-        if marker.exists():
-            finished = read_json(marker)
-            if finished.get("settings_hash") != expected:
-                raise ValueError(
-                    f"{round_dir} was finished with other settings; delete {out} (or rerun the recipe with --redo) "
-                    "to start over"
-                )
-            rounds.append(finished["figures"])
-            policy_path = str(round_dir / "model")
-            continue
-
-        seed_everything(cfg.train.seed)
-        policy = load_policy(policy_path, cfg.dtype, device, cfg.lora)
-        if not (round_dir / SELECTION).exists() and dist.is_main:
-            reward = reward or build_reward(cfg.reward, tokenizer, device)
-            idx = stream.indices(r) if cfg.prompts_per_round else list(range(len(prompt_ids)))
-            selection, records = sample_and_select(cfg, policy, tokenizer, reward, [prompt_texts[i] for i in idx],
-                                                   [prompt_ids[i] for i in idx], seed=iteration_seed(cfg.seed, r))
-            write_jsonl(round_dir / "data" / "selected.jsonl", records)
-            write_json(round_dir / SELECTION, selection)  # after the records: its presence means both exist
-        barrier(dist)
-        selection = read_json(round_dir / SELECTION)
-
-        rows = training_rows(selection, max_length)
-        figures = {"round": r, **selection["figures"]}
-        if rows:
-            ids_key = hashlib.sha256(json.dumps([selection["prompt_ids"], selection["completion_ids"]]).encode())
-            result = train(policy, [len(x) for x in rows], sft_step_fns(rows, tokenizer.pad_token_id), cfg.train,
-                           round_dir, device=device, dist=dist, data_key=f"{data_key}:{ids_key.hexdigest()[:16]}",
-                           name=f"rejection sampling {r + 1}/{cfg.rounds}")
-            figures.update({"steps": result["steps"], "train_loss": result["train"].get("loss", float("nan"))})
-        else:  # nothing passed the filter: the policy goes on unchanged
-            figures.update({"steps": 0, "train_loss": float("nan")})
-        if dist.is_main:
-            save_pretrained_atomic(policy, tokenizer, round_dir / "model")
-            write_json(marker, {"settings_hash": expected, "figures": figures, "problems": selection["problems"]})
-            # the round's model is saved: its optimizer state (twice the model's size) is no longer needed
-            if not cfg.train.keep_checkpoints:
-                shutil.rmtree(round_dir / "checkpoints", ignore_errors=True)
-        barrier(dist)
-        rounds.append(figures)
+        if (round_dir / DONE).exists():
+            rounds.append(_finished_figures(job, round_dir))
+        else:
+            rounds.append(_run_round(job, r, round_dir, policy_path))
         policy_path = str(round_dir / "model")
-        del policy
 
-    if dist.is_main:
+    if job.dist.is_main:
         copy_dir_atomic(Path(policy_path), out / "model")
     return finish(out, cfg, {
         "rounds": rounds,
@@ -253,4 +300,4 @@ def run(cfg: RejectionSamplingConfig, out: Path) -> dict:
         "samples_per_prompt": cfg.samples_per_prompt,
         "keep": cfg.keep,
         "min_reward": cfg.min_reward,
-    }, dist)
+    }, job.dist)

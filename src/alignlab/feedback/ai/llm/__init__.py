@@ -14,7 +14,8 @@ from alignlab.feedback.ai.llm.base import (
 )
 from alignlab.feedback.ai.llm.cache import CallCache
 from alignlab.feedback.ai.llm.http import OpenAICompatibleLLM
-from alignlab.feedback.ai.llm.local import Generation, LocalLLM
+from alignlab.feedback.ai.llm.generation import Generation
+from alignlab.feedback.ai.llm.local import LocalLLM
 
 __all__ = [
     "CallCache",

@@ -31,15 +31,13 @@ memory), for every item of that batch.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from torch import nn
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers import GenerationConfig, LogitsProcessorList
 
 from alignlab.data.templates import render_prompt
 from alignlab.feedback.ai.llm.base import (
@@ -51,30 +49,14 @@ from alignlab.feedback.ai.llm.base import (
     check_candidates,
 )
 from alignlab.feedback.ai.llm.cache import CachedBatch, CallCache
+from alignlab.feedback.ai.llm.generation import Generation, finish_row
+from alignlab.feedback.ai.llm.sampling import RowSampler, row_seed
 from alignlab.models.load import load_causal_lm, load_tokenizer, resolve_device
 from alignlab.models.reference import model_fingerprint
 from alignlab.ops.forward_args import takes
 from alignlab.rollout.local import left_pad
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Generation:
-    """One generated answer with the token-level facts an OpenAI-style server reports.
-
-    `token_ids` are the generated tokens that make up `text` (EOS and tokens wholly after a stop
-    string left out; the last kept token may run past a stop string it contains). `top_logprobs`
-    has, per kept token, the `top_logprobs` most likely (id, log-prob) pairs at that step.
-    """
-
-    text: str
-    token_ids: list[int]
-    token_logprobs: list[float]
-    top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
-    finish_reason: str = "length"  # "stop": EOS or a stop string; "length": max_tokens reached
-    prompt_tokens: int = 0
-    completion_tokens: int = 0  # tokens generated, EOS and any after a stop string included
 
 
 class LocalLLM:
@@ -270,15 +252,15 @@ class LocalLLM:
                         seeds: list[int]) -> list[Generation]:
         ids, mask = left_pad(prompt_ids, self.pad_id)
         config = GenerationConfig(
-            do_sample=False,  # greedy; sampling is done by _RowSampler, which leaves one token per row
+            do_sample=False,  # greedy; sampling is done by RowSampler, which leaves one token per row
             max_new_tokens=settings.max_tokens, pad_token_id=self.pad_id, eos_token_id=self.eos_ids,
             stop_strings=list(settings.stop) or None, use_cache=True, output_logits=True,
             return_dict_in_generate=True,
         )
         processors = None
         if settings.temperature > 0:
-            row_seeds = [_row_seed(seed, row) for seed, row in zip(seeds, prompt_ids)]
-            processors = LogitsProcessorList([_RowSampler(row_seeds, settings.temperature, settings.top_p, self.device)])
+            row_seeds = [row_seed(seed, row) for seed, row in zip(seeds, prompt_ids)]
+            processors = LogitsProcessorList([RowSampler(row_seeds, settings.temperature, settings.top_p, self.device)])
         out = self.model.generate(
             input_ids=ids.to(self.device), attention_mask=mask.to(self.device), generation_config=config,
             logits_processor=processors, tokenizer=self.tokenizer if settings.stop else None,
@@ -292,39 +274,11 @@ class LocalLLM:
                 values, indices = logps.topk(min(top_logprobs, logps.shape[-1]), dim=-1)
                 top.append((values.cpu(), indices.cpu()))
         return [
-            self._finish(prompt_ids[row], drawn[row].tolist(), [float(c[row]) for c in chosen],
-                         [list(zip(t[1][row].tolist(), t[0][row].tolist())) for t in top], settings)
+            finish_row(self.tokenizer, self.eos_ids, prompt_ids[row], drawn[row].tolist(),
+                       [float(c[row]) for c in chosen],
+                       [list(zip(t[1][row].tolist(), t[0][row].tolist())) for t in top], settings)
             for row in range(len(prompt_ids))
         ]
-
-    def _finish(self, prompt_ids: list[int], drawn: list[int], logps: list[float],
-                top: list[list[tuple[int, float]]], settings: GenerationSettings) -> Generation:
-        """Cut one row's tokens at EOS and its text at the first stop string."""
-        eos_at = next((k for k, token in enumerate(drawn) if token in self.eos_ids), None)
-        generated = len(drawn) if eos_at is None else eos_at + 1
-        kept = drawn[: generated if eos_at is None else eos_at]
-        text = self.tokenizer.decode(kept, skip_special_tokens=True)
-        finish = "length" if eos_at is None else "stop"
-        cuts = [text.find(s) for s in settings.stop if s in text]
-        if cuts:
-            text, finish = text[: min(cuts)], "stop"
-
-            def decoded(n: int) -> str:
-                return self.tokenizer.decode(kept[:n], skip_special_tokens=True)
-
-            n = 0  # the tokens that start before the cut stay
-            while n < len(kept) and len(decoded(n)) < len(text):
-                n += 1
-            end = n  # generation went on until a stop string was complete (later tokens are padding)
-            while end < len(kept) and not any(s in decoded(end) for s in settings.stop):
-                end += 1
-            kept, generated = kept[:n], end
-        elif eos_at is None and generated < settings.max_tokens:
-            finish = "stop"  # generation ended early without EOS: a stop string across the cut
-        return Generation(
-            text=text, token_ids=kept, token_logprobs=logps[: len(kept)], top_logprobs=top[: len(kept)],
-            finish_reason=finish, prompt_tokens=len(prompt_ids), completion_tokens=generated,
-        )
 
     @torch.no_grad()
     def prompt_logprobs(self, text: str) -> tuple[list[int], list[float | None]]:
@@ -359,34 +313,6 @@ class LocalLLM:
         logps = logits.log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [B, keep-1]
         width = keep - 1
         return [float(logps[row, width - n :].sum()) for row, n in enumerate(candidate_lengths)]
-
-
-class _RowSampler(LogitsProcessor):
-    """Sample each row's next token with the row's own generator (temperature, then top-p), and
-    leave only that token possible, so generate's greedy step picks it."""
-
-    def __init__(self, seeds: list[int], temperature: float, top_p: float, device: torch.device):
-        self.temperature, self.top_p = temperature, top_p
-        self.generators = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        probs = (scores.float() / self.temperature).softmax(-1)
-        if self.top_p < 1.0:
-            sorted_probs, order = probs.sort(dim=-1, descending=True)
-            before = sorted_probs.cumsum(-1) - sorted_probs  # mass of the more likely tokens
-            sorted_probs = sorted_probs.masked_fill(before >= self.top_p, 0.0)  # the first always stays
-            probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-        picked = torch.stack([
-            torch.multinomial(probs[row], 1, generator=generator)
-            for row, generator in enumerate(self.generators)
-        ])
-        only = torch.full_like(scores, float("-inf"))
-        return only.scatter(-1, picked, 0.0)
-
-
-def _row_seed(seed: int, prompt_ids: list[int]) -> int:
-    digest = hashlib.sha256(f"{seed}:{','.join(map(str, prompt_ids))}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 def _settings_json(settings: GenerationSettings) -> dict:

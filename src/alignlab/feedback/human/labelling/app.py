@@ -6,7 +6,7 @@ header (for scripts) or in the ``alignlab_label_token`` cookie, which ``GET /log
 sets (HttpOnly, SameSite=Strict) before redirecting to the page: that link is what a labeller is
 given. Tokens are never logged (the access log is off, as the login URL carries one).
 
-Routes:
+Routes (login here, with the access checks; the others in `handlers`):
     GET  /login?token=T   set the cookie, redirect to /          (401 for a wrong token)
     GET  /                the page;  GET /app.js, /app.css: its script and style
     GET  /api/next        {"labeller", "item": ITEM | null, "progress": {"done", "skipped", "total"}}
@@ -26,7 +26,6 @@ this labeller sees them (shuffled per labeller, see `answers`).
 
 from __future__ import annotations
 
-import json
 import socket
 import threading
 from contextlib import contextmanager
@@ -43,27 +42,10 @@ from starlette.responses import (
 )
 from starlette.routing import Route
 
-from alignlab.feedback.human.labelling.answers import answer_from_display
-from alignlab.feedback.human.labelling.page import APP_CSS, APP_JS, INDEX_HTML
-from alignlab.feedback.human.labelling.store import (
-    LabelConflict,
-    Labeller,
-    LabelStore,
-    UnknownItem,
-)
+from alignlab.feedback.human.labelling.handlers import SECURITY_HEADERS, LabellingApi, index, script, style
+from alignlab.feedback.human.labelling.store import LabelStore
 
 COOKIE = "alignlab_label_token"
-MAX_BODY_BYTES = 64 * 1024
-_SECURITY_HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
-        "img-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-    ),
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-store",
-    "X-Frame-Options": "DENY",
-}
 
 
 class _RequireToken:
@@ -95,122 +77,35 @@ def _token_of(request: Request) -> str | None:
 
 def _unauthorised(path: str, given: bool) -> Response:
     reason = "invalid or revoked token" if given else "a labeller token is required"
-    headers = {**_SECURITY_HEADERS, "WWW-Authenticate": "Bearer"}
+    headers = {**SECURITY_HEADERS, "WWW-Authenticate": "Bearer"}
     if path.startswith("/api/"):
         return JSONResponse({"error": reason}, status_code=401, headers=headers)
     text = f"401: {reason}. Open the login link you were given (/login?token=...)."
     return PlainTextResponse(text, status_code=401, headers=headers)
 
 
+async def _login(request: Request) -> Response:
+    token = request.query_params["token"]  # already checked by the middleware
+    response = RedirectResponse("/", status_code=303, headers=SECURITY_HEADERS)
+    response.set_cookie(COOKIE, token, max_age=30 * 24 * 3600, httponly=True, samesite="strict", path="/")
+    return response
+
+
 def create_app(store: LabelStore) -> Starlette:
     """The ASGI app serving `store` (items, labellers and labels live there)."""
-
-    def labeller_of(request: Request) -> Labeller:
-        return request.state.labeller
-
-    async def login(request: Request) -> Response:
-        token = request.query_params["token"]  # already checked by the middleware
-        response = RedirectResponse("/", status_code=303, headers=_SECURITY_HEADERS)
-        response.set_cookie(COOKIE, token, max_age=30 * 24 * 3600, httponly=True, samesite="strict", path="/")
-        return response
-
-    async def index(request: Request) -> Response:
-        return Response(INDEX_HTML, media_type="text/html; charset=utf-8", headers=_SECURITY_HEADERS)
-
-    async def script(request: Request) -> Response:
-        return Response(APP_JS, media_type="text/javascript; charset=utf-8", headers=_SECURITY_HEADERS)
-
-    async def style(request: Request) -> Response:
-        return Response(APP_CSS, media_type="text/css; charset=utf-8", headers=_SECURITY_HEADERS)
-
-    def next_payload(labeller: Labeller) -> dict:
-        item = store.next_item(labeller)
-        return {"item": _item_view(store, labeller, item) if item else None,
-                "progress": store.progress(labeller).as_dict()}
-
-    async def next_item(request: Request) -> Response:
-        labeller = labeller_of(request)
-        payload = await run_in_threadpool(next_payload, labeller)
-        return _json({"labeller": labeller.name, **payload})
-
-    async def label(request: Request) -> Response:
-        data = await _json_body(request)
-        if isinstance(data, Response):
-            return data
-        if not isinstance(data, dict) or not isinstance(data.get("item_id"), str):
-            return _json({"error": "the body must be an object with a string 'item_id'"}, 400)
-        return await run_in_threadpool(_submit, store, labeller_of(request), data, next_payload)
-
-    def undo_payload(labeller: Labeller) -> Response:
-        item_id = store.undo_last(labeller)
-        if item_id is None:
-            return _json({"error": "nothing to undo", "status": "nothing", **next_payload(labeller)}, 409)
-        # the undone item itself comes next (not the queue's pick), so it can be answered again
-        return _json({"status": "undone", "item": _item_view(store, labeller, store.item(item_id)),
-                      "progress": store.progress(labeller).as_dict()})
-
-    async def undo(request: Request) -> Response:
-        data = await _json_body(request)  # JSON only, like /api/label: keeps other sites' forms out
-        if isinstance(data, Response):
-            return data
-        return await run_in_threadpool(undo_payload, labeller_of(request))
-
+    api = LabellingApi(store)
     routes = [
-        Route("/login", login, methods=["GET"]),
+        Route("/login", _login, methods=["GET"]),
         Route("/", index, methods=["GET"]),
         Route("/app.js", script, methods=["GET"]),
         Route("/app.css", style, methods=["GET"]),
-        Route("/api/next", next_item, methods=["GET"]),
-        Route("/api/label", label, methods=["POST"]),
-        Route("/api/undo", undo, methods=["POST"]),
+        Route("/api/next", api.next_item, methods=["GET"]),
+        Route("/api/label", api.label, methods=["POST"]),
+        Route("/api/undo", api.undo, methods=["POST"]),
     ]
     app = Starlette(routes=routes)
     app.add_middleware(_RequireToken, store=store)
     return app
-
-
-async def _json_body(request: Request):
-    """The request's JSON body, or the error Response saying why there is none."""
-    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
-        return _json({"error": "send the body as JSON (Content-Type: application/json)"}, 415)
-    if int(request.headers.get("content-length") or 0) > MAX_BODY_BYTES:
-        return _json({"error": "request body too large"}, 413)
-    body = await request.body()
-    if len(body) > MAX_BODY_BYTES:
-        return _json({"error": "request body too large"}, 413)
-    try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return _json({"error": "the body is not valid JSON"}, 400)
-
-
-def _submit(store: LabelStore, labeller: Labeller, data: dict, next_payload) -> Response:
-    """Validate and store one answer (runs in a worker thread: the store blocks on SQLite)."""
-    item = store.item(data["item_id"])
-    if item is None:
-        return _json({"error": f"no item with id {data['item_id']!r}"}, 404)
-    shown = store.shown_order(labeller, item)
-    try:
-        answer = answer_from_display(data, shown)
-        status = store.submit(labeller, item.id, answer, shown)
-    except LabelConflict:
-        return _json({"error": "you already answered this item differently; the first answer is kept",
-                      "status": "conflict", **next_payload(labeller)}, 409)
-    except UnknownItem:
-        return _json({"error": f"no item with id {data['item_id']!r}"}, 404)
-    except ValueError as exc:
-        return _json({"error": str(exc)}, 400)
-    return _json({"status": status, **next_payload(labeller)}, 201 if status == "created" else 200)
-
-
-def _item_view(store: LabelStore, labeller: Labeller, item) -> dict:
-    shown = store.shown_order(labeller, item)
-    return {"id": item.id, "kind": item.kind, "prompt": item.prompt,
-            "responses": [item.responses[i] for i in shown]}
-
-
-def _json(payload: dict, status: int = 200) -> Response:
-    return JSONResponse(payload, status_code=status, headers=_SECURITY_HEADERS)
 
 
 # --- running it ---------------------------------------------------------------------------------

@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from alignlab.data.errors import DataError, Source
-from alignlab.data.formats import PromptLike, parse_preference_record
+from alignlab.data.examples import PromptLike
+from alignlab.data.fields import has_field
+from alignlab.data.preference_records import parse_preference_record
 from alignlab.data.readers import read_records
 
 
@@ -53,7 +55,7 @@ def load_label_items(path: str | Path) -> list[LabelItem]:
     for record, source in read_records(path):
         item = item_from_record(record, source)
         if item.id in seen:
-            what = "id" if _present(record, "id") else "responses"
+            what = "id" if has_field(record, "id") else "responses"
             detail = "the same id" if what == "id" else "the same prompt and responses"
             raise DataError(source, what, f"duplicate item: {detail} as {seen[item.id]}")
         seen[item.id] = source
@@ -63,7 +65,7 @@ def load_label_items(path: str | Path) -> list[LabelItem]:
 
 def item_from_record(record: dict, source: Source) -> LabelItem:
     """One item from one record, validated with alignlab's preference-record rules."""
-    if _present(record, "responses"):
+    if has_field(record, "responses"):
         responses = record["responses"]
         k = len(responses) if isinstance(responses, list) else 0
         # An identity ranking makes the preference parser check prompt and responses for us.
@@ -72,7 +74,7 @@ def item_from_record(record: dict, source: Source) -> LabelItem:
             clean.pop("prompt")
         example = parse_preference_record(clean, source)[0]
         prompt, texts = example.prompt, tuple(responses)
-    elif _present(record, "chosen") or _present(record, "rejected"):
+    elif has_field(record, "chosen") or has_field(record, "rejected"):
         clean = {k: record[k] for k in ("prompt", "chosen", "rejected") if k in record}
         example = parse_preference_record(clean, source)[0]
         prompt, texts = example.prompt, (example.chosen, example.rejected)
@@ -91,7 +93,7 @@ def content_id(prompt: PromptLike, responses: tuple[PromptLike, ...]) -> str:
 
 
 def _item_id(record: dict, source: Source, prompt: PromptLike, responses: tuple) -> str:
-    if not _present(record, "id"):
+    if not has_field(record, "id"):
         return content_id(prompt, responses)
     value = record["id"]
     if isinstance(value, bool) or not isinstance(value, (str, int)):
@@ -100,7 +102,3 @@ def _item_id(record: dict, source: Source, prompt: PromptLike, responses: tuple)
     if not text.strip():
         raise DataError(source, "id", "must not be empty")
     return text
-
-
-def _present(record: dict, name: str) -> bool:
-    return record.get(name) is not None

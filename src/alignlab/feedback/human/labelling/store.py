@@ -25,17 +25,14 @@ already there with different content is an error (its labels would otherwise be 
 from __future__ import annotations
 
 import json
-import secrets
-import sqlite3
-import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 from alignlab.data.errors import DataError, Source
 from alignlab.feedback.human.labelling.answers import Answer, display_order
+from alignlab.feedback.human.labelling.database import LabelDatabase
 from alignlab.feedback.human.labelling.items import LabelItem
 from alignlab.feedback.human.labelling.tokens import (
     check_name,
@@ -44,36 +41,6 @@ from alignlab.feedback.human.labelling.tokens import (
     new_token,
     read_token_file,
 )
-
-SCHEMA_VERSION = "1"
-
-_SCHEMA = [
-    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    """CREATE TABLE IF NOT EXISTS items (
-        id TEXT PRIMARY KEY,
-        position INTEGER NOT NULL UNIQUE,
-        k INTEGER NOT NULL CHECK (k >= 2),
-        payload TEXT NOT NULL,
-        source TEXT,
-        n_labels INTEGER NOT NULL DEFAULT 0)""",
-    "CREATE INDEX IF NOT EXISTS items_by_need ON items (n_labels, position)",
-    """CREATE TABLE IF NOT EXISTS labellers (
-        id INTEGER PRIMARY KEY,
-        name TEXT NOT NULL UNIQUE,
-        token_hash TEXT UNIQUE,
-        created_at REAL NOT NULL,
-        revoked_at REAL)""",
-    """CREATE TABLE IF NOT EXISTS labels (
-        id INTEGER PRIMARY KEY,
-        item_id TEXT NOT NULL REFERENCES items(id),
-        labeller_id INTEGER NOT NULL REFERENCES labellers(id),
-        outcome TEXT NOT NULL CHECK (outcome IN ('ranked', 'tie', 'skip')),
-        ranking TEXT,
-        shown_order TEXT NOT NULL,
-        created_at REAL NOT NULL,
-        UNIQUE (item_id, labeller_id))""",
-    "CREATE INDEX IF NOT EXISTS labels_by_labeller ON labels (labeller_id)",
-]
 
 
 @dataclass(frozen=True)
@@ -126,10 +93,8 @@ class UnknownItem(KeyError):
 
 
 class LabelStore:
-    """The SQLite database of one labelling job. Safe to share between threads.
+    """The SQLite database of one labelling job. Safe to share between threads (see `LabelDatabase`).
 
-    One connection guarded by a lock: SQLite allows one writer at a time anyway, every operation
-    here takes well under a millisecond, and people label at a few answers a second at most.
     Other processes (e.g. `alignlab label tokens` or an export while serving) may open the same
     file at the same time. Items never change once stored, so they are also kept in memory.
     """
@@ -139,63 +104,18 @@ class LabelStore:
             raise ValueError(f"synchronous must be 'NORMAL' or 'FULL' (got {synchronous!r})")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.RLock()
         self._items: dict[str, LabelItem] = {}
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
-        try:
-            version = self._set_up(synchronous)
-        except BaseException as exc:
-            self._db.close()
-            if isinstance(exc, sqlite3.DatabaseError):  # e.g. the DATA file given as the database
-                raise RuntimeError(f"{self.path}: not a usable labelling database ({exc})") from None
-            raise
-        if version != SCHEMA_VERSION:
-            raise RuntimeError(f"{self.path}: labelling database version {version}, expected {SCHEMA_VERSION}")
-        self.salt = self._read("SELECT value FROM meta WHERE key='salt'")[0][0]
-
-    # --- plumbing -------------------------------------------------------------------------
-
-    def _set_up(self, synchronous: str) -> str:
-        """Settings of the connection, and the tables (created when missing); returns the schema version."""
-        mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if mode.lower() != "wal":
-            raise RuntimeError(f"{self.path}: SQLite could not switch to WAL mode (got {mode!r})")
-        self._db.execute(f"PRAGMA synchronous={synchronous}")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.execute("PRAGMA busy_timeout=30000")
-        with self._write() as db:
-            for statement in _SCHEMA:
-                db.execute(statement)
-            db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
-            db.execute("INSERT OR IGNORE INTO meta VALUES ('salt', ?)", (secrets.token_hex(16),))
-            return db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
+        self._db = LabelDatabase(self.path, synchronous)
+        self.salt = self._db.read("SELECT value FROM meta WHERE key='salt'")[0][0]
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._db.close()
 
     def __enter__(self) -> "LabelStore":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction; IMMEDIATE takes the write lock up front (no upgrade deadlocks)."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-
-    def _read(self, sql: str, args: tuple = ()) -> list[tuple]:
-        """One statement, one consistent snapshot."""
-        with self._lock:
-            return self._db.execute(sql, args).fetchall()
 
     # --- items ----------------------------------------------------------------------------
 
@@ -206,7 +126,7 @@ class LabelStore:
         is a DataError naming the item's line.
         """
         added = 0
-        with self._write() as db:
+        with self._db.write() as db:
             (next_position,) = db.execute("SELECT COALESCE(MAX(position), 0) + 1 FROM items").fetchone()
             for item in items:
                 payload = _dumps(item.payload())
@@ -230,18 +150,18 @@ class LabelStore:
     def item(self, item_id: str) -> LabelItem | None:
         item = self._items.get(item_id)
         if item is None:
-            rows = self._read("SELECT id, payload FROM items WHERE id=?", (item_id,))
+            rows = self._db.read("SELECT id, payload FROM items WHERE id=?", (item_id,))
             if not rows:
                 return None
             item = self._items[item_id] = _item(*rows[0])
         return item
 
     def count_items(self) -> int:
-        return self._read("SELECT COUNT(*) FROM items")[0][0]
+        return self._db.read("SELECT COUNT(*) FROM items")[0][0]
 
     def next_item(self, labeller: Labeller) -> LabelItem | None:
         """The item this labeller should see next (see the module docstring), or None when done."""
-        rows = self._read(
+        rows = self._db.read(
             """SELECT i.id FROM items i
                WHERE NOT EXISTS (SELECT 1 FROM labels l WHERE l.item_id = i.id AND l.labeller_id = ?)
                ORDER BY i.n_labels, i.position LIMIT 1""",
@@ -259,7 +179,7 @@ class LabelStore:
         """Register a labeller; returns the token (a new random one unless given). Only its hash is kept."""
         check_name(name)
         token = new_token() if token is None else check_token(token)
-        with self._write() as db:
+        with self._db.write() as db:
             self._insert_labeller(db, name, token)
         return token
 
@@ -271,7 +191,7 @@ class LabelStore:
         """
         entries = read_token_file(path)
         added = []
-        with self._write() as db:
+        with self._db.write() as db:
             for name, token, source in entries:
                 row = db.execute("SELECT token_hash FROM labellers WHERE name=?", (name,)).fetchone()
                 if row is not None:
@@ -295,7 +215,7 @@ class LabelStore:
     def rotate_token(self, name: str) -> str:
         """A new token for an existing labeller (the old one stops working; labels are kept)."""
         token = new_token()
-        with self._write() as db:
+        with self._db.write() as db:
             cursor = db.execute("UPDATE labellers SET token_hash=?, revoked_at=NULL WHERE name=?",
                                 (hash_token(token), name))
             if cursor.rowcount == 0:
@@ -304,7 +224,7 @@ class LabelStore:
 
     def revoke(self, name: str) -> None:
         """Stop a labeller's token from working; their labels stay in the database and the export."""
-        with self._write() as db:
+        with self._db.write() as db:
             cursor = db.execute("UPDATE labellers SET token_hash=NULL, revoked_at=? WHERE name=?",
                                 (time.time(), name))
             if cursor.rowcount == 0:
@@ -314,12 +234,12 @@ class LabelStore:
         """The active labeller holding `token`, or None."""
         if not token:
             return None
-        rows = self._read("SELECT id, name FROM labellers WHERE token_hash=? AND revoked_at IS NULL",
-                          (hash_token(token),))
+        rows = self._db.read("SELECT id, name FROM labellers WHERE token_hash=? AND revoked_at IS NULL",
+                             (hash_token(token),))
         return Labeller(*rows[0]) if rows else None
 
     def labellers(self) -> list[LabellerInfo]:
-        rows = self._read(
+        rows = self._db.read(
             """SELECT p.name, p.revoked_at IS NULL, COUNT(l.id) FROM labellers p
                LEFT JOIN labels l ON l.labeller_id = p.id GROUP BY p.id ORDER BY p.name"""
         )
@@ -333,7 +253,7 @@ class LabelStore:
         Raises UnknownItem, ValueError (the answer does not fit the item) or LabelConflict.
         `shown` is the display order the labeller saw (default: their order for this item).
         """
-        with self._write() as db:
+        with self._db.write() as db:
             row = db.execute("SELECT k FROM items WHERE id=?", (item_id,)).fetchone()
             if row is None:
                 raise UnknownItem(item_id)
@@ -360,7 +280,7 @@ class LabelStore:
     def undo_last(self, labeller: Labeller) -> str | None:
         """Delete this labeller's most recent label (one transaction); returns its item id, or None
         when they have none. The item becomes unanswered for them, so it is shown again."""
-        with self._write() as db:
+        with self._db.write() as db:
             row = db.execute(  # labels.id grows with each insert: the largest is the latest
                 "SELECT id, item_id, outcome FROM labels WHERE labeller_id=? ORDER BY id DESC LIMIT 1",
                 (labeller.id,),
@@ -374,7 +294,7 @@ class LabelStore:
         return item_id
 
     def progress(self, labeller: Labeller) -> Progress:
-        done, skipped, total = self._read(
+        done, skipped, total = self._db.read(
             """SELECT COALESCE(SUM(outcome != 'skip'), 0), COALESCE(SUM(outcome = 'skip'), 0),
                       (SELECT COUNT(*) FROM items)
                FROM labels WHERE labeller_id = ?""",
@@ -383,11 +303,11 @@ class LabelStore:
         return Progress(done, skipped, total)
 
     def count_labels(self) -> int:
-        return self._read("SELECT COUNT(*) FROM labels")[0][0]
+        return self._db.read("SELECT COUNT(*) FROM labels")[0][0]
 
     def labels(self) -> list[LabelRecord]:
         """Every stored label with its item, in file order of the items, then in order of arrival."""
-        rows = self._read(
+        rows = self._db.read(
             """SELECT i.id, i.payload, p.name, l.outcome, l.ranking, l.shown_order, l.created_at
                FROM labels l JOIN items i ON i.id = l.item_id JOIN labellers p ON p.id = l.labeller_id
                ORDER BY i.position, l.id"""
