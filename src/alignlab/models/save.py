@@ -40,7 +40,8 @@ def _sync_special_token_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase
 
 
 def save_pretrained_atomic(
-    model: nn.Module, tokenizer: PreTrainedTokenizerBase | None, out_dir: str | Path
+    model: nn.Module, tokenizer: PreTrainedTokenizerBase | None, out_dir: str | Path,
+    state_dict: dict | None = None,
 ) -> Path:
     """Save `model` and `tokenizer` to `out_dir` so that a kill never leaves a half-written model.
 
@@ -49,7 +50,8 @@ def save_pretrained_atomic(
     between those two renames leaves no `out_dir` (and the old one under a hidden `.<name>.old-*`
     name), never a mixture. LoRA models are merged first (on a copy; the given model stays
     trainable), so the result loads with plain transformers and no peft. Weights are safetensors.
-    Missing pad/eos ids are filled in from the tokenizer (on the model being saved).
+    Missing pad/eos ids are filled in from the tokenizer (on the model being saved). `state_dict`
+    replaces the model's own weights (a sharded model's, gathered).
     """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -58,7 +60,7 @@ def save_pretrained_atomic(
 
     temp_dir = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
     try:
-        to_save.save_pretrained(temp_dir)
+        to_save.save_pretrained(temp_dir, **({"state_dict": state_dict} if state_dict is not None else {}))
         if tokenizer is not None:
             tokenizer.save_pretrained(temp_dir)
         os.chmod(temp_dir, 0o755)  # mkdtemp makes it private; a model directory is an ordinary one

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.distributed.fsdp import FSDPModule
 
 from alignlab.ops.forward_args import is_prompt_learning, takes, unwrapped
 from alignlab.ops.selective import selective_log_softmax
@@ -75,12 +76,14 @@ def _can_share_prefixes(model) -> bool:
     """Whether the prompt-once route applies: a transformers causal LM (bare or under LoRA) with
     eager or SDPA attention over full (not sliding-window) layers, which returns its KV cache
     here. Not under gradient checkpointing (transformers turns the cache off in training then),
-    nor prompt-learning PEFT (its virtual tokens live in the cache). Other kernels (flash
+    nor FSDP, nor prompt-learning PEFT (its virtual tokens live in the cache). Other kernels (flash
     attention's unpadded batches) and sliding windows (a cache that drops old positions) are not
     verified with a masked gap between prompt and tail, so they take the one-pass route."""
     if not _takes_logits_to_keep(model):
         return False
     if is_prompt_learning(model):
+        return False
+    if isinstance(model, FSDPModule):  # two forwards of a sharded block before one backward free its gathered weights
         return False
     inner = unwrapped(model)
     # transformers 5 renamed the flag (the old name warns); older versions have only the old one

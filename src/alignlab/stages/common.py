@@ -110,6 +110,18 @@ def file_fingerprint(path: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
+def save_trained_model(model, tokenizer, path: Path, dist: Dist) -> None:
+    """The trained model in HF format, written by process 0; every process calls it, since a sharded
+    (FSDP) model's weights are gathered from all of them first."""
+    from alignlab.models import save_pretrained_atomic
+    from alignlab.train.sharding import full_state_dict, is_sharded
+
+    state = full_state_dict(model) if is_sharded(model) else None
+    if dist.is_main:
+        save_pretrained_atomic(model, tokenizer, path, state_dict=state)
+    barrier(dist)
+
+
 def finish(out: Path, config: BaseModel, metrics: dict, dist: Dist = Dist()) -> dict:
     """Write metrics.json, then done.json (the stage's completion mark), then drop the checkpoints."""
     if dist.is_main:

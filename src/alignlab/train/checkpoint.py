@@ -23,8 +23,11 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 
 from alignlab.files import write_text_atomic
 from alignlab.models.lora import is_lora
+from alignlab.train.distributed import Dist, barrier
+from alignlab.train.sharding import is_sharded, load_shards, save_shards
 
 LATEST = "latest"
+SHARDS = "sharded"  # a sharded model's weights and optimizer state, one file per process
 
 
 def rng_state() -> dict[str, Any]:
@@ -51,31 +54,48 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def save_checkpoint(
     root: Path, step: int, model: torch.nn.Module, optimizer, scheduler, meta: dict,
     extra_modules: dict[str, torch.nn.Module] | None = None, keep: int = 1, with_optimizer: bool = True,
+    dist: Dist = Dist(),
 ) -> Path:
     """Write checkpoint `step` under `root`, point `latest` at it, and prune older ones.
 
-    `with_optimizer=False` leaves out the optimizer's state (AdamW's is twice the weights): the
-    end-of-training checkpoint needs none, since nothing resumes training from it."""
-    root.mkdir(parents=True, exist_ok=True)
+    Called by every process: process 0 writes (every replica holds the same state), except a
+    sharded (FSDP) model's weights and optimizer state, which each process writes its part of into
+    `sharded/` first. `with_optimizer=False` leaves out the optimizer's state (AdamW's is twice the
+    weights): the end-of-training checkpoint needs none, since nothing resumes training from it."""
     name = f"step-{step:06d}"
     tmp = root / f".tmp-{name}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_weights(model, tmp / "model.safetensors")
+    if dist.is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    sharded = is_sharded(model)
+    if sharded:
+        barrier(dist)
+        save_shards(tmp / SHARDS, model, optimizer if with_optimizer else None)
+    if dist.is_main:
+        _write_replicated(tmp, model, optimizer, scheduler, extra_modules, with_optimizer, sharded)
+        write_text_atomic(tmp / "meta.json", json.dumps({"step": step, **meta}, indent=1))
+        final = root / name
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        write_text_atomic(root / LATEST, name)
+        for old in sorted(p for p in root.glob("step-*") if p.name != name)[: max(0, _count(root) - keep)]:
+            shutil.rmtree(old, ignore_errors=True)
+    barrier(dist)
+    return root / name
+
+
+
+def _write_replicated(tmp: Path, model, optimizer, scheduler, extra_modules, with_optimizer: bool, sharded: bool) -> None:
+    """What every process holds alike: whole weights (unless sharded), extras, schedule, RNG, optimizer."""
+    if not sharded:
+        save_weights(model, tmp / "model.safetensors")
     for part, module in (extra_modules or {}).items():
         save_weights(module, tmp / f"{part}.safetensors")
-    state = {"scheduler": scheduler.state_dict(), "rng": rng_state()}
-    if with_optimizer:
+    state = {"scheduler": scheduler.state_dict(), "rng": rng_state(), "sharded_optimizer": sharded and with_optimizer}
+    if with_optimizer and not sharded:
         state["optimizer"] = optimizer.state_dict()
     torch.save(state, tmp / "trainer_state.pt")
-    write_text_atomic(tmp / "meta.json", json.dumps({"step": step, **meta}, indent=1))
-    final = root / name
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    write_text_atomic(root / LATEST, name)
-    for old in sorted(p for p in root.glob("step-*") if p.name != name)[: max(0, _count(root) - keep)]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 TRAINABLE_ONLY = "trainable-only"
@@ -156,10 +176,14 @@ def latest_checkpoint(root: Path) -> Path | None:
 def load_checkpoint(
     path: Path, model: torch.nn.Module, optimizer, scheduler, extra_modules: dict[str, torch.nn.Module] | None = None
 ) -> dict:
-    """Restore everything saved by `save_checkpoint`; returns its meta (with `step`)."""
-    for name, module in {"model": model, **(extra_modules or {})}.items():
-        load_weights(module, path / f"{name}.safetensors")
+    """Restore everything saved by `save_checkpoint` (every process calls it); returns its meta (with `step`)."""
     state = torch.load(path / "trainer_state.pt", weights_only=True)
+    if is_sharded(model):
+        load_shards(path / SHARDS, model, optimizer if state.get("sharded_optimizer") else None)
+    else:
+        load_weights(model, path / "model.safetensors")
+    for name, module in (extra_modules or {}).items():
+        load_weights(module, path / f"{name}.safetensors")
     if "optimizer" in state:  # absent from the end-of-training checkpoint
         optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

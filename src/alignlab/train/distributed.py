@@ -43,6 +43,13 @@ def all_reduce_sum(value: torch.Tensor, d: Dist) -> torch.Tensor:
     return value
 
 
+def all_reduce_max(value: torch.Tensor, d: Dist) -> torch.Tensor:
+    if d.enabled:
+        value = value.clone()
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return value
+
+
 def all_gather_objects(obj, d: Dist) -> list:
     """Every process's `obj` (picklable), in rank order; `[obj]` for one process."""
     if not d.enabled:

@@ -23,20 +23,23 @@ from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
+from torch.distributed.tensor import DTensor
 from torch.optim.lr_scheduler import LambdaLR
 
+from alignlab.models.lora import is_lora
 from alignlab.train.activations import use_gradient_checkpointing
 from alignlab.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from alignlab.train.distributed import (
     Dist,
     all_gather_objects,
     all_reduce_gradients,
+    all_reduce_max,
     all_reduce_sum,
-    barrier,
     broadcast_parameters,
 )
 from alignlab.train.optim import make_optimizer
 from alignlab.train.schedule import make_scheduler
+from alignlab.train.sharding import clip_grad_norm, is_sharded, shard
 from alignlab.train.settings import OnlineSettings, TrainSettings
 
 Batch = dict[str, Tensor]
@@ -91,6 +94,11 @@ class TrainState:
         trainable = [p for m in (model, *extras.values()) for p in m.parameters() if p.requires_grad]
         broadcast_parameters(trainable, dist)  # frozen weights: the same files everywhere
         use_gradient_checkpointing(model, settings.gradient_checkpointing)
+        if settings.parallel == "fsdp" and dist.enabled:
+            _check_shardable(model, extras, name)
+            bf16 = settings.precision == "bf16" and device.type == "cuda"
+            shard(model, param_dtype=torch.bfloat16 if bf16 else None, cpu_offload=settings.cpu_offload)
+            trainable = [p for p in model.parameters() if p.requires_grad]  # now the process's shards
         optimizer = make_optimizer(trainable, settings)
         scheduler = make_scheduler(optimizer, total_steps, warmup_steps, settings.schedule)
         return cls(model, optimizer, scheduler, out_dir, key, settings, extras, stateful or {}, dist, device, name,
@@ -119,27 +127,30 @@ class TrainState:
         return meta
 
     def save(self, step: int, meta: dict, *, final: bool) -> None:
-        """Process 0 writes (every replica holds the same state); the others wait for it. The final
-        checkpoint leaves out the optimizer's state: nothing resumes training from it."""
-        if self.dist.is_main:
-            meta = {"key": self.key, **meta, "state": {part: obj.state_dict() for part, obj in self.stateful.items()}}
-            save_checkpoint(self.checkpoints, step, self.model, self.optimizer, self.scheduler, meta, self.extras,
-                            with_optimizer=not final)
-        barrier(self.dist)
+        """Every process calls it: process 0 writes what all hold alike, each its shards when sharded.
+        The final checkpoint leaves out the optimizer's state: nothing resumes training from it."""
+        meta = {"key": self.key, **meta, "state": {part: obj.state_dict() for part, obj in self.stateful.items()}}
+        save_checkpoint(self.checkpoints, step, self.model, self.optimizer, self.scheduler, meta, self.extras,
+                        with_optimizer=not final, dist=self.dist)
 
 
 def optimizer_step(state: TrainState, micro_batches: list[Batch], weights: list[Tensor], part_loss: PartLoss, *,
-                   where: str, hint: str) -> tuple[dict[str, Tensor], Tensor]:
+                   where: str, hint: str, spare: Callable[[], Batch] | None = None) -> tuple[dict[str, Tensor], Tensor]:
     """One update from this process's micro-batches; returns the step's figures over every process
     (the loss and each metric, weighted by the micro-batches' shares) and the gradient norm.
 
     `weights[i]` is micro-batch i's size in the units its loss averages over (tokens, pairs,
     samples); the normaliser is their sum over the processes, so the micro-batch size and the
     process count change memory, never the update. `where` and `hint` finish the error a non-finite
-    loss raises ("at step 12", "Lower the learning rate or check the data.")."""
+    loss raises ("at step 12", "Lower the learning rate or check the data.").
+
+    A sharded model needs every process to run as many forwards as the others: one short of
+    micro-batches runs zero-weighted passes, on its first micro-batch or on `spare()` when it has none."""
     dist, s = state.dist, state.settings
     local = torch.stack(weights).sum() if weights else torch.zeros((), device=state.device)  # nccl reduces on the GPU
     normaliser = all_reduce_sum(local, dist).clamp_min(1e-12)
+    # counted before any forward: every process must reach this collective before the first all-gather
+    most = int(all_reduce_max(torch.tensor(len(micro_batches), device=state.device), dist)) if is_sharded(state.model) else 0
     totals: dict[str, Tensor] = {}
     for batch, weight in zip(micro_batches, weights):
         share = weight / normaliser
@@ -150,10 +161,11 @@ def optimizer_step(state: TrainState, micro_batches: list[Batch], weights: list[
         for k, v in metrics.items():
             if k != "loss":  # the objective is counted just above
                 totals[k] = totals.get(k, 0) + v.detach().float() * share
+    _zero_weighted_passes(state, most - len(micro_batches), micro_batches, part_loss, normaliser, spare)
     params = state.trainable
-    all_reduce_gradients(params, dist)
+    all_reduce_gradients([p for p in params if not isinstance(p, DTensor)], dist)  # shards were reduced in backward
     totals = _sum_over_processes(totals, dist)
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm) if s.max_grad_norm else torch.zeros(())
+    grad_norm = _clip(state, params, s.max_grad_norm)
     loss = totals.get("loss", torch.zeros(()))
     if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
         raise NonFiniteLossError(f"{state.name}: the loss became {loss.item()} (grad norm {grad_norm.item()}) at {where}; "
@@ -162,6 +174,35 @@ def optimizer_step(state: TrainState, micro_batches: list[Batch], weights: list[
     state.scheduler.step()
     state.optimizer.zero_grad(set_to_none=True)
     return totals, grad_norm
+
+
+def _zero_weighted_passes(state: TrainState, count: int, micro_batches: list[Batch], part_loss: PartLoss,
+                          normaliser: Tensor, spare: Callable[[], Batch] | None) -> None:
+    """`count` forwards and backwards that add nothing, so this process joins the others' collectives."""
+    for _ in range(count):
+        batch = micro_batches[0] if micro_batches else spare() if spare is not None else None
+        if batch is None:
+            raise RuntimeError(f"{state.name}: a sharded step needs a batch on every process")
+        with state.autocast():
+            part, _ = part_loss(batch, normaliser)
+        (part * 0.0).backward()
+
+
+def _clip(state: TrainState, params: list[nn.Parameter], max_norm: float | None) -> Tensor:
+    if not max_norm:
+        return torch.zeros(())
+    if is_sharded(state.model):
+        return clip_grad_norm(params, max_norm)
+    return torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+
+def _check_shardable(model: nn.Module, extras: dict[str, nn.Module], name: str) -> None:
+    """What FSDP does not cover here yet, refused before any work (not a hang or a wrong result later)."""
+    if is_lora(model):
+        raise ValueError(f"{name}: train.parallel fsdp with LoRA is not supported yet; use train.parallel ddp")
+    if extras:
+        raise ValueError(f"{name}: train.parallel fsdp cannot yet shard the modules trained or synced beside the "
+                         f"model ({', '.join(extras)}); use train.parallel ddp")
 
 
 def _sum_over_processes(totals: dict[str, Tensor], dist: Dist) -> dict[str, Tensor]:

@@ -32,6 +32,7 @@ from alignlab.train.engine import (
     run_key,
 )
 from alignlab.train.progress import RunLog
+from alignlab.train.sharding import is_sharded
 from alignlab.train.settings import TrainSettings
 
 __all__ = ["Batch", "NonFiniteLossError", "ResumeMismatchError", "StepFns", "train"]
@@ -99,6 +100,9 @@ def train(
     s = settings
     if not lengths:
         raise ValueError(f"{name}: no training examples")
+    if s.parallel == "fsdp" and dist.enabled and fns.prepare is not None:
+        raise ValueError(f"{name}: train.parallel fsdp cannot yet run a step that uses the model outside its "
+                         "micro-batches (KTO's reference point); use train.parallel ddp")
     plan = OfflinePlan(lengths, s)
     total = plan.total
     state = TrainState.create(model, s, total_steps=total, warmup_steps=plan.warmup, out_dir=out_dir,
@@ -173,20 +177,27 @@ def _step(state: TrainState, fns: StepFns, everyone: list[int], step: int):
     if fns.prepare is not None:
         fns.prepare(state.model, everyone, mine, dist)
     micro = state.settings.micro_batch_size or state.settings.batch_size
-    batches = [{k: v.to(device) for k, v in fns.make_batch(mine[i : i + micro]).items()}
-               for i in range(0, len(mine), micro)]
+
+    def batch_of(indices: list[int]) -> Batch:
+        return {k: v.to(device) for k, v in fns.make_batch(indices).items()}
+
+    batches = [batch_of(mine[i : i + micro]) for i in range(0, len(mine), micro)]
     weights = [fns.weight(b).to(device=device, dtype=torch.float32) for b in batches]
     return optimizer_step(state, batches, weights, lambda batch, normaliser: fns.loss(state.model, batch, normaliser),
-                          where=f"step {step + 1}", hint="Lower the learning rate or check the data.")
+                          where=f"step {step + 1}", hint="Lower the learning rate or check the data.",
+                          spare=lambda: batch_of(everyone[:1]))
 
 
 def _evaluate(model: nn.Module, eval_fn, log: RunLog, step: int, dist: Dist) -> dict:
+    """Process 0 evaluates while the others wait; a sharded model's forward is a collective, so there
+    every process evaluates the same examples (the same figures) and process 0 logs them."""
     figures: dict = {}
-    if dist.is_main:
+    if dist.is_main or is_sharded(model):
         model.eval()
         with torch.no_grad():
             figures = eval_fn(model)
         model.train()
+    if dist.is_main:
         log.write({"step": step, **{f"eval/{k}": v for k, v in figures.items()}})
     barrier(dist)
     return figures

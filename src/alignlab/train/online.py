@@ -110,7 +110,7 @@ def run_online(
     With `settings.snapshot_every`, `save_snapshot(dir)` writes the policy to
     `snapshots/iter-NNNNN` (the overoptimisation view evaluates them)."""
     s = settings
-    _check_divisible(s, dist, name)
+    _check_parallel(s, dist, name)
     total_steps = s.iterations * s.update_epochs * math.ceil(expected_samples / s.minibatch_size)
     state = TrainState.create(policy, s, total_steps=total_steps, warmup_steps=int(s.warmup_ratio * total_steps),
                               out_dir=out_dir, key=run_key(s, data_key), extras=extra_modules, stateful=stage.state,
@@ -238,7 +238,10 @@ def _count(experience: Experience) -> int:
     return len(next(iter(experience.values()))) if experience else 0
 
 
-def _check_divisible(s: OnlineSettings, dist: Dist, name: str) -> None:
+def _check_parallel(s: OnlineSettings, dist: Dist, name: str) -> None:
+    if s.parallel == "fsdp" and dist.enabled:
+        raise ValueError(f"{name}: train.parallel fsdp is not supported by the online stages yet (sampling with a "
+                         "sharded policy needs every process in step); use train.parallel ddp")
     for key in ("prompts_per_iteration", "minibatch_size"):
         value = getattr(s, key)
         if value % dist.world_size:

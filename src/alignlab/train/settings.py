@@ -35,6 +35,11 @@ class RunSettings(SeedSettings):
 
     precision: Literal["fp32", "bf16"] = "fp32"
     device: str = "auto"
+    parallel: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="with several processes (torchrun): ddp keeps the whole model on each and sums the "
+        "gradients; fsdp (FSDP2) shards weights, gradients and optimizer state block by block")
+    cpu_offload: bool = Field(False, description="fsdp only: keep the sharded weights and optimizer state in CPU "
+                              "memory (less GPU memory, slower steps)")
     log_every: int = Field(1, gt=0)
     gradient_checkpointing: bool = Field(
         False, description="recompute activations in the backward pass: less memory, about one more forward"

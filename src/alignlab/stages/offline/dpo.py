@@ -35,7 +35,6 @@ from alignlab.models import (
     resolve_max_length,
     load_tokenizer,
     model_fingerprint,
-    save_pretrained_atomic,
 )
 from alignlab.ops import sequence_logps, token_logps
 from alignlab.stages.blocks import HeldOutSettings, PolicySettings
@@ -48,6 +47,7 @@ from alignlab.stages.common import (
     mean_over_batches,
     per_normaliser,
     runtime,
+    save_trained_model,
     seed_everything,
 )
 from alignlab.stages.offline.pairs import (
@@ -196,8 +196,7 @@ def run(cfg: DPOConfig, out: Path) -> dict:
         )) if eval_pairs else None,
         after_step=sync, extra_modules={"reference": live_ref.model} if sync else None,
     )
-    if dist.is_main:
-        save_pretrained_atomic(model, tokenizer, out / "model")
+    save_trained_model(model, tokenizer, out / "model", dist)
     return finish(out, cfg, {"data": stats, "train_pairs": len(pairs), "eval_pairs": len(eval_pairs),
                              "objective": cfg.terms, "reference": cfg.reference, **result}, dist)
 

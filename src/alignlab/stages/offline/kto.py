@@ -21,7 +21,7 @@ from alignlab.data.collate import pad_rows
 from alignlab.data.tokenize import TokenizedRow, tokenize_example
 from alignlab.data.unpaired import UnpairedExample, load_unpaired
 from alignlab.losses.kto import kto_loss, kto_reference_point, kto_weight_ratio_ok
-from alignlab.models import load_tokenizer, resolve_max_length, save_pretrained_atomic
+from alignlab.models import load_tokenizer, resolve_max_length
 from alignlab.ops import sequence_logps, token_logps
 from alignlab.stages.blocks import EvalDataSettings, PolicySettings
 from alignlab.stages.common import (
@@ -32,6 +32,7 @@ from alignlab.stages.common import (
     mean_over_batches,
     per_normaliser,
     runtime,
+    save_trained_model,
     seed_everything,
 )
 from alignlab.train import StepFns, TrainSettings, train
@@ -180,6 +181,5 @@ def run(cfg: KTOConfig, out: Path) -> dict:
             m, len(eval_rows), lambda idx: kto_batch(eval_rows, eval_labels, idx, pad, max_length), compute,
         )) if eval_rows else None,
     )
-    if dist.is_main:
-        save_pretrained_atomic(model, tokenizer, out / "model")
+    save_trained_model(model, tokenizer, out / "model", dist)
     return finish(out, cfg, {"examples": len(rows), "desirable": n_good, **result}, dist)

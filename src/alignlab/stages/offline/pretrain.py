@@ -15,13 +15,13 @@ from alignlab.data.errors import Source
 from alignlab.data.examples import SFTExample
 from alignlab.data.formats import load_sft
 from alignlab.data.tokenize import tokenize_sft
-from alignlab.models import save_pretrained_atomic
 from alignlab.models.build import new_causal_lm, train_bpe_tokenizer
 from alignlab.stages.common import (
     StageConfig,
     config_hash,
     finish,
     runtime,
+    save_trained_model,
     seed_everything,
 )
 from alignlab.stages.offline.sft import sft_step_fns
@@ -71,6 +71,5 @@ def run(cfg: PretrainConfig, out: Path) -> dict:
         model, [len(r) for r in rows], sft_step_fns(rows, tokenizer.pad_token_id), cfg.train, out,
         device=device, dist=dist, data_key=config_hash(cfg), name="pretrain",
     )
-    if dist.is_main:
-        save_pretrained_atomic(model, tokenizer, out / "model")
+    save_trained_model(model, tokenizer, out / "model", dist)
     return finish(out, cfg, {"data": stats, "parameters": model.num_parameters(), **result}, dist)

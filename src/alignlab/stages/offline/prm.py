@@ -26,13 +26,14 @@ from alignlab.data.stepwise import (
     tokenize_stepwise,
 )
 from alignlab.losses.prm import prm_loss
-from alignlab.models import load_tokenizer, resolve_max_length, save_pretrained_atomic
+from alignlab.models import load_tokenizer, resolve_max_length
 from alignlab.models.value import load_critic
 from alignlab.stages.blocks import DtypeSettings, HeldOutSettings, MaxLengthSettings, ModelSettings
 from alignlab.stages.common import (
     file_fingerprint,
     finish,
     runtime,
+    save_trained_model,
     seed_everything,
 )
 from alignlab.train import StepFns, TrainSettings, train
@@ -145,8 +146,7 @@ def run(cfg: PRMConfig, out: Path) -> dict:
         device=device, dist=dist, data_key=file_fingerprint(cfg.data), name="prm",
         eval_fn=eval_prm(eval_rows, pad, cfg.last_only) if eval_rows else None,
     )
-    if dist.is_main:
-        save_pretrained_atomic(model, tokenizer, out / "model")
+    save_trained_model(model, tokenizer, out / "model", dist)
     metrics = {"data": stats, "eval_data": eval_stats, "train_examples": len(rows),
                "eval_examples": len(eval_rows), **result}
     return finish(out, cfg, metrics, dist)

@@ -18,7 +18,6 @@ from alignlab.models import (
     load_reward_model,
     load_tokenizer,
     reward_scores,
-    save_pretrained_atomic,
 )
 from alignlab.stages.blocks import HeldOutSettings, PolicySettings
 from alignlab.stages.common import (
@@ -27,6 +26,7 @@ from alignlab.stages.common import (
     mean_over_batches,
     per_normaliser,
     runtime,
+    save_trained_model,
     seed_everything,
 )
 from alignlab.stages.offline.pairs import labels_of, load_pair_splits, pair_batch, pair_lengths
@@ -85,6 +85,5 @@ def run(cfg: RewardModelConfig, out: Path) -> dict:
             m, len(eval_pairs), lambda idx: pair_batch(eval_pairs, idx, pad, eval_extras), compute,
         ), "pairs": len(eval_pairs)}) if eval_pairs else None,
     )
-    if dist.is_main:
-        save_pretrained_atomic(model, tokenizer, out / "model")
+    save_trained_model(model, tokenizer, out / "model", dist)
     return finish(out, cfg, {"data": stats, "train_pairs": len(pairs), "eval_pairs": len(eval_pairs), **result}, dist)

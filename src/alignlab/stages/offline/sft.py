@@ -12,7 +12,7 @@ from alignlab.data.collate import pad_rows
 from alignlab.data.formats import load_sft
 from alignlab.data.tokenize import TokenizedRow, tokenize_sft
 from alignlab.losses import sft_loss
-from alignlab.models import load_tokenizer, resolve_max_length, save_pretrained_atomic
+from alignlab.models import load_tokenizer, resolve_max_length
 from alignlab.ops import token_logps
 from alignlab.stages.blocks import EvalDataSettings, PolicySettings
 from alignlab.stages.common import (
@@ -20,6 +20,7 @@ from alignlab.stages.common import (
     finish,
     load_policy,
     runtime,
+    save_trained_model,
     seed_everything,
 )
 from alignlab.train import StepFns, TrainSettings, train
@@ -79,6 +80,5 @@ def run(cfg: SFTConfig, out: Path) -> dict:
         device=device, dist=dist, data_key=file_fingerprint(cfg.data), name="sft",
         eval_fn=eval_nll(eval_rows, tokenizer.pad_token_id) if eval_rows else None,
     )
-    if dist.is_main:
-        save_pretrained_atomic(model, tokenizer, out / "model")
+    save_trained_model(model, tokenizer, out / "model", dist)
     return finish(out, cfg, {"data": stats, **result}, dist)

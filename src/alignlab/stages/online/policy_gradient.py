@@ -28,6 +28,7 @@ from alignlab.stages.blocks import AdapterSettings
 from alignlab.stages.common import (
     file_fingerprint,
     finish,
+    save_trained_model,
 )
 from alignlab.stages.online.common import (
     OnlineConfig,
@@ -118,6 +119,5 @@ def run_group(cfg: GroupConfig, out: Path, algorithm: GroupAlgorithm) -> dict:
     result = run_online(policy, stage, settings, out, device=device, expected_samples=samples,
                         data_key=file_fingerprint(cfg.prompts), name=algorithm.name,
                         save_snapshot=lambda d: save_pretrained_atomic(policy, tokenizer, d), dist=job.dist)
-    if job.dist.is_main:
-        save_pretrained_atomic(policy, tokenizer, out / "model")
+    save_trained_model(policy, tokenizer, out / "model", job.dist)
     return finish(out, cfg, {"prompts": len(job.prompt_ids), "samples_per_iteration": samples, **result}, job.dist)

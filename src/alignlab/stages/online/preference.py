@@ -41,7 +41,7 @@ from alignlab.losses.preference import (
 from alignlab.models import save_pretrained_atomic
 from alignlab.ops import masked_sum, sequence_logps, token_logps
 from alignlab.stages.blocks import AdapterSettings
-from alignlab.stages.common import file_fingerprint, finish
+from alignlab.stages.common import file_fingerprint, finish, save_trained_model
 from alignlab.stages.online.common import OnlineConfig, OnlineRun, batched_logps, rollout_batch
 from alignlab.train.distributed import Dist
 from alignlab.train.online import Experience, OnlineSettings, OnlineStage, run_online
@@ -183,8 +183,7 @@ def finish_pair_stage(run: PairRun, stage: OnlineStage, out: Path, cfg, *, data_
     result = run_online(policy, stage, settings, out, device=device, expected_samples=settings.prompts_per_iteration,
                         data_key=data_key, name=name,
                         save_snapshot=lambda d: save_pretrained_atomic(policy, tokenizer, d), dist=dist)
-    if dist.is_main:
-        save_pretrained_atomic(policy, tokenizer, out / "model")
+    save_trained_model(policy, tokenizer, out / "model", dist)
     return finish(out, cfg, {**extra, **result}, dist)
 
 

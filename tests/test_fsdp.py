@@ -1,0 +1,79 @@
+"""FSDP2 on CPU: two processes under torchrun (gloo), each holding half of every weight, its gradient
+and its optimizer state, train exactly as one process holding everything.
+
+The data and settings are test_distributed's: 25 examples in batches of 8 make a last batch of one,
+which leaves one process without an example of its own in that step (it runs a zero-weighted pass to
+join the others' collectives).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_distributed import WORDS, _ddp_and_single, _max_abs_diff, _weights, _write_sft_data
+
+
+def _sft_settings(model, data) -> list[str]:
+    return ["--model", str(model), "--data", str(data), "--max_length", "96", "--max_prompt_length", "64",
+            "--train.lr", "3e-3", "--train.batch_size", "8", "--train.max_steps", "4", "--train.schedule", "constant",
+            "--train.device", "cpu", "--train.save_every", "100", "--train.parallel", "fsdp"]
+
+
+def test_fsdp_sft_gives_the_same_weights_as_one_process(tiny_model_dir, tmp_path):
+    data = _write_sft_data(tmp_path / "sft.jsonl", n=25)
+    fsdp_out, single_out = _ddp_and_single("sft", [*_sft_settings(tiny_model_dir, data), "--train.keep_checkpoints", "true"],
+                                           tmp_path)
+    # it was sharded: each process wrote its part of the final checkpoint, and no whole-model file
+    final = fsdp_out / "checkpoints" / "step-000004"
+    assert sorted(p.name for p in (final / "sharded").glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    assert not (final / "model.safetensors").exists()
+    start, fsdp, single = _weights(tiny_model_dir), _weights(fsdp_out / "model"), _weights(single_out / "model")
+    # the gathered model is a plain transformers directory with every weight
+    assert fsdp.keys() == single.keys()
+    assert _max_abs_diff(fsdp, single) <= 1e-5
+    assert _max_abs_diff(single, start) > 1e-3, "training did not move the weights"
+    fsdp_log = [json.loads(x) for x in (fsdp_out / "log.jsonl").read_text().splitlines() if '"loss"' in x]
+    single_log = [json.loads(x) for x in (single_out / "log.jsonl").read_text().splitlines() if '"loss"' in x]
+    for key in ("loss", "grad_norm"):
+        assert [x[key] for x in fsdp_log] == pytest.approx([x[key] for x in single_log], rel=1e-5), key
+
+
+def _write_pairs(path, n: int):
+    rows = [json.dumps({"prompt": f"the film {i % 5}", "chosen": " ".join(WORDS[(i + j) % len(WORDS)] for j in range(2 + i % 4)),
+                        "rejected": "not " + " ".join(WORDS[(2 * i + j) % len(WORDS)] for j in range(1 + i % 3))}) for i in range(n)]
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+# A reward model's pairwise loss sees only r(chosen) - r(rejected), so a weight that shifts every
+# reward alike (the final layer norm's bias, through the score head) has a true gradient of exactly 0;
+# the attention key bias shifts every score of a query alike, invisible to softmax. Their computed
+# gradients are float noise, which Adam scales up to steps of about the learning rate, differently
+# for each summation order (DDP shows the same 9e-4 on ln_f.bias): they are compared by the
+# rewards they give instead, not weight by weight.
+NO_TRUE_GRADIENT = {"dpo": set(), "reward-model": {"transformer.ln_f.bias", "transformer.h.0.attn.c_attn.bias",
+                                                   "transformer.h.1.attn.c_attn.bias"}}
+
+
+@pytest.mark.parametrize("stage", ["dpo", "reward-model"])
+def test_fsdp_preference_stages_give_the_same_weights_as_one_process(stage, tiny_model_dir, tmp_path):
+    # 30 pairs, a fifth held out by prompt: the held-out evaluation runs the sharded model on every process
+    data = _write_pairs(tmp_path / "pairs.jsonl", n=30)
+    settings = ["--model", str(tiny_model_dir), "--data", str(data), "--max_length", "64", "--max_prompt_length", "16",
+                "--eval_fraction", "0.2", "--train.lr", "3e-3", "--train.batch_size", "8", "--train.max_steps", "4",
+                "--train.schedule", "constant", "--train.device", "cpu", "--train.save_every", "100",
+                "--train.parallel", "fsdp"]
+    fsdp_out, single_out = _ddp_and_single(stage, settings, tmp_path)
+    start, fsdp, single = _weights(tiny_model_dir), _weights(fsdp_out / "model"), _weights(single_out / "model")
+    assert fsdp.keys() == single.keys()
+    compared = [k for k in single if k not in NO_TRUE_GRADIENT[stage]]
+    assert _max_abs_diff({k: fsdp[k] for k in compared}, {k: single[k] for k in compared}) <= 1e-5
+    assert _max_abs_diff({k: single[k] for k in compared if k in start}, {k: start[k] for k in compared if k in start}) > 1e-3
+    fsdp_eval, single_eval = (json.loads((out / "metrics.json").read_text())["eval"] for out in (fsdp_out, single_out))
+    assert fsdp_eval.keys() == single_eval.keys() and fsdp_eval
+    for key, value in single_eval.items():
+        if stage == "reward-model" and key in ("chosen_reward", "rejected_reward"):
+            continue  # the rewards' common level is the shift above; their margin is compared
+        # held-out figures of nearly equal models: float32 rounding of the weights above, 1e-4 relative
+        assert fsdp_eval[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
