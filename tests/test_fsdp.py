@@ -77,3 +77,41 @@ def test_fsdp_preference_stages_give_the_same_weights_as_one_process(stage, tiny
             continue  # the rewards' common level is the shift above; their margin is compared
         # held-out figures of nearly equal models: float32 rounding of the weights above, 1e-4 relative
         assert fsdp_eval[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+
+
+def test_fsdp_run_killed_mid_training_resumes_to_the_same_weights(tiny_model_dir, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data = _write_sft_data(tmp_path / "sft.jsonl", n=25)
+    settings = [*_sft_settings(tiny_model_dir, data), "--train.max_steps", "12", "--train.save_every", "2"]
+    whole, single = _ddp_and_single("sft", settings, tmp_path)  # uninterrupted, on 2 processes and on 1
+
+    out = tmp_path / "killed"
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "alignlab.cli", "sft", "--out", str(out), *settings, "--train.micro_batch_size", "2"]
+    env.update(CI="true", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    latest, deadline = out / "checkpoints" / "latest", time.monotonic() + 240
+    while not (latest.exists() and latest.read_text().strip() != ""):  # the first sharded checkpoint (step 2)
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both workers, mid-run
+    proc.wait()
+    killed_at = int(latest.read_text().strip().removeprefix("step-"))
+    assert not (out / "done.json").exists() and killed_at < 12, "the kill came after the run had finished"
+
+    resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines() if '"loss"' in x]
+    assert [x["step"] for x in log] == list(range(1, 13))  # every step logged once across the kill
+    final = _weights(out / "model")
+    # a resume restores the shards, the optimizer's moments and the schedule exactly: the uninterrupted
+    # 2-process run's weights to the bit, and the 1-process run's to float32 rounding
+    assert _max_abs_diff(final, _weights(whole / "model")) == 0.0
+    assert _max_abs_diff(final, _weights(single / "model")) <= 1e-5
