@@ -11,7 +11,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_distributed import WORDS, _ddp_and_single, _max_abs_diff, _weights, _write_sft_data
+from test_distributed import WORDS, _ddp_and_single, _max_abs_diff, _torchrun, _weights, _write_sft_data
+
+
+def _torchrun_stage(args: list[str]) -> None:
+    _torchrun(["-m", "alignlab.cli", *args])
 
 
 def _sft_settings(model, data) -> list[str]:
@@ -115,3 +119,53 @@ def test_fsdp_run_killed_mid_training_resumes_to_the_same_weights(tiny_model_dir
     # 2-process run's weights to the bit, and the 1-process run's to float32 rounding
     assert _max_abs_diff(final, _weights(whole / "model")) == 0.0
     assert _max_abs_diff(final, _weights(single / "model")) <= 1e-5
+
+
+def test_fsdp_grpo_trains_as_ddp_does(tiny_model_dir, tmp_path, monkeypatch):
+    # the same 2 processes, the same per-process sampling seeds: sharded or replicated, every process
+    # draws the same samples from the same weights and takes the same update (generate keeps the
+    # sharded processes in step until the last row of either is done). The reward must vary: with
+    # none, the only gradient is the KL's, of float-noise size, which Adam scales up to full steps.
+    import yaml
+
+    (tmp_path / "fsdp_toy_reward.py").write_text(
+        "def e_count(prompts, completions):\n    return [float(c.count('e')) for c in completions]\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": " ".join(WORDS[i : i + 2])}) + "\n" for i in range(8)))
+    config = tmp_path / "grpo.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": str(tiny_model_dir), "prompts": str(prompts), "reward": {"type": "callable", "function": "fsdp_toy_reward:e_count"},
+        "samples_per_prompt": 4, "sampling": {"max_new_tokens": 8, "batch_size": 8},
+        "train": {"iterations": 3, "prompts_per_iteration": 4, "minibatch_size": 8, "update_epochs": 2, "lr": 3e-3,
+                  "device": "cpu", "save_every": None, "keep_checkpoints": True},
+    }))
+    outs = {}
+    for parallel in ("ddp", "fsdp"):
+        outs[parallel] = tmp_path / parallel
+        _torchrun_stage(["grpo", "--out", str(outs[parallel]), "--config", str(config), "--train.parallel", parallel,
+                         "--train.micro_batch_size", "4"])
+    logs = {p: [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()] for p, out in outs.items()}
+    for a, b in zip(logs["ddp"], logs["fsdp"]):
+        assert a["response_tokens"] == b["response_tokens"] and a["reward"] == pytest.approx(b["reward"], abs=1e-6)
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-7)
+    weights = {p: _weights(out / "model") for p, out in outs.items()}
+    assert _max_abs_diff(weights["ddp"], weights["fsdp"]) <= 1e-5
+    assert _max_abs_diff(weights["ddp"], _weights(tiny_model_dir)) > 1e-3
+    assert (outs["fsdp"] / "checkpoints" / "step-000003" / "sharded").is_dir()
+
+
+def test_cpu_offload_is_refused_where_it_cannot_act(tiny_model_dir, tmp_path):
+    from pydantic import ValidationError
+
+    from alignlab.train.settings import TrainSettings
+
+    with pytest.raises(ValidationError, match="set parallel: fsdp too"):
+        TrainSettings(cpu_offload=True)
+    # torch offloads shards to CPU memory for a GPU to compute; on a CPU it fails deep inside the first
+    # forward, so alignlab refuses it before loading anything else
+    data = _write_sft_data(tmp_path / "sft.jsonl", n=8)
+    with pytest.raises(AssertionError, match="the shards in CPU memory while a GPU computes"):
+        _torchrun_stage(["sft", "--out", str(tmp_path / "out"), *_sft_settings(tiny_model_dir, data),
+                         "--train.cpu_offload", "true"])

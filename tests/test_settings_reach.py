@@ -47,7 +47,7 @@ TRAIN = {
     "lr": 2e-4, "weight_decay": 0.01, "adam_betas": (0.8, 0.9), "adam_eps": 1e-6, "schedule": "cosine",
     "warmup_ratio": 0.2, "max_grad_norm": 0.5, "seed": 7, "precision": "bf16", "device": "cpu", "log_every": 2,
     "save_every": 2, "max_kl": 5.0, "snapshot_every": 2, "gradient_checkpointing": True, "log_samples": 2,
-    "keep_checkpoints": True,
+    "keep_checkpoints": True, "parallel": "fsdp", "cpu_offload": True,
 }
 SAMPLING = {"max_new_tokens": 5, "temperature": 0.7, "top_k": 3, "top_p": 0.9, "batch_size": 7,
             "draw": "multinomial", "cache": "static"}
@@ -56,11 +56,16 @@ TRAIN_OFFLINE = {
     "adam_betas": (0.8, 0.9), "adam_eps": 1e-6, "schedule": "constant", "warmup_ratio": 0.4, "warmup_steps": 2,
     "max_grad_norm": 0.5, "seed": 7, "precision": "bf16", "device": "cpu", "log_every": 2, "eval_every": 2,
     "save_every": 2, "group_by_length": False, "keep_checkpoints": True, "gradient_checkpointing": True,
+    "parallel": "fsdp", "cpu_offload": True,
 }
 # the train settings a loop does not use itself, and the layer that observes them instead
+# sharding only acts with several processes: test_fsdp.py runs them (and test_settings_reach's loops run one)
+SHARDING = {"parallel": "test_fsdp.py (2 processes: each writes its shards, the same update as DDP or 1 process)",
+            "cpu_offload": "test_fsdp.py::test_cpu_offload_is_refused_where_it_cannot_act (needs a GPU)"}
 ONLINE_TRAIN_OUTSIDE_THE_LOOP = {"prompts_per_iteration": "layer 1 (sampler's prompts)", "device": "layer 1 (runtime)",
-                                 "keep_checkpoints": "layer 3 (checkpoints/ kept)"}
+                                 "keep_checkpoints": "layer 3 (checkpoints/ kept)", **SHARDING}
 OFFLINE_TRAIN_OUTSIDE_THE_LOOP = {
+    **SHARDING,
     "device": "layer 1 (runtime)",
     "keep_checkpoints": "test_checkpoints.py::test_a_finished_stage_drops_its_checkpoints_unless_asked "
                         "(every stage passes its config to the same `finish`)",

@@ -30,6 +30,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
+from torch.distributed.fsdp import FSDPModule
 from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel
 
 from alignlab.ops.forward_args import cache_keyword
@@ -93,6 +94,7 @@ def sample(
         if not prompt:
             raise ValueError(f"prompt {i} is empty; a causal LM needs at least one token to start from")
     device = next(model.parameters()).device
+    sharded = isinstance(model, FSDPModule)
     common = dict(max_new_tokens=settings.max_new_tokens, pad_token_id=pad_id,
                   eos_token_id=[eos_id, *stop_ids] if stop_ids else eos_id, use_cache=True,
                   output_logits=True, return_dict_in_generate=True,
@@ -121,11 +123,13 @@ def sample(
                 batch = [prompts[i] for i in idx]
                 ids, mask = left_pad(batch, pad_id, multiple_of=step)
                 ids, mask = ids.to(device), mask.to(device)
-                # k samples of one prompt: its prefill runs once (a static cache is generate's own)
-                cache = prefill_distinct(model, batch, ids, mask) if settings.cache == "dynamic" else None
+                # k samples of one prompt: its prefill runs once (a static cache is generate's own).
+                # A sharded policy's forwards are collectives: no extra prefill forward, and every
+                # process keeps stepping until all are done (generate's synced_gpus)
+                cache = prefill_distinct(model, batch, ids, mask) if settings.cache == "dynamic" and not sharded else None
                 extra = {} if cache is None else {cache_keyword(model): cache}
                 out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
-                                     logits_processor=processors, **extra)
+                                     logits_processor=processors, synced_gpus=sharded, **extra)
                 drawn = out.sequences[:, ids.shape[1] :]
                 drawn_logps = _tempered_logps(out.logits, drawn, settings.temperature)
                 for row, i in enumerate(idx):

@@ -95,7 +95,7 @@ class TrainState:
         broadcast_parameters(trainable, dist)  # frozen weights: the same files everywhere
         use_gradient_checkpointing(model, settings.gradient_checkpointing)
         if settings.parallel == "fsdp" and dist.enabled:
-            _check_shardable(model, extras, name)
+            _check_shardable(model, extras, name, offload_from=device if settings.cpu_offload else None)
             bf16 = settings.precision == "bf16" and device.type == "cuda"
             shard(model, param_dtype=torch.bfloat16 if bf16 else None, cpu_offload=settings.cpu_offload)
             trainable = [p for p in model.parameters() if p.requires_grad]  # now the process's shards
@@ -196,8 +196,11 @@ def _clip(state: TrainState, params: list[nn.Parameter], max_norm: float | None)
     return torch.nn.utils.clip_grad_norm_(params, max_norm)
 
 
-def _check_shardable(model: nn.Module, extras: dict[str, nn.Module], name: str) -> None:
+def _check_shardable(model: nn.Module, extras: dict[str, nn.Module], name: str, offload_from: torch.device | None) -> None:
     """What FSDP does not cover here yet, refused before any work (not a hang or a wrong result later)."""
+    if offload_from is not None and offload_from.type != "cuda":
+        raise ValueError(f"{name}: train.cpu_offload keeps the shards in CPU memory while a GPU computes; this run "
+                         "computes on the CPU already (torch's offload needs an accelerator)")
     if is_lora(model):
         raise ValueError(f"{name}: train.parallel fsdp with LoRA is not supported yet; use train.parallel ddp")
     if extras:

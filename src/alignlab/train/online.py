@@ -37,6 +37,7 @@ from alignlab.train.checkpoint import latest_checkpoint
 from alignlab.train.distributed import Dist, all_gather_objects, barrier
 from alignlab.train.engine import TrainState, optimizer_step, run_key
 from alignlab.train.progress import RunLog, StepLog
+from alignlab.train.sharding import is_sharded
 from alignlab.train.settings import OnlineSettings
 
 __all__ = ["Experience", "KLBoundError", "OnlineSettings", "OnlineStage", "run_online"]
@@ -147,10 +148,7 @@ def run_online(
                                    f"kl {figures.get('kl', float('nan')):.2f}"))
         if save_snapshot is not None and s.snapshot_every and done % s.snapshot_every == 0:
             _snapshot(save_snapshot, out_dir / "snapshots" / f"iter-{done:05d}", dist)
-    if samples_log is not None:
-        if stage.fresh_samples is not None and start < s.iterations:
-            _write_samples(samples_log, stage.fresh_samples(s.log_samples), step=s.iterations, final=True)
-        samples_log.close()
+    _final_samples(state, stage, samples_log, start)
     state.save(s.iterations, {"iteration": s.iterations, "finished": True}, final=True)
     last = last or log.last_training_line()
     log.close()
@@ -160,6 +158,18 @@ def run_online(
 def _iteration_line(state: TrainState, done: int, figures: dict, n: int, rollout_s: float, update_s: float) -> dict:
     return {"step": done, **figures, "lr": state.scheduler.get_last_lr()[0], "samples": n, "rollout_s": rollout_s,
             "update_s": update_s, "samples_per_s": n / max(rollout_s + update_s, 1e-9)}
+
+
+def _final_samples(state: TrainState, stage: OnlineStage, samples_log: StepLog | None, start: int) -> None:
+    """The trained policy's own samples, after the last update (a sharded policy samples on every process)."""
+    s = state.settings
+    wanted = s.log_samples > 0 and stage.recent_samples is not None and stage.fresh_samples is not None
+    if wanted and start < s.iterations and (state.dist.is_main or is_sharded(state.model)):
+        records = stage.fresh_samples(s.log_samples)
+        if samples_log is not None:
+            _write_samples(samples_log, records, step=s.iterations, final=True)
+    if samples_log is not None:
+        samples_log.close()
 
 
 def _samples_log(stage: OnlineStage, s: OnlineSettings, dist: Dist, out_dir: Path, start: int) -> StepLog | None:
@@ -212,6 +222,9 @@ def _update(state: TrainState, stage: OnlineStage, experience: Experience, itera
         loss, metrics = stage.loss(batch)
         return loss * (stage.weight(batch).float() / normaliser), metrics
 
+    def spare() -> Experience:  # a row to run a zero-weighted pass on (a sharded policy's collectives)
+        return {k: v.to(state.device) for k, v in _trim(_rows(experience, torch.arange(min(n, 1)))).items()}
+
     state.model.train()
     for _ in range(s.update_epochs):
         order = torch.randperm(n, generator=generator)
@@ -222,7 +235,7 @@ def _update(state: TrainState, stage: OnlineStage, experience: Experience, itera
             weights = [stage.weight(b).float() for b in micro_batches]
             totals, grad_norm = optimizer_step(state, micro_batches, weights, part_loss,
                                                where=f"iteration {iteration + 1}",
-                                               hint="Lower the learning rate or check the reward.")
+                                               hint="Lower the learning rate or check the reward.", spare=spare)
             totals["grad_norm"] = grad_norm.detach().float()
             for k, v in totals.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
@@ -239,9 +252,8 @@ def _count(experience: Experience) -> int:
 
 
 def _check_parallel(s: OnlineSettings, dist: Dist, name: str) -> None:
-    if s.parallel == "fsdp" and dist.enabled:
-        raise ValueError(f"{name}: train.parallel fsdp is not supported by the online stages yet (sampling with a "
-                         "sharded policy needs every process in step); use train.parallel ddp")
+    if s.parallel == "fsdp" and dist.enabled and s.snapshot_every:
+        raise ValueError(f"{name}: train.snapshot_every is not supported with train.parallel fsdp yet; use ddp")
     for key in ("prompts_per_iteration", "minibatch_size"):
         value = getattr(s, key)
         if value % dist.world_size:

@@ -46,6 +46,12 @@ class RunSettings(SeedSettings):
     )
     keep_checkpoints: bool = Field(False, description="keep checkpoints/ after the model is written")
 
+    @model_validator(mode="after")
+    def _offload_shards(self) -> "RunSettings":
+        if self.cpu_offload and self.parallel != "fsdp":
+            raise ValueError("cpu_offload moves FSDP's shards to CPU memory: set parallel: fsdp too")
+        return self
+
 
 class TrainSettings(OptimSettings, RunSettings):
     """How an offline stage trains. Batch sizes count examples (a pair counts once for preference stages).
