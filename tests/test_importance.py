@@ -45,3 +45,33 @@ def test_weights_are_constants_and_equal_one_when_sampler_and_trainer_agree():
     w, stats = importance_weights(old, old.detach(), MASK, level="token", mode="truncate", threshold=2.0)
     assert not w.requires_grad
     assert torch.equal(w, MASK.float()) and float(stats["bounded_share"]) == 0.0
+
+
+def test_policy_losses_weigh_each_tokens_loss_and_its_gradient():
+    from alignlab.losses.policy_gradient import clipped_policy_loss, grpo_loss
+
+    torch.manual_seed(0)
+    logps = (torch.randn(2, 3) - 1).requires_grad_()
+    old, ref = logps.detach() + 0.05 * torch.randn(2, 3), logps.detach() - 0.1
+    adv, mask = torch.tensor([1.0, -0.5]), MASK
+    w = torch.tensor([[0.5, 1.0, 2.0], [0.0, 1.5, 9.0]])  # the last is off the mask
+
+    def per_token(fn, **kw):  # the unweighted per-token losses, read back through unit weights
+        values = []
+        for i in range(2):
+            for j in range(3):
+                unit = torch.zeros(2, 3)
+                unit[i, j] = 1.0
+                loss, _ = fn(logps, old, adv=adv, token_weights=unit, **kw)
+                values.append(float(loss.detach()))
+        return torch.tensor(values).view(2, 3)
+
+    for fn, kw in ((lambda lp, o, adv, **k: clipped_policy_loss(lp, o, adv, mask, aggregation="token_mean", **k), {}),
+                   (lambda lp, o, adv, **k: grpo_loss(lp, o, ref, adv, mask, beta=0.1, aggregation="sequence_sum", **k), {})):
+        parts = per_token(fn, **kw)
+        weighted, _ = fn(logps, old, adv=adv, token_weights=w)
+        # the loss is linear in the per-token losses: Σ w·(each token's share) over the masked tokens
+        assert float(weighted) == pytest.approx(float((w * parts * MASK).sum()), rel=1e-6)
+        (grad_w,) = torch.autograd.grad(weighted, logps)
+        (grad_1,) = torch.autograd.grad(fn(logps, old, adv=adv)[0], logps)
+        assert torch.allclose(grad_w, w * grad_1 * MASK, atol=1e-7)  # the weights are constants

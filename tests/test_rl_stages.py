@@ -339,3 +339,39 @@ def test_dr_grpo_update_does_not_depend_on_micro_batching(rl_setup, monkeypatch)
     # changed the gradient by several per cent
     for a, b in zip(whole, split):
         assert (a - b).abs().max() <= 1e-4 * a.abs().max(), ((a - b).abs().max(), a.abs().max())
+
+
+@pytest.mark.parametrize("level, mode", [("token", "truncate"), ("sequence", "mask")])
+def test_grpo_corrects_a_stale_engines_samples_with_bounded_importance_weights(rl_setup, monkeypatch, level, mode):
+    # A stand-in engine that never gets the new weights samples from the starting policy: the
+    # trainer's π_old drifts from it, and each token's loss is weighted by π_old/π_sampler, bounded.
+    import fake_vllm
+
+    import alignlab.stages.online.grpo as grpo
+    from alignlab.rollout import VLLMSampler
+
+    monkeypatch.setitem(sys.modules, "vllm", fake_vllm)
+    monkeypatch.setattr(VLLMSampler, "load_weights", lambda self, model: None)
+    seen = []
+    real = grpo.grpo_loss
+    monkeypatch.setattr(grpo, "grpo_loss", lambda *a, **k: seen.append(k["token_weights"]) or real(*a, **k))
+    tmp, model, prompts = rl_setup
+    threshold = 1.02
+    cfg = grpo.GRPOConfig(model=model, prompts=prompts, reward={"type": "callable", "function": "toy_reward_mod:score"},
+                          rollout_backend="vllm", samples_per_prompt=2, sampling={"max_new_tokens": 8},
+                          rollout_correction={"level": level, "mode": mode, "threshold": threshold},
+                          train=_train(iterations=4, prompts_per_iteration=4, minibatch_size=8, lr=3e-2))
+    grpo.run_grpo(cfg, tmp / f"tis-{mode}")
+    log = _log(tmp / f"tis-{mode}")
+    assert log[0]["is/ratio_mean"] == pytest.approx(1.0, abs=1e-4) and log[0]["is/bounded_share"] == 0.0
+    assert max(x["is/bounded_share"] for x in log[1:]) > 0  # the stale engine's samples needed the bound
+    for x in log:
+        assert x["is/weight_mean"] <= max(x["is/ratio_mean"], threshold) + 1e-6
+    # every loss call got the weights, bounded as asked (0 where masked out or off the response)
+    assert seen and all(w is not None for w in seen)
+    weights = torch.cat([w.flatten() for w in seen])
+    assert float(weights.max()) <= threshold + 1e-6
+    if mode == "mask":
+        assert float((weights == 0).float().mean()) > 0
+    if level == "sequence":  # one weight per sample, on each of its tokens
+        assert all(len(set(row[row > 0].tolist())) <= 1 for w in seen for row in w)

@@ -150,6 +150,7 @@ ELSEWHERE = {
     "rollout_backend": "test_rl_stages.py::test_ppo_samples_with_a_vllm_engine_whose_weights_follow_the_policy",
     "vllm": "test_rl_stages.py::test_ppo_samples_with_a_vllm_engine_whose_weights_follow_the_policy",
     "critic_model": "layer 1: test_every_train_and_sampling_setting_reaches_the_loop_and_the_sampler",
+    "rollout_correction": "test_rl_stages.py::test_grpo_corrects_a_stale_engines_samples_with_bounded_importance_weights",
 }
 
 

@@ -58,6 +58,10 @@ def _per_token(advantages: Tensor, like: Tensor) -> Tensor:
     return advantages.unsqueeze(-1) if advantages.dim() == like.dim() - 1 else advantages
 
 
+def _weighted(per_token: Tensor, token_weights: Tensor | None) -> Tensor:
+    return per_token if token_weights is None else per_token * token_weights.detach()
+
+
 def _clipped_surrogate(
     logps: Tensor, old_logps: Tensor, advantages: Tensor, mask: Tensor, clip_low: float,
     clip_high: float | None,
@@ -95,6 +99,7 @@ def clipped_policy_loss(
     clip_high: float | None = None,
     aggregation: str = "token_mean",
     max_tokens: int | None = None,
+    token_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """PPO's clipped surrogate, per token, aggregated over the masked tokens.
 
@@ -111,9 +116,12 @@ def clipped_policy_loss(
     the clip is active and binding); approx_kl (mean over masked tokens of the k3 estimator
     (ρ − 1) − log ρ of KL(π_old‖π_θ), ≥ 0); ratio_mean (mean ρ; near 1 on the first epoch means
     sampler and trainer agree on the log-probs).
+
+    `token_weights` `[B, T]` (constants) multiply each token's loss before aggregation: the
+    importance weights that correct a rollout engine's mismatch (`alignlab.ops.importance`).
     """
     per_token, metrics = _clipped_surrogate(logps, old_logps, advantages, mask, clip_low, clip_high)
-    loss = aggregate(per_token, mask, aggregation, max_tokens)
+    loss = aggregate(_weighted(per_token, token_weights), mask, aggregation, max_tokens)
     return loss, {"loss": loss.detach(), **metrics}
 
 
@@ -209,6 +217,7 @@ def grpo_loss(
     aggregation: str = "sequence_mean",
     max_tokens: int | None = None,
     kl_bias_correction: bool = False,
+    token_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """GRPO loss: PPO's clipped surrogate plus a per-token KL penalty to the reference.
 
@@ -232,6 +241,9 @@ def grpo_loss(
     descend. Since ρ is differentiable, the correction changes the gradient even on-policy, where
     its value is 1. The logged `kl` metric is the plain k3 mean either way.
 
+    `token_weights` multiply each token's whole loss (surrogate and KL term: both are estimated
+    from the sampled tokens), as in `clipped_policy_loss`.
+
     metrics: loss; policy_loss (the aggregated surrogate alone); kl (mean k3 over masked tokens,
     present whenever ref_logps is given); clip_fraction; approx_kl (k3 of KL(π_old‖π_θ));
     ratio_mean.
@@ -247,8 +259,8 @@ def grpo_loss(
             penalty = kl * torch.exp(logps - old_logps.detach()) if kl_bias_correction else kl
             per_token = surrogate + beta * penalty
         kl_metric = {"kl": masked_mean(kl.detach(), mask)}
-    loss = aggregate(per_token, mask, aggregation, max_tokens)
-    policy_loss = aggregate(surrogate.detach(), mask, aggregation, max_tokens)
+    loss = aggregate(_weighted(per_token, token_weights), mask, aggregation, max_tokens)
+    policy_loss = aggregate(_weighted(surrogate.detach(), token_weights), mask, aggregation, max_tokens)
     return loss, {"loss": loss.detach(), "policy_loss": policy_loss, **kl_metric, **metrics}
 
 

@@ -40,7 +40,7 @@ GRPO = GroupAlgorithm(
     loss=lambda logps, old, b, mask, cfg, max_tokens: grpo_loss(
         logps, old, b.get("ref_logps"), b["advantages"], mask, beta=cfg.beta, clip_low=cfg.clip_low,
         clip_high=cfg.clip_high, aggregation=cfg.aggregation, max_tokens=max_tokens,
-        kl_bias_correction=cfg.kl_bias_correction),
+        kl_bias_correction=cfg.kl_bias_correction, token_weights=b.get("is_weights")),
 )
 
 

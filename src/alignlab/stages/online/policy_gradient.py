@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Callable, Literal
 
 import torch
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from alignlab.losses.policy_gradient import AGGREGATIONS, clipped_policy_loss
 from alignlab.models import save_pretrained_atomic
 from alignlab.ops import masked_mean, masked_sum
+from alignlab.ops.importance import Level, Mode, importance_weights
 from alignlab.ops.logps import token_logps
 from alignlab.stages.blocks import AdapterSettings
 from alignlab.stages.common import (
@@ -42,8 +43,21 @@ from alignlab.train.online import run_online
 Aggregation = Literal[AGGREGATIONS]
 
 
+class RolloutCorrection(BaseModel):
+    """Importance weights π_old/π_sampler on each token's loss, bounded (TIS: truncate; MIS: mask)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    level: Level = Field("token", description="token: a weight per token; sequence: the product over the sequence")
+    mode: Mode = Field("truncate", description="truncate: min(ratio, threshold) (TIS); mask: 0 above it (MIS)")
+    threshold: float = Field(2.0, gt=1, description="the bound on the ratio")
+
+
 class GroupConfig(OnlineConfig, AdapterSettings):
     samples_per_prompt: int = Field(4, ge=2, description="group size k")
+    rollout_correction: RolloutCorrection | None = Field(
+        None, description="correct the sampler/trainer log-prob mismatch with bounded importance weights "
+        "(costs one trainer forward over the samples when the update is on-policy)")
     clip_low: float = Field(0.2, gt=0)
     clip_high: float | None = Field(None, gt=0, description="default: clip_low (DAPO raises it)")
     track_kl: bool = Field(True, description="measure KL to the reference even when beta is 0")
@@ -68,7 +82,7 @@ def kl_penalised(rewards: Tensor, seq_kl: Tensor | None, beta: float) -> Tensor:
 def clipped_loss(logps, old, b, mask, cfg: GroupConfig, max_tokens: int):
     """REINFORCE on the sample's advantage with PPO's clipped ratio (exact when samples are fresh)."""
     return clipped_policy_loss(logps, old, b["advantages"], mask, clip_low=cfg.clip_low, clip_high=cfg.clip_high,
-                               aggregation=cfg.aggregation, max_tokens=max_tokens)
+                               aggregation=cfg.aggregation, max_tokens=max_tokens, token_weights=b.get("is_weights"))
 
 
 def run_group(cfg: GroupConfig, out: Path, algorithm: GroupAlgorithm) -> dict:
@@ -78,7 +92,8 @@ def run_group(cfg: GroupConfig, out: Path, algorithm: GroupAlgorithm) -> dict:
     reference = job.reference() if need_ref else None
     k, temperature, pad = cfg.samples_per_prompt, cfg.sampling.temperature, tokenizer.pad_token_id
     samples = settings.prompts_per_iteration * k
-    on_policy = settings.update_epochs == 1 and settings.minibatch_size >= samples
+    # fresh samples need no trainer log-probs, unless they correct the sampler's
+    on_policy = settings.update_epochs == 1 and settings.minibatch_size >= samples and cfg.rollout_correction is None
     micro = settings.micro_batch_size or settings.minibatch_size
     max_tokens = cfg.sampling.max_new_tokens  # token_sum_norm's constant (Dr. GRPO), never the padded width
 
@@ -104,6 +119,12 @@ def run_group(cfg: GroupConfig, out: Path, algorithm: GroupAlgorithm) -> dict:
         if old is not None:
             experience["old_logps"] = old
             figures.update(mismatch_figures(batch["sampler_logps"], old, mask))
+        if cfg.rollout_correction is not None:
+            c = cfg.rollout_correction
+            weights, stats = importance_weights(old, batch["sampler_logps"], mask, level=c.level, mode=c.mode,
+                                                threshold=c.threshold)
+            experience["is_weights"] = weights  # [B, T-1], as old_logps
+            figures.update({f"is/{k}": float(v) for k, v in stats.items()})
         figures["entropy"] = float(-masked_mean(current, mask))  # per-token estimate from the sampled tokens
         figures["reward_std_in_group"] = float(scored.scores.view(-1, k).std(dim=1).mean()) if len(scored.scores) else 0.0
         return experience, figures
