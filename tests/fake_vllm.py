@@ -4,7 +4,7 @@ No GPU or vLLM here, so tests put this module in `sys.modules["vllm"]`. It follo
 documented shapes: `LLM(model=dir, **engine_options)`, `LLM.generate(TokensPrompt list,
 SamplingParams list)` returning, per request, `.outputs[0]` with `token_ids`, `logprobs` (one
 {token_id: object with .logprob} per step) and `finish_reason` ("stop" or "length"),
-`LLM.collective_rpc("reload_weights")` re-reading the weights from the model directory, and
+`LLM.collective_rpc("reload_weights", kwargs=...)` loading the weights handed over (or re-reading a directory), and
 `LLM.reset_prefix_cache()`. Underneath it samples with transformers on the CPU, so what it tests
 is VLLMSampler's conversions and when an online stage syncs the engine's weights, not vLLM.
 """
@@ -54,10 +54,16 @@ class LLM:
                 token_ids=ids, logprobs=steps, finish_reason="stop" if drawn.finished[0] else "length")]))
         return outputs
 
-    def collective_rpc(self, method: str):
+    def collective_rpc(self, method: str, kwargs: dict | None = None):
+        # vLLM's in-place reload: tensors handed over in memory, or a directory to re-read
         assert method == "reload_weights"
+        kwargs = kwargs or {}
         self.reloads += 1
-        self._load()
+        if "weights_iterator" in kwargs:
+            self.model.load_state_dict(dict(kwargs["weights_iterator"]))
+        else:
+            self.path = kwargs.get("weights_path", self.path)
+            self._load()
 
     def reset_prefix_cache(self) -> None:
         self.prefix_cache_resets += 1

