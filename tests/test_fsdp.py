@@ -14,6 +14,12 @@ import pytest
 from test_distributed import WORDS, _ddp_and_single, _max_abs_diff, _torchrun, _weights, _write_sft_data
 
 
+def _weights_file(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
 def _torchrun_stage(args: list[str]) -> None:
     _torchrun(["-m", "alignlab.cli", *args])
 
@@ -121,7 +127,8 @@ def test_fsdp_run_killed_mid_training_resumes_to_the_same_weights(tiny_model_dir
     assert _max_abs_diff(final, _weights(single / "model")) <= 1e-5
 
 
-def test_fsdp_grpo_trains_as_ddp_does(tiny_model_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("stage", ["grpo", "ppo"])
+def test_fsdp_online_stages_train_as_ddp_does(stage, tiny_model_dir, tmp_path, monkeypatch):
     # the same 2 processes, the same per-process sampling seeds: sharded or replicated, every process
     # draws the same samples from the same weights and takes the same update (generate keeps the
     # sharded processes in step until the last row of either is done). The reward must vary: with
@@ -135,17 +142,19 @@ def test_fsdp_grpo_trains_as_ddp_does(tiny_model_dir, tmp_path, monkeypatch):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": " ".join(WORDS[i : i + 2])}) + "\n" for i in range(8)))
     config = tmp_path / "grpo.yaml"
+    # PPO's value head sits on the sharded policy's last hidden state and stays whole on every process
+    per_stage = {"grpo": {"samples_per_prompt": 4}, "ppo": {"critic": "shared"}}[stage]
     config.write_text(yaml.safe_dump({
         "model": str(tiny_model_dir), "prompts": str(prompts), "reward": {"type": "callable", "function": "fsdp_toy_reward:e_count"},
-        "samples_per_prompt": 4, "sampling": {"max_new_tokens": 8, "batch_size": 8},
-        "train": {"iterations": 3, "prompts_per_iteration": 4, "minibatch_size": 8, "update_epochs": 2, "lr": 3e-3,
-                  "device": "cpu", "save_every": None, "keep_checkpoints": True},
+        "sampling": {"max_new_tokens": 8, "batch_size": 8}, **per_stage,
+        "train": {"iterations": 3, "prompts_per_iteration": 4, "minibatch_size": 4 if stage == "ppo" else 8,
+                  "update_epochs": 2, "lr": 3e-3, "device": "cpu", "save_every": None, "keep_checkpoints": True},
     }))
     outs = {}
     for parallel in ("ddp", "fsdp"):
         outs[parallel] = tmp_path / parallel
-        _torchrun_stage(["grpo", "--out", str(outs[parallel]), "--config", str(config), "--train.parallel", parallel,
-                         "--train.micro_batch_size", "4"])
+        _torchrun_stage([stage, "--out", str(outs[parallel]), "--config", str(config), "--train.parallel", parallel,
+                         "--train.micro_batch_size", "2" if stage == "ppo" else "4"])
     logs = {p: [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()] for p, out in outs.items()}
     for a, b in zip(logs["ddp"], logs["fsdp"]):
         assert a["response_tokens"] == b["response_tokens"] and a["reward"] == pytest.approx(b["reward"], abs=1e-6)
@@ -154,6 +163,9 @@ def test_fsdp_grpo_trains_as_ddp_does(tiny_model_dir, tmp_path, monkeypatch):
     assert _max_abs_diff(weights["ddp"], weights["fsdp"]) <= 1e-5
     assert _max_abs_diff(weights["ddp"], _weights(tiny_model_dir)) > 1e-3
     assert (outs["fsdp"] / "checkpoints" / "step-000003" / "sharded").is_dir()
+    if stage == "ppo":  # the value head: replicated, its gradients summed like the shards'
+        heads = {p: _weights_file(out / "checkpoints" / "step-000003" / "value.safetensors") for p, out in outs.items()}
+        assert _max_abs_diff(heads["ddp"], heads["fsdp"]) <= 1e-5
 
 
 def test_cpu_offload_is_refused_where_it_cannot_act(tiny_model_dir, tmp_path):
@@ -169,3 +181,20 @@ def test_cpu_offload_is_refused_where_it_cannot_act(tiny_model_dir, tmp_path):
     with pytest.raises(AssertionError, match="the shards in CPU memory while a GPU computes"):
         _torchrun_stage(["sft", "--out", str(tmp_path / "out"), *_sft_settings(tiny_model_dir, data),
                          "--train.cpu_offload", "true"])
+
+
+def test_what_fsdp_does_not_cover_yet_is_refused_before_any_work(tiny_model_dir):
+    import torch
+
+    from alignlab.models import load_causal_lm
+    from alignlab.models.lora import LoraSettings, apply_lora
+    from alignlab.train.engine import _check_shardable
+
+    model = load_causal_lm(tiny_model_dir)
+    second = load_causal_lm(tiny_model_dir)
+    with pytest.raises(ValueError, match="'value' is a model of its own"):
+        _check_shardable(model, {"value": second}, "ppo", offload_from=None)
+    head = torch.nn.Linear(32, 1)  # a value head is small: kept whole beside the shards
+    _check_shardable(model, {"value": head}, "ppo", offload_from=None)
+    with pytest.raises(ValueError, match="LoRA is not supported yet"):
+        _check_shardable(apply_lora(second, LoraSettings()), {}, "sft", offload_from=None)

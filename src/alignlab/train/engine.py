@@ -98,7 +98,8 @@ class TrainState:
             _check_shardable(model, extras, name, offload_from=device if settings.cpu_offload else None)
             bf16 = settings.precision == "bf16" and device.type == "cuda"
             shard(model, param_dtype=torch.bfloat16 if bf16 else None, cpu_offload=settings.cpu_offload)
-            trainable = [p for p in model.parameters() if p.requires_grad]  # now the process's shards
+            # the model's parameters are now this process's shards; modules beside it stay whole
+            trainable = [p for m in (model, *extras.values()) for p in m.parameters() if p.requires_grad]
         optimizer = make_optimizer(trainable, settings)
         scheduler = make_scheduler(optimizer, total_steps, warmup_steps, settings.schedule)
         return cls(model, optimizer, scheduler, out_dir, key, settings, extras, stateful or {}, dist, device, name,
@@ -203,9 +204,12 @@ def _check_shardable(model: nn.Module, extras: dict[str, nn.Module], name: str, 
                          "computes on the CPU already (torch's offload needs an accelerator)")
     if is_lora(model):
         raise ValueError(f"{name}: train.parallel fsdp with LoRA is not supported yet; use train.parallel ddp")
-    if extras:
-        raise ValueError(f"{name}: train.parallel fsdp cannot yet shard the modules trained or synced beside the "
-                         f"model ({', '.join(extras)}); use train.parallel ddp")
+    for part, module in extras.items():
+        if sum(p.numel() for p in module.parameters()) > sum(p.numel() for p in model.parameters()) // 10:
+            # a whole second model beside a sharded one would undo the memory FSDP saves (a separate critic)
+            raise ValueError(f"{name}: train.parallel fsdp keeps modules beside the model whole on every process, and "
+                             f"'{part}' is a model of its own (a separate critic, TR-DPO's synced reference); with PPO use "
+                             "critic: shared, or train.parallel ddp")
 
 
 def _sum_over_processes(totals: dict[str, Tensor], dist: Dist) -> dict[str, Tensor]:

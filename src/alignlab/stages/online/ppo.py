@@ -29,11 +29,7 @@ from alignlab.ops import masked_mean, masked_sum, masked_whiten
 from alignlab.ops.advantages import explained_variance, gae, kl_penalised_rewards
 from alignlab.ops.logps import logps_from_logits, token_logps
 from alignlab.stages.blocks import AdapterSettings
-from alignlab.stages.common import (
-    StageConfig,
-    file_fingerprint,
-    finish,
-)
+from alignlab.stages.common import StageConfig, file_fingerprint, finish, save_trained_model
 from alignlab.stages.online.common import (
     OnlineConfig,
     OnlineRun,
@@ -192,8 +188,7 @@ def run(cfg: PPOConfig, out: Path) -> dict:
                         extra_modules={"value": models.value_module}, data_key=file_fingerprint(cfg.prompts),
                         name="ppo",
                         save_snapshot=lambda d: save_pretrained_atomic(policy, tokenizer, d), dist=job.dist)
-    if job.dist.is_main:
-        save_pretrained_atomic(policy, tokenizer, out / "model")
-        if models.critic is not None:
-            save_pretrained_atomic(models.critic, tokenizer, out / "critic")
+    save_trained_model(policy, tokenizer, out / "model", job.dist)
+    if job.dist.is_main and models.critic is not None:
+        save_pretrained_atomic(models.critic, tokenizer, out / "critic")
     return finish(out, cfg, {"prompts": len(job.prompt_ids), "final_beta": kl_ctl.beta, **result}, job.dist)
