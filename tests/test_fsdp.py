@@ -148,7 +148,8 @@ def test_fsdp_online_stages_train_as_ddp_does(stage, tiny_model_dir, tmp_path, m
         "model": str(tiny_model_dir), "prompts": str(prompts), "reward": {"type": "callable", "function": "fsdp_toy_reward:e_count"},
         "sampling": {"max_new_tokens": 8, "batch_size": 8}, **per_stage,
         "train": {"iterations": 3, "prompts_per_iteration": 4, "minibatch_size": 4 if stage == "ppo" else 8,
-                  "update_epochs": 2, "lr": 3e-3, "device": "cpu", "save_every": None, "keep_checkpoints": True},
+                  "update_epochs": 2, "lr": 3e-3, "device": "cpu", "save_every": None, "keep_checkpoints": True,
+                  "snapshot_every": 2},
     }))
     outs = {}
     for parallel in ("ddp", "fsdp"):
@@ -163,6 +164,9 @@ def test_fsdp_online_stages_train_as_ddp_does(stage, tiny_model_dir, tmp_path, m
     assert _max_abs_diff(weights["ddp"], weights["fsdp"]) <= 1e-5
     assert _max_abs_diff(weights["ddp"], _weights(tiny_model_dir)) > 1e-3
     assert (outs["fsdp"] / "checkpoints" / "step-000003" / "sharded").is_dir()
+    # the snapshot after iteration 2: gathered from the shards into a plain transformers directory
+    snapshots = {p: _weights(out / "snapshots" / "iter-00002") for p, out in outs.items()}
+    assert _max_abs_diff(snapshots["ddp"], snapshots["fsdp"]) <= 1e-5
     if stage == "ppo":  # the value head: replicated, its gradients summed like the shards'
         heads = {p: _weights_file(out / "checkpoints" / "step-000003" / "value.safetensors") for p, out in outs.items()}
         assert _max_abs_diff(heads["ddp"], heads["fsdp"]) <= 1e-5

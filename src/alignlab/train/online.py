@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from alignlab.train.checkpoint import latest_checkpoint
-from alignlab.train.distributed import Dist, all_gather_objects, barrier
+from alignlab.train.distributed import Dist, all_gather_objects
 from alignlab.train.engine import TrainState, optimizer_step, run_key
 from alignlab.train.progress import RunLog, StepLog
 from alignlab.train.sharding import is_sharded
@@ -109,9 +109,10 @@ def run_online(
     """Run `settings.iterations` collect→update cycles; returns the last logged figures.
 
     With `settings.snapshot_every`, `save_snapshot(dir)` writes the policy to
-    `snapshots/iter-NNNNN` (the overoptimisation view evaluates them)."""
+    `snapshots/iter-NNNNN` (the overoptimisation view evaluates them); every process calls it
+    (`stages.common.save_trained_model`: process 0 writes, a sharded policy is gathered first)."""
     s = settings
-    _check_parallel(s, dist, name)
+    _check_divisible(s, dist, name)
     total_steps = s.iterations * s.update_epochs * math.ceil(expected_samples / s.minibatch_size)
     state = TrainState.create(policy, s, total_steps=total_steps, warmup_steps=int(s.warmup_ratio * total_steps),
                               out_dir=out_dir, key=run_key(s, data_key), extras=extra_modules, stateful=stage.state,
@@ -147,7 +148,7 @@ def run_online(
             log.write(last, (done, f"reward {figures.get('reward', float('nan')):.3f} "
                                    f"kl {figures.get('kl', float('nan')):.2f}"))
         if save_snapshot is not None and s.snapshot_every and done % s.snapshot_every == 0:
-            _snapshot(save_snapshot, out_dir / "snapshots" / f"iter-{done:05d}", dist)
+            save_snapshot(out_dir / "snapshots" / f"iter-{done:05d}")  # every process: a sharded policy is gathered
     _final_samples(state, stage, samples_log, start)
     state.save(s.iterations, {"iteration": s.iterations, "finished": True}, final=True)
     last = last or log.last_training_line()
@@ -182,12 +183,6 @@ def _samples_log(stage: OnlineStage, s: OnlineSettings, dist: Dist, out_dir: Pat
 def _write_samples(samples_log: StepLog, records: list[dict], step: int, final: bool = False) -> None:
     for record in records:
         samples_log.write({"step": step, **({"final": True} if final else {}), **record})
-
-
-def _snapshot(save_snapshot: Callable[[Path], None], directory: Path, dist: Dist) -> None:
-    if dist.is_main:
-        save_snapshot(directory)
-    barrier(dist)
 
 
 def _check_kl_bound(state: TrainState, figures: dict[str, float], iteration: int) -> None:
@@ -251,9 +246,7 @@ def _count(experience: Experience) -> int:
     return len(next(iter(experience.values()))) if experience else 0
 
 
-def _check_parallel(s: OnlineSettings, dist: Dist, name: str) -> None:
-    if s.parallel == "fsdp" and dist.enabled and s.snapshot_every:
-        raise ValueError(f"{name}: train.snapshot_every is not supported with train.parallel fsdp yet; use ddp")
+def _check_divisible(s: OnlineSettings, dist: Dist, name: str) -> None:
     for key in ("prompts_per_iteration", "minibatch_size"):
         value = getattr(s, key)
         if value % dist.world_size:

@@ -21,7 +21,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from alignlab.losses.policy_gradient import AGGREGATIONS, clipped_policy_loss
-from alignlab.models import save_pretrained_atomic
 from alignlab.ops import masked_mean, masked_sum
 from alignlab.ops.importance import Level, Mode, importance_weights
 from alignlab.ops.logps import token_logps
@@ -139,6 +138,6 @@ def run_group(cfg: GroupConfig, out: Path, algorithm: GroupAlgorithm) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     result = run_online(policy, stage, settings, out, device=device, expected_samples=samples,
                         data_key=file_fingerprint(cfg.prompts), name=algorithm.name,
-                        save_snapshot=lambda d: save_pretrained_atomic(policy, tokenizer, d), dist=job.dist)
+                        save_snapshot=lambda d: save_trained_model(policy, tokenizer, d, job.dist), dist=job.dist)
     save_trained_model(policy, tokenizer, out / "model", job.dist)
     return finish(out, cfg, {"prompts": len(job.prompt_ids), "samples_per_iteration": samples, **result}, job.dist)

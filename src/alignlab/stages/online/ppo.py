@@ -187,7 +187,7 @@ def run(cfg: PPOConfig, out: Path) -> dict:
     result = run_online(policy, stage, settings, out, device=device, expected_samples=settings.prompts_per_iteration,
                         extra_modules={"value": models.value_module}, data_key=file_fingerprint(cfg.prompts),
                         name="ppo",
-                        save_snapshot=lambda d: save_pretrained_atomic(policy, tokenizer, d), dist=job.dist)
+                        save_snapshot=lambda d: save_trained_model(policy, tokenizer, d, job.dist), dist=job.dist)
     save_trained_model(policy, tokenizer, out / "model", job.dist)
     if job.dist.is_main and models.critic is not None:
         save_pretrained_atomic(models.critic, tokenizer, out / "critic")

@@ -38,7 +38,6 @@ from alignlab.losses.preference import (
     ReferenceObjectiveName,
     preference_objective,
 )
-from alignlab.models import save_pretrained_atomic
 from alignlab.ops import masked_sum, sequence_logps, token_logps
 from alignlab.stages.blocks import AdapterSettings
 from alignlab.stages.common import file_fingerprint, finish, save_trained_model
@@ -182,7 +181,7 @@ def finish_pair_stage(run: PairRun, stage: OnlineStage, out: Path, cfg, *, data_
     out.mkdir(parents=True, exist_ok=True)
     result = run_online(policy, stage, settings, out, device=device, expected_samples=settings.prompts_per_iteration,
                         data_key=data_key, name=name,
-                        save_snapshot=lambda d: save_pretrained_atomic(policy, tokenizer, d), dist=dist)
+                        save_snapshot=lambda d: save_trained_model(policy, tokenizer, d, dist), dist=dist)
     save_trained_model(policy, tokenizer, out / "model", dist)
     return finish(out, cfg, {**extra, **result}, dist)
 
