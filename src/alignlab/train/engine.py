@@ -9,7 +9,9 @@ non-finite loss and steps. The offline loop (`loop.train`) and the online loop
 
 Gradients are summed over processes by one flat all-reduce after the micro-batches (not DDP's
 hooks): every loss is already a share of the global step's, so the sum is the global gradient,
-and a process with nothing to do in a step simply adds zeros.
+and a process with nothing to do in a step simply adds zeros. With `parallel: fsdp` the model is
+sharded when the state is created (`sharding.py`): its gradients are summed shard by shard in the
+backward pass, and only modules kept whole beside it (a value head) go through the all-reduce.
 """
 
 from __future__ import annotations

@@ -47,7 +47,8 @@ class StepFns:
     prepare: Callable[[nn.Module, list[int], list[int], Dist], None] | None = None
     """prepare(model, step_indices, mine, dist): run on every process before each optimizer step's
     micro-batches, with the whole global batch and this process's share of it (empty when idle),
-    for statistics of the whole step (KTO's reference point); it may all-reduce, once per call."""
+    for statistics of the whole step (KTO's reference point); it may all-reduce. With a sharded
+    model it must run as many forwards on every process (see kto.py's spare chunks)."""
 
 
 @dataclass(frozen=True)
@@ -100,9 +101,6 @@ def train(
     s = settings
     if not lengths:
         raise ValueError(f"{name}: no training examples")
-    if s.parallel == "fsdp" and dist.enabled and fns.prepare is not None:
-        raise ValueError(f"{name}: train.parallel fsdp cannot yet run a step that uses the model outside its "
-                         "micro-batches (KTO's reference point); use train.parallel ddp")
     plan = OfflinePlan(lengths, s)
     total = plan.total
     state = TrainState.create(model, s, total_steps=total, warmup_steps=plan.warmup, out_dir=out_dir,

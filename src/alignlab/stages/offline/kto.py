@@ -36,7 +36,8 @@ from alignlab.stages.common import (
     seed_everything,
 )
 from alignlab.train import StepFns, TrainSettings, train
-from alignlab.train.distributed import all_reduce_sum
+from alignlab.train.distributed import all_reduce_max, all_reduce_sum
+from alignlab.train.sharding import is_sharded
 
 log = logging.getLogger(__name__)
 
@@ -130,16 +131,29 @@ def step_reference_point(cfg: KTOConfig, ref, rows: list[TokenizedRow], pad: int
         total, count = torch.zeros((), device=device), torch.zeros((), device=device)
         if len(step) > 1:  # one example has no mismatched partner: z₀ = 0
             partner = dict(zip(step, step[1:] + step[:1]))
-            for start in range(0, len(mine), chunk):
-                part = [(a, partner[a]) for a in mine[start : start + chunk]]
+            chunks = [mine[start : start + chunk] for start in range(0, len(mine), chunk)]
+            # a sharded policy's forwards are collectives: a process with fewer chunks scores spare ones
+            spare = _spare_chunks(model, len(chunks), dist, step[:1])
+            for i, part_of_mine in enumerate(chunks + spare):
+                part = [(a, partner[a]) for a in part_of_mine]
                 batch = {k: v.to(device) for k, v in pad_rows(mismatched_rows(rows, part, max_length), pad).items()}
                 log_ratio = _seq(_policy(model), batch) - _seq(ref.token_logps, batch)
-                total += log_ratio.float().sum()
-                count += log_ratio.numel()
+                if i < len(chunks):
+                    total += log_ratio.float().sum()
+                    count += log_ratio.numel()
         total, count = all_reduce_sum(total, dist), all_reduce_sum(count, dist)
         state["z0"] = (total / count.clamp_min(1)).clamp_min(0)
 
     return prepare, state
+
+
+def _spare_chunks(model, mine: int, dist, filler: list[int]) -> list[list[int]]:
+    """Chunks to score and discard so that this process runs as many forwards as the busiest one
+    (only a sharded model needs them)."""
+    if not is_sharded(model):
+        return []
+    most = int(all_reduce_max(torch.tensor(mine, device=next(model.parameters()).device), dist))
+    return [filler] * (most - mine)
 
 
 def run(cfg: KTOConfig, out: Path) -> dict:
