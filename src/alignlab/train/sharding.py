@@ -43,7 +43,7 @@ def transformer_blocks(model: nn.Module) -> list[nn.Module]:
 
 def shard(model: nn.Module, *, param_dtype: torch.dtype | None = None, cpu_offload: bool = False) -> None:
     """FSDP2 on each block and on the root, in place. `param_dtype` (bf16 on a GPU) is the dtype the
-    gathered weights compute in; gradients are reduced in float32 and the shards stay float32."""
+    gathered weights compute in; gradients are reduced in float32 and the shards keep the model's dtype."""
     options: dict = {}
     if param_dtype is not None:
         options["mp_policy"] = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
