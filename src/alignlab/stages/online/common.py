@@ -15,7 +15,7 @@ from alignlab.data.tokenize import tokenize_prompts
 from alignlab.feedback.rewards import RewardSpec, ScoringBatch, score_safely
 from alignlab.rollout import LocalSampler, Rollouts, Sampler, SamplingSettings, VLLMSampler, logp_mismatch, sample, to_batch
 from alignlab.stages.blocks import DtypeSettings, ModelSettings, PromptLengthSettings
-from alignlab.train.distributed import Dist
+from alignlab.train.distributed import Dist, all_reduce_max
 from alignlab.train.online import OnlineSettings, OnlineStage
 
 
@@ -155,13 +155,27 @@ def _mean(values: list[float], valid: Tensor) -> float:
 
 
 @torch.no_grad()
-def batched_logps(fn, batch: dict[str, Tensor], device, micro: int) -> Tensor:
-    """Run `fn(micro_batch) -> [b, T-1]` over `batch` in micro-batches, gathered on the CPU."""
+def batched_logps(fn, batch: dict[str, Tensor], device, micro: int, *, in_step_with: Dist | None = None) -> Tensor:
+    """Run `fn(micro_batch) -> [b, T-1]` over `batch` in micro-batches, gathered on the CPU.
+
+    `in_step_with`: the process group of a sharded model inside `fn`, whose forwards are collectives.
+    Processes can hold different numbers of samples (a reward failure drops a group on one of them),
+    so each runs as many micro-batches as the busiest, the extra ones on a spare row, results dropped."""
     n = batch["input_ids"].shape[0]
+    starts = range(0, n, micro)
+    # counted before any forward: every process must reach this collective before the first all-gather
+    most = int(all_reduce_max(torch.tensor(len(starts), device=device), in_step_with)) if in_step_with else len(starts)
     parts = []
-    for start in range(0, n, micro):
+    for start in starts:
         part = {k: v[start : start + micro].to(device) for k, v in batch.items() if v.dim() >= 1}
         parts.append(fn(part).float().cpu())
+    if most > len(parts):
+        spare = {k: (v[:1] if n else v.new_zeros((1, *v.shape[1:]))).to(device)
+                 for k, v in batch.items() if v.dim() >= 1}
+        if not n:  # no sample left here: a row of padding that attends to itself
+            spare["attention_mask"] = torch.ones_like(spare["attention_mask"])
+        for _ in range(most - len(parts)):
+            fn(spare)
     return torch.cat(parts) if parts else torch.zeros(0, batch["input_ids"].shape[1] - 1)
 
 

@@ -19,6 +19,7 @@ from typing import Callable, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
+from torch.distributed.fsdp import FSDPModule
 
 from alignlab.losses.policy_gradient import AGGREGATIONS, clipped_policy_loss
 from alignlab.ops import masked_mean, masked_sum
@@ -106,7 +107,9 @@ def run_group(cfg: GroupConfig, out: Path, algorithm: GroupAlgorithm) -> dict:
         figures = {"reward": float(scored.scores.mean()), **scored.figures}
         experience = {key: batch[key] for key in ("input_ids", "attention_mask", "loss_mask")}
         policy.eval()
-        old = None if on_policy else batched_logps(logps_of(lambda *a: token_logps(policy, *a)), batch, device, micro)
+        in_step = job.dist if isinstance(policy, FSDPModule) else None  # sharded (by now): forwards are collectives
+        old = None if on_policy else batched_logps(logps_of(lambda *a: token_logps(policy, *a)), batch, device, micro,
+                                                   in_step_with=in_step)
         current = old if old is not None else batch["sampler_logps"]
         if reference is not None:
             ref = batched_logps(logps_of(reference.token_logps), batch, device, micro)

@@ -20,6 +20,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 from torch import Tensor
+from torch.distributed.fsdp import FSDPModule
 
 from alignlab.feedback.rewards import single_reward_model_path
 from alignlab.losses.policy_gradient import ppo_loss
@@ -134,10 +135,12 @@ def _collect_fn(cfg: PPOConfig, job: OnlineRun, models: _Models,
         scored = job.sample(iteration, 1)
         batch = rollout_batch(scored, pad)
         policy.eval()
-        old = batched_logps(lambda b: _policy_forward(policy, head, b, temperature)[0], batch, device, micro)
+        in_step = job.dist if isinstance(policy, FSDPModule) else None  # a sharded policy's forwards are collectives
+        old = batched_logps(lambda b: _policy_forward(policy, head, b, temperature)[0], batch, device, micro,
+                            in_step_with=in_step)
         ref = batched_logps(lambda b: reference.token_logps(b["input_ids"], b["attention_mask"], b["loss_mask"], temperature)[0],
                             batch, device, micro)
-        values = batched_logps(lambda b: models.values(b, temperature), batch, device, micro)
+        values = batched_logps(lambda b: models.values(b, temperature), batch, device, micro, in_step_with=in_step)
         mask = batch["loss_mask"][:, 1:]
         rewards, kl = kl_penalised_rewards(scored.scores, old, ref, mask, kl_ctl.beta, cfg.kl.estimator)
         advantages, returns = _advantages(cfg, rewards, values, mask, over_processes)
