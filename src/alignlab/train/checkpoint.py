@@ -85,7 +85,6 @@ def save_checkpoint(
     return root / name
 
 
-
 def _write_replicated(tmp: Path, model, optimizer, scheduler, extra_modules, with_optimizer: bool, sharded: bool) -> None:
     """What every process holds alike: whole weights (unless sharded), extras, schedule, RNG, optimizer."""
     if not sharded:
