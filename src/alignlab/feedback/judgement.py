@@ -80,7 +80,7 @@ def sigmoid(x: float) -> float:
     return e / (1.0 + e)
 
 
-def check_lengths(prompts: Sequence, responses_a: Sequence, responses_b: Sequence) -> None:
+def _check_lengths(prompts: Sequence, responses_a: Sequence, responses_b: Sequence) -> None:
     if not len(prompts) == len(responses_a) == len(responses_b):
         raise ValueError(
             f"a judge needs one prompt per pair: got {len(prompts)} prompts, {len(responses_a)} responses A "
@@ -92,7 +92,7 @@ def ties_first(
     prompts: Sequence, responses_a: Sequence, responses_b: Sequence
 ) -> tuple[list[JudgeResult | None], list[int]]:
     """Results with identical pairs already decided as ties, and the indices still to judge."""
-    check_lengths(prompts, responses_a, responses_b)
+    _check_lengths(prompts, responses_a, responses_b)
     results: list[JudgeResult | None] = [None] * len(prompts)
     todo = []
     for i, (a, b) in enumerate(zip(responses_a, responses_b)):

@@ -43,11 +43,14 @@ def all_reduce_sum(value: torch.Tensor, d: Dist) -> torch.Tensor:
     return value
 
 
-def all_reduce_max(value: torch.Tensor, d: Dist) -> torch.Tensor:
+def busiest(count: int, d: Dist, device: torch.device) -> int:
+    """The largest `count` over the processes (of micro-batches, chunks). A sharded model's forwards
+    are collectives, so every process runs the busiest's number; this is a collective too, so every
+    process calls it before its first forward."""
+    value = torch.tensor(count, device=device)  # nccl reduces on the GPU
     if d.enabled:
-        value = value.clone()
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return value
+    return int(value)
 
 
 def all_gather_objects(obj, d: Dist) -> list:

@@ -35,9 +35,9 @@ from alignlab.train.distributed import (
     Dist,
     all_gather_objects,
     all_reduce_gradients,
-    all_reduce_max,
     all_reduce_sum,
     broadcast_parameters,
+    busiest,
 )
 from alignlab.train.optim import make_optimizer
 from alignlab.train.schedule import make_scheduler
@@ -87,6 +87,9 @@ class TrainState:
     name: str = "train"
     trainable: list[nn.Parameter] = field(default_factory=list)
     """the parameters the optimizer steps: their gradients are summed over processes and clipped"""
+    whole: list[nn.Parameter] = field(default_factory=list)
+    """the trainable parameters that are not shards (all of them without FSDP): their gradients go
+    through the engine's all-reduce, a shard's are reduced in the backward pass"""
 
     @classmethod
     def create(cls, model: nn.Module, settings: TrainSettings | OnlineSettings, *, total_steps: int,
@@ -104,8 +107,9 @@ class TrainState:
             trainable = [p for m in (model, *extras.values()) for p in m.parameters() if p.requires_grad]
         optimizer = make_optimizer(trainable, settings)
         scheduler = make_scheduler(optimizer, total_steps, warmup_steps, settings.schedule)
+        whole = [p for p in trainable if not isinstance(p, DTensor)]
         return cls(model, optimizer, scheduler, out_dir, key, settings, extras, stateful or {}, dist, device, name,
-                   trainable)
+                   trainable, whole)
 
     @property
     def checkpoints(self) -> Path:
@@ -153,7 +157,7 @@ def optimizer_step(state: TrainState, micro_batches: list[Batch], weights: list[
     local = torch.stack(weights).sum() if weights else torch.zeros((), device=state.device)  # nccl reduces on the GPU
     normaliser = all_reduce_sum(local, dist).clamp_min(1e-12)
     # counted before any forward: every process must reach this collective before the first all-gather
-    most = int(all_reduce_max(torch.tensor(len(micro_batches), device=state.device), dist)) if is_sharded(state.model) else 0
+    most = busiest(len(micro_batches), dist, state.device) if is_sharded(state.model) else len(micro_batches)
     totals: dict[str, Tensor] = {}
     for batch, weight in zip(micro_batches, weights):
         share = weight / normaliser
@@ -166,7 +170,7 @@ def optimizer_step(state: TrainState, micro_batches: list[Batch], weights: list[
                 totals[k] = totals.get(k, 0) + v.detach().float() * share
     _zero_weighted_passes(state, most - len(micro_batches), micro_batches, part_loss, normaliser, spare)
     params = state.trainable
-    all_reduce_gradients([p for p in params if not isinstance(p, DTensor)], dist)  # shards were reduced in backward
+    all_reduce_gradients(state.whole, dist)
     totals = _sum_over_processes(totals, dist)
     grad_norm = _clip(state, params, s.max_grad_norm)
     loss = totals.get("loss", torch.zeros(()))

@@ -36,7 +36,7 @@ from alignlab.stages.common import (
     seed_everything,
 )
 from alignlab.train import StepFns, TrainSettings, train
-from alignlab.train.distributed import all_reduce_max, all_reduce_sum
+from alignlab.train.distributed import all_reduce_sum, busiest
 from alignlab.train.sharding import is_sharded
 
 log = logging.getLogger(__name__)
@@ -152,7 +152,7 @@ def _spare_chunks(model, mine: int, dist, filler: list[int]) -> list[list[int]]:
     (only a sharded model needs them)."""
     if not is_sharded(model):
         return []
-    most = int(all_reduce_max(torch.tensor(mine, device=next(model.parameters()).device), dist))
+    most = busiest(mine, dist, next(model.parameters()).device)
     return [filler] * (most - mine)
 
 

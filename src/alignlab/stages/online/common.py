@@ -15,7 +15,7 @@ from alignlab.data.tokenize import tokenize_prompts
 from alignlab.feedback.rewards import RewardSpec, ScoringBatch, score_safely
 from alignlab.rollout import LocalSampler, Rollouts, Sampler, SamplingSettings, VLLMSampler, logp_mismatch, sample, to_batch
 from alignlab.stages.blocks import DtypeSettings, ModelSettings, PromptLengthSettings
-from alignlab.train.distributed import Dist, all_reduce_max
+from alignlab.train.distributed import Dist, busiest
 from alignlab.train.online import OnlineSettings, OnlineStage
 
 
@@ -164,7 +164,7 @@ def batched_logps(fn, batch: dict[str, Tensor], device, micro: int, *, in_step_w
     n = batch["input_ids"].shape[0]
     starts = range(0, n, micro)
     # counted before any forward: every process must reach this collective before the first all-gather
-    most = int(all_reduce_max(torch.tensor(len(starts), device=device), in_step_with)) if in_step_with else len(starts)
+    most = busiest(len(starts), in_step_with, device) if in_step_with else len(starts)
     parts = []
     for start in starts:
         part = {k: v[start : start + micro].to(device) for k, v in batch.items() if v.dim() >= 1}

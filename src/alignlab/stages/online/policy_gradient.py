@@ -19,7 +19,6 @@ from typing import Callable, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
-from torch.distributed.fsdp import FSDPModule
 
 from alignlab.losses.policy_gradient import AGGREGATIONS, clipped_policy_loss
 from alignlab.ops import masked_mean, masked_sum
@@ -39,6 +38,7 @@ from alignlab.stages.online.common import (
     rollout_batch,
 )
 from alignlab.train.online import run_online
+from alignlab.train.sharding import is_sharded
 
 Aggregation = Literal[AGGREGATIONS]
 
@@ -107,7 +107,7 @@ def run_group(cfg: GroupConfig, out: Path, algorithm: GroupAlgorithm) -> dict:
         figures = {"reward": float(scored.scores.mean()), **scored.figures}
         experience = {key: batch[key] for key in ("input_ids", "attention_mask", "loss_mask")}
         policy.eval()
-        in_step = job.dist if isinstance(policy, FSDPModule) else None  # sharded (by now): forwards are collectives
+        in_step = job.dist if is_sharded(policy) else None  # sharded (by now): forwards are collectives
         old = None if on_policy else batched_logps(logps_of(lambda *a: token_logps(policy, *a)), batch, device, micro,
                                                    in_step_with=in_step)
         current = old if old is not None else batch["sampler_logps"]

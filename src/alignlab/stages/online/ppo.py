@@ -20,7 +20,6 @@ from typing import Literal
 import torch
 from pydantic import Field
 from torch import Tensor
-from torch.distributed.fsdp import FSDPModule
 
 from alignlab.feedback.rewards import single_reward_model_path
 from alignlab.losses.policy_gradient import ppo_loss
@@ -41,6 +40,7 @@ from alignlab.stages.online.common import (
 from alignlab.train.distributed import all_reduce_sum
 from alignlab.train.kl_control import AdaptiveKLController, FixedKLController, make_kl_controller
 from alignlab.train.online import Experience, OnlineSettings, run_online
+from alignlab.train.sharding import is_sharded
 
 
 class KLSettings(StageConfig):
@@ -135,7 +135,7 @@ def _collect_fn(cfg: PPOConfig, job: OnlineRun, models: _Models,
         scored = job.sample(iteration, 1)
         batch = rollout_batch(scored, pad)
         policy.eval()
-        in_step = job.dist if isinstance(policy, FSDPModule) else None  # a sharded policy's forwards are collectives
+        in_step = job.dist if is_sharded(policy) else None  # a sharded policy's forwards are collectives
         old = batched_logps(lambda b: _policy_forward(policy, head, b, temperature)[0], batch, device, micro,
                             in_step_with=in_step)
         ref = batched_logps(lambda b: reference.token_logps(b["input_ids"], b["attention_mask"], b["loss_mask"], temperature)[0],
