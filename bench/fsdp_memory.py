@@ -1,5 +1,6 @@
 """Memory per process, DDP against FSDP2, at 2 processes on CPU (gloo): what each process holds for
-the weights, their gradients and AdamW's state after one optimizer step of alignlab's engine.
+the weights, their gradients and AdamW's state after one optimizer step of alignlab's engine, and
+the frozen reference of DPO / KL-regularised RL beside it (loaded as the stages load it).
 
     python bench/fsdp_memory.py                 # both, on a ~100M-parameter GPT-2 (vocab 16k)
     python bench/fsdp_memory.py --layers 24     # a larger one
@@ -37,6 +38,7 @@ def child(parallel: str, layers: int, hidden: int, vocab: int, out: str) -> None
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
+    from alignlab.stages.common import frozen_reference, sharded_training
     from alignlab.train.distributed import init_distributed
     from alignlab.train.engine import TrainState, optimizer_step
     from alignlab.train.settings import TrainSettings
@@ -55,12 +57,20 @@ def child(parallel: str, layers: int, hidden: int, vocab: int, out: str) -> None
             return state.model(input_ids=batch["ids"], labels=batch["ids"]).loss * 2 / normaliser, {}
 
         optimizer_step(state, [{"ids": ids}], [torch.tensor(2.0)], part_loss, where="bench", hint="")
+        shared = Path(f"{out}.reference")  # beside the results: one directory both processes see
+        if dist.is_main:
+            GPT2LMHeadModel(config).save_pretrained(shared)
+        torch.distributed.barrier()
+        reference = frozen_reference(None, "policy", str(shared), None, "float32", torch.device("cpu"),
+                                     shard=sharded_training(settings, dist))
+        reference.token_logps(ids, torch.ones_like(ids))  # a forward: the gathered blocks are freed after it
+        reference_bytes = held_bytes(p.data for p in reference.model.parameters())
         weights = held_bytes(p.data for p in state.model.parameters())
         optimizer = held_bytes(v for s in state.optimizer.state.values() for v in s.values()
                                if isinstance(v, torch.Tensor) and v.dim() > 0)
         params = sum(p.numel() for p in model.parameters())  # global count
     result = {"rank": dist.rank, "parallel": parallel, "parameters": params, "weights_bytes": weights,
-              "optimizer_bytes": optimizer, "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+              "optimizer_bytes": optimizer, "reference_bytes": reference_bytes, "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
     Path(f"{out}.{dist.rank}").write_text(json.dumps(result))
 
 
@@ -91,10 +101,13 @@ def main() -> None:
         for r in rows:
             held = r["weights_bytes"] + r["optimizer_bytes"]
             print(f"  {parallel:4s} rank {r['rank']}: weights {r['weights_bytes'] / mib:7.1f} MiB + AdamW state "
-                  f"{r['optimizer_bytes'] / mib:7.1f} MiB = {held / mib:7.1f} MiB; peak RSS {r['peak_rss_bytes'] / mib:7.1f} MiB")
+                  f"{r['optimizer_bytes'] / mib:7.1f} MiB = {held / mib:7.1f} MiB; frozen reference "
+                  f"{r['reference_bytes'] / mib:6.1f} MiB; peak RSS {r['peak_rss_bytes'] / mib:7.1f} MiB")
     held = {p: max(r["weights_bytes"] + r["optimizer_bytes"] for r in rows) for p, rows in results.items()}
     rss = {p: max(r["peak_rss_bytes"] for r in rows) for p, rows in results.items()}
-    print(f"FSDP / DDP per process: weights + optimizer {held['fsdp'] / held['ddp']:.3f}, peak RSS {rss['fsdp'] / rss['ddp']:.3f}")
+    ref = {p: max(r["reference_bytes"] for r in rows) for p, rows in results.items()}
+    print(f"FSDP / DDP per process: weights + optimizer {held['fsdp'] / held['ddp']:.3f}, frozen reference "
+          f"{ref['fsdp'] / ref['ddp']:.3f}, peak RSS {rss['fsdp'] / rss['ddp']:.3f}")
 
 
 if __name__ == "__main__":

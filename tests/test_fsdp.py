@@ -9,6 +9,7 @@ join the others' collectives).
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from test_distributed import WORDS, _ddp_and_single, _max_abs_diff, _torchrun, _weights, _write_sft_data
@@ -59,6 +60,37 @@ def test_fsdp_sft_gives_the_same_weights_as_one_process(tiny_model_dir, tmp_path
         assert [x[key] for x in fsdp_log] == pytest.approx([x[key] for x in single_log], rel=1e-5), key
 
 
+def test_fsdp_lora_trains_as_one_process_resumes_and_saves_a_merged_model(tiny_model_dir, tmp_path):
+    # LoRA under FSDP2: the frozen base is sharded with the adapters, only the adapters train; the
+    # checkpoints hold the adapters' shards (and their optimizer state) only, and the final model is
+    # the gathered weights with the adapters folded in, a plain transformers directory
+    data = _write_sft_data(tmp_path / "sft.jsonl", n=25)
+    settings = [*_sft_settings(tiny_model_dir, data), "--lora.r", "4", "--lora.alpha", "8", "--train.keep_checkpoints", "true",
+                "--train.max_steps", "6", "--train.save_every", "3"]
+    fsdp_out, single_out = _ddp_and_single("sft", settings, tmp_path)
+    start, fsdp, single = _weights(tiny_model_dir), _weights(fsdp_out / "model"), _weights(single_out / "model")
+    assert fsdp.keys() == single.keys() == start.keys()
+    assert _max_abs_diff(fsdp, single) <= 1e-5
+    assert _max_abs_diff(single, start) > 1e-3, "training did not move the weights"
+    import torch.distributed.checkpoint as dcp
+
+    saved = dcp.FileSystemReader(str(fsdp_out / "checkpoints" / "step-000006" / "sharded")).read_metadata()
+    model_keys = {k.removeprefix("model.") for k in saved.state_dict_metadata if k.startswith("model.")}
+    assert model_keys and all(".lora_" in k for k in model_keys), sorted(model_keys)[:5]
+
+    # resumed from the step-3 checkpoint (the adapters' shards and their AdamW moments): the same weights
+    resumed = tmp_path / "resumed"
+    shutil.copytree(fsdp_out, resumed)
+    for later in ("step-000006", "latest"):
+        path = resumed / "checkpoints" / later
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    for done in ("done.json", "model", "metrics.json"):
+        path = resumed / done
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    _torchrun_stage(["sft", "--out", str(resumed), *settings, "--train.micro_batch_size", "2"])
+    assert _max_abs_diff(_weights(resumed / "model"), fsdp) == 0.0
+
+
 def _write_pairs(path, n: int):
     rows = [json.dumps({"prompt": f"the film {i % 5}", "chosen": " ".join(WORDS[(i + j) % len(WORDS)] for j in range(2 + i % 4)),
                         "rejected": "not " + " ".join(WORDS[(2 * i + j) % len(WORDS)] for j in range(1 + i % 3))}) for i in range(n)]
@@ -76,11 +108,14 @@ NO_TRUE_GRADIENT = {"dpo": set(), "reward-model": {"transformer.ln_f.bias", "tra
                                                    "transformer.h.1.attn.c_attn.bias"}}
 
 
-@pytest.mark.parametrize("stage", ["dpo", "reward-model"])
+@pytest.mark.parametrize("stage", ["dpo", "dpo-live", "reward-model"])
 def test_fsdp_preference_stages_give_the_same_weights_as_one_process(stage, tiny_model_dir, tmp_path):
-    # 30 pairs, a fifth held out by prompt: the held-out evaluation runs the sharded model on every process
+    # 30 pairs, a fifth held out by prompt: the held-out evaluation runs the sharded model on every process.
+    # dpo: reference log-probs computed before training; dpo-live: a frozen reference sharded like the policy
     data = _write_pairs(tmp_path / "pairs.jsonl", n=30)
-    settings = ["--model", str(tiny_model_dir), "--data", str(data), "--max_length", "64", "--max_prompt_length", "16",
+    live = ["--ref_mode", "live"] if stage == "dpo-live" else []
+    stage = stage.removesuffix("-live")
+    settings = [*live, "--model", str(tiny_model_dir), "--data", str(data), "--max_length", "64", "--max_prompt_length", "16",
                 "--eval_fraction", "0.2", "--train.lr", "3e-3", "--train.batch_size", "8", "--train.max_steps", "4",
                 "--train.schedule", "constant", "--train.device", "cpu", "--train.save_every", "100",
                 "--train.parallel", "fsdp"]
@@ -210,7 +245,6 @@ def test_what_fsdp_does_not_cover_yet_is_refused_before_any_work(tiny_model_dir)
     import torch
 
     from alignlab.models import load_causal_lm
-    from alignlab.models.lora import LoraSettings, apply_lora
     from alignlab.train.engine import _check_shardable
 
     model = load_causal_lm(tiny_model_dir)
@@ -219,8 +253,6 @@ def test_what_fsdp_does_not_cover_yet_is_refused_before_any_work(tiny_model_dir)
         _check_shardable(model, {"value": second}, "ppo", offload_from=None)
     head = torch.nn.Linear(32, 1)  # a value head is small: kept whole beside the shards
     _check_shardable(model, {"value": head}, "ppo", offload_from=None)
-    with pytest.raises(ValueError, match="LoRA is not supported yet"):
-        _check_shardable(apply_lora(second, LoraSettings()), {}, "sft", offload_from=None)
 
 
 def test_fsdp_kto_and_its_reference_point_match_one_process(tiny_model_dir, tmp_path):

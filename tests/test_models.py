@@ -275,6 +275,30 @@ def test_lora_reward_model_export_keeps_the_trained_head(tiny_tokenizer, tiny_mo
                                    atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("arch,task", [("gpt2", "causal_lm"), ("llama", "causal_lm"), ("gpt2", "reward")])
+def test_merged_state_folds_lora_in_as_peft_does(tiny_tokenizer, tmp_path, arch, task):
+    # the merge a sharded LoRA model's gathered weights get (no module to merge in place) against
+    # peft's own merge_and_unload: GPT-2's Conv1D stores its weight transposed, a reward head is a trained copy
+    from alignlab.models.build import new_causal_lm
+    from alignlab.models.lora import merged_state
+
+    new_causal_lm(tiny_tokenizer, arch=arch, hidden_size=32, num_layers=2, num_heads=2).save_pretrained(tmp_path)
+    base = load_causal_lm(tmp_path) if task == "causal_lm" else load_reward_model(tmp_path, tokenizer=tiny_tokenizer)
+    start = {k: v.clone() for k, v in base.state_dict().items()}
+    model = apply_lora(base, LoraSettings(r=4, alpha=12), task=task)
+    perturb_adapters(model)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "modules_to_save" in name:
+                param.add_(1.0)
+    ours = merged_state(model, model.state_dict())
+    theirs = merged_for_saving(model).state_dict()
+    assert ours.keys() == theirs.keys()
+    for key in theirs:  # float32 sums of the same products in the same order
+        torch.testing.assert_close(ours[key], theirs[key], atol=1e-6, rtol=0, msg=key)
+    assert max((ours[k] - start[k]).abs().max() for k in start if "attn" in k) > 1e-2, "no adapter was folded in"
+
+
 # --- frozen copy ---------------------------------------------------------------------------------
 
 

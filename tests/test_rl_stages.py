@@ -375,3 +375,38 @@ def test_grpo_corrects_a_stale_engines_samples_with_bounded_importance_weights(r
         assert float((weights == 0).float().mean()) > 0
     if level == "sequence":  # one weight per sample, on each of its tokens
         assert all(len(set(row[row > 0].tolist())) <= 1 for w in seen for row in w)
+
+
+def test_grpo_with_lora_syncs_only_the_adapter_to_the_engine(rl_setup, monkeypatch):
+    import fake_vllm
+
+    from alignlab.stages.online.grpo import GRPOConfig, run_grpo
+
+    monkeypatch.setitem(sys.modules, "vllm", fake_vllm)
+    monkeypatch.setitem(sys.modules, "vllm.lora.request", fake_vllm)
+    tmp, model, prompts = rl_setup
+    cfg = GRPOConfig(model=model, prompts=prompts, reward={"type": "callable", "function": "toy_reward_mod:score"},
+                     rollout_backend="vllm", vllm={"enable_lora": True}, lora={"r": 4, "alpha": 8}, samples_per_prompt=2,
+                     sampling={"max_new_tokens": 8}, train=_train(iterations=3, prompts_per_iteration=4, minibatch_size=8,
+                                                                  update_epochs=2, lr=3e-2))
+    run_grpo(cfg, tmp / "grpo-lora-vllm")
+    engine = fake_vllm.ENGINES[-1]
+    assert engine.options["max_lora_rank"] == 8  # the smallest bound vLLM accepts that holds r = 4
+    assert engine.reloads == 0  # the base never moves: only adapters went over
+    # one adapter per iteration and one for the final samples, each sampled under its own id
+    assert [e for e in engine.events if e.startswith("generate")] == [f"generate lora {i}" for i in range(1, 5)]
+    log = _log(tmp / "grpo-lora-vllm")
+    assert max(abs(x["sampler/mean_ratio"] - 1) for x in log) < 1e-4  # sampler and trainer in step
+
+
+def test_vllm_with_a_sharded_policy_is_refused_before_any_engine_starts():
+    from types import SimpleNamespace
+
+    from alignlab.stages.online.common import _engine_options
+    from alignlab.stages.online.grpo import GRPOConfig
+
+    cfg = GRPOConfig(model="m", prompts="p", reward={"type": "callable", "function": "x:y"}, rollout_backend="vllm",
+                     train={"parallel": "fsdp"})
+    with pytest.raises(ValueError, match="use train.parallel ddp"):
+        _engine_options(cfg, cfg.train, SimpleNamespace(enabled=True))
+    assert _engine_options(cfg, cfg.train, SimpleNamespace(enabled=False)) == {}

@@ -44,21 +44,41 @@ def test_the_engine_samples_the_trainers_distribution_and_follows_its_weights(ti
     assert _gap(sampler, model) < 1e-5  # synced in place (vLLM's reload with the tensors handed over)
 
 
+def test_an_adapter_engine_samples_with_the_policys_lora_adapter(tiny_llama):
+    # enable_lora: only the adapter is synced (peft's files, a new LoRA id each time), the base stays
+    from alignlab.models.lora import LoraSettings, apply_lora
+
+    sampler = VLLMSampler(tiny_llama, enable_lora=True, max_lora_rank=8, **ENGINE)
+    policy = apply_lora(load_causal_lm(tiny_llama, device="cpu"), LoraSettings(r=8, alpha=16)).eval()
+    torch.manual_seed(0)
+    for _ in range(2):
+        with torch.no_grad():
+            for name, p in policy.named_parameters():
+                if "lora_" in name:
+                    p.add_(0.3 * torch.randn_like(p))
+        assert _gap(sampler, policy) > 0.1  # the engine still has the previous adapter (or none)
+        sampler.load_weights(policy)
+        assert _gap(sampler, policy) < 1e-5
+    assert sampler.lora_request.lora_int_id == 2
+
+
 def _log(out):
     return [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("stage", ["grpo", "ppo"])
+@pytest.mark.parametrize("stage", ["grpo", "ppo", "grpo-lora"])
 def test_online_stages_train_with_the_real_engine_in_sync(stage, toy_job, tmp_path):
     from alignlab.stages import STAGES
 
     model, root = toy_job
-    config_cls, run = STAGES[stage].load()
+    # grpo-lora: the adapter alone goes to an engine started with enable_lora
+    lora = {"lora": {"r": 8, "alpha": 16}, "vllm": {**ENGINE, "enable_lora": True}} if stage == "grpo-lora" else {}
+    config_cls, run = STAGES[stage.removesuffix("-lora")].load()
     cfg = config_cls.model_validate({
         "model": str(model), "prompts": str(root / "prompts.jsonl"),
         "reward": {"type": "callable", "function": "vllm_toy_reward:e_share"},
         "rollout_backend": "vllm", "vllm": ENGINE, "sampling": {"max_new_tokens": 12},
-        **({"samples_per_prompt": 4} if stage == "grpo" else {}),
+        **({"samples_per_prompt": 4} if stage.startswith("grpo") else {}), **lora,
         "train": {"iterations": 4, "prompts_per_iteration": 4, "minibatch_size": 8, "update_epochs": 2, "lr": 1e-2,
                   "device": "cpu", "save_every": None},
     })

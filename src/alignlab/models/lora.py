@@ -6,7 +6,7 @@ import copy
 from dataclasses import dataclass
 
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
-from torch import nn
+from torch import Tensor, nn
 from transformers import PreTrainedModel
 
 TASK_TYPES = {"causal_lm": TaskType.CAUSAL_LM, "reward": TaskType.SEQ_CLS}
@@ -69,3 +69,33 @@ def merged_for_saving(model: nn.Module) -> PreTrainedModel:
     if not is_lora(model):
         return model
     return copy.deepcopy(model).merge_and_unload()
+
+
+def merged_state(model: nn.Module, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A peft model's state dict (`state`, keys as `model.state_dict()`'s) as the plain model's, LoRA
+    folded in: W + scaling·B·A on each adapted layer, a reward head's trained copy in place of the
+    original. Pure arithmetic on the tensors, for weights gathered from shards, where the model's own
+    merge (`merged_for_saving`) cannot run; `model` only says which layers carry adapters and how."""
+    from peft.tuners.lora import LoraLayer
+
+    merged = dict(state)
+    for name, module in model.named_modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        for adapter in module.active_adapters:
+            a, b = merged.pop(f"{name}.lora_A.{adapter}.weight"), merged.pop(f"{name}.lora_B.{adapter}.weight")
+            key = f"{name}.base_layer.weight"
+            delta = (b.float() @ a.float()) * module.scaling[adapter]
+            if module.fan_in_fan_out:  # GPT-2's Conv1D keeps its weight as [in, out]
+                delta = delta.T
+            merged[key] = (merged[key].float() + delta).to(merged[key].dtype)
+    if any("lora_" in k for k in merged):
+        raise ValueError(f"LoRA weights of an unsupported kind (DoRA, embedding adapters): "
+                         f"{sorted(k for k in merged if 'lora_' in k)[:3]}")
+    prefix = "base_model.model."
+    plain = {}
+    for key, value in merged.items():
+        if ".original_module." in key:
+            continue  # the reward head as it was: its trained copy (modules_to_save) replaces it
+        plain[key.removeprefix(prefix).replace(".base_layer.", ".").replace(".modules_to_save.default.", ".")] = value
+    return plain

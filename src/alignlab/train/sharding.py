@@ -41,10 +41,13 @@ def transformer_blocks(model: nn.Module) -> list[nn.Module]:
     return blocks
 
 
-def shard(model: nn.Module, *, param_dtype: torch.dtype | None = None, cpu_offload: bool = False) -> None:
+def shard(model: nn.Module, *, param_dtype: torch.dtype | None = None, cpu_offload: bool = False,
+          frozen: bool = False) -> None:
     """FSDP2 on each block and on the root, in place. `param_dtype` (bf16 on a GPU) is the dtype the
-    gathered weights compute in; gradients are reduced in float32 and the shards keep the model's dtype."""
-    options: dict = {}
+    gathered weights compute in; gradients are reduced in float32 and the shards keep the model's dtype.
+    `frozen`: a model that only runs forwards (a reference) frees its root's gathered weights after each
+    too (FSDP keeps a trained root's for the backward that follows)."""
+    options: dict = {"reshard_after_forward": True} if frozen else {}
     if param_dtype is not None:
         options["mp_policy"] = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
     if cpu_offload:
@@ -92,23 +95,35 @@ def full_state_dict(model: nn.Module) -> dict[str, Tensor]:
     return {k: v for k, v in state.items() if k not in aliases}
 
 
-def save_shards(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
-    """Each process writes its own shards of the model (and the optimizer state) into `directory`."""
+# frozen weights (a LoRA model's base) come from the model's own files and never change: not written
+TRAINED_ONLY = StateDictOptions(ignore_frozen_params=True, strict=False)
+
+
+def _trained_state(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict:
+    """The model's trained shards (and the optimizer's state), as `dcp` saves and loads them. torch's
+    option keeps a frozen weight's tied alias (GPT-2's lm_head), so the aliases are dropped here."""
+    frozen = {name for name, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
     if optimizer is None:
-        dcp.save({"model": get_model_state_dict(model)}, checkpoint_id=str(directory))
-        return
-    model_state, optimizer_state = get_state_dict(model, optimizer)
-    dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=str(directory))
+        model_state, optimizer_state = get_model_state_dict(model, options=TRAINED_ONLY), None
+    else:
+        model_state, optimizer_state = get_state_dict(model, optimizer, options=TRAINED_ONLY)
+    state = {"model": {k: v for k, v in model_state.items() if k not in frozen}}
+    if optimizer_state is not None:
+        state["optimizer"] = optimizer_state
+    return state
+
+
+def save_shards(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
+    """Each process writes its own shards of the trained weights (and the optimizer state) into `directory`."""
+    dcp.save(_trained_state(model, optimizer), checkpoint_id=str(directory))
 
 
 def load_shards(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
     """Read back what `save_shards` wrote; `optimizer` None when its state was not saved."""
-    if optimizer is None:
-        state = {"model": get_model_state_dict(model)}
-        dcp.load(state, checkpoint_id=str(directory))
-        set_model_state_dict(model, state["model"])
-        return
-    model_state, optimizer_state = get_state_dict(model, optimizer)
-    state = {"model": model_state, "optimizer": optimizer_state}
+    state = _trained_state(model, optimizer)
     dcp.load(state, checkpoint_id=str(directory))
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+    if optimizer is None:
+        set_model_state_dict(model, state["model"], options=TRAINED_ONLY)
+    else:
+        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
+                       options=TRAINED_ONLY)

@@ -49,6 +49,7 @@ from alignlab.stages.common import (
     runtime,
     save_trained_model,
     seed_everything,
+    sharded_training,
 )
 from alignlab.stages.offline.pairs import (
     Pair,
@@ -177,7 +178,9 @@ def run(cfg: DPOConfig, out: Path) -> dict:
 
     live_ref, ref_train, ref_eval = None, {}, {}
     if cfg.reference == "live":
-        live_ref = frozen_reference(model, cfg.model, ref_path, cfg.lora, cfg.dtype, device)
+        # TR-DPO's synced reference is trained with the policy: kept whole (and refused under FSDP)
+        live_ref = frozen_reference(model, cfg.model, ref_path, cfg.lora, cfg.dtype, device,
+                                    shard=sharded_training(cfg.train, dist) and not cfg.ref_sync)
     elif cfg.reference == "precompute":
         ref_train, ref_eval = _cached_reference(cfg, ref_path, model, pairs, eval_pairs, pad, device, out, max_length)
     extras = {"label": labels_of(train_ex), **ref_train}

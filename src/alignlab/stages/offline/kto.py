@@ -34,6 +34,7 @@ from alignlab.stages.common import (
     runtime,
     save_trained_model,
     seed_everything,
+    sharded_training,
 )
 from alignlab.train import StepFns, TrainSettings, train
 from alignlab.train.distributed import all_reduce_sum, busiest
@@ -180,7 +181,8 @@ def run(cfg: KTOConfig, out: Path) -> dict:
     device, dist = runtime(cfg.train.device)
     seed_everything(cfg.train.seed)
     model = load_policy(cfg.model, cfg.dtype, device, cfg.lora)
-    ref = frozen_reference(model, cfg.model, cfg.ref_model or cfg.model, cfg.lora, cfg.dtype, device)
+    ref = frozen_reference(model, cfg.model, cfg.ref_model or cfg.model, cfg.lora, cfg.dtype, device,
+                           shard=sharded_training(cfg.train, dist))
     pad = tokenizer.pad_token_id
     prepare, z0_of_step = step_reference_point(cfg, ref, rows, pad, max_length)
     fns = StepFns(lambda idx: kto_batch(rows, labels, idx, pad, max_length, mismatched=False),

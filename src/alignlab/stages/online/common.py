@@ -30,7 +30,8 @@ class OnlineConfig(ModelSettings, DtypeSettings, PromptLengthSettings):
     rollout_backend: Literal["local", "vllm"] = Field(
         "local", description="vllm: sample with a vLLM engine (GPU; alignlab's vllm extra); the policy's weights "
         "are pushed into it before every iteration")
-    vllm: dict[str, Any] = Field({}, description="keyword arguments for vllm.LLM, e.g. gpu_memory_utilization")
+    vllm: dict[str, Any] = Field({}, description="keyword arguments for vllm.LLM, e.g. gpu_memory_utilization, "
+                                 "enable_lora (sync the adapter only), enable_sleep_mode (and alignlab's sleep_level: 1 or 2)")
     train: OnlineSettings = OnlineSettings()
     moved: ClassVar[dict[str, str]] = {"update_epochs": "train.update_epochs"}
 
@@ -224,18 +225,19 @@ class OnlineRun:
         disable_dropout(policy)
         stream = PromptStream(len(ids), settings.prompts_per_iteration, settings.seed)
         if cfg.rollout_backend == "vllm":
-            sampler = VLLMSampler(cfg.model, **cfg.vllm)
+            sampler = VLLMSampler(cfg.model, **_engine_options(cfg, settings, dist))
         else:
             sampler = LocalSampler(policy, tokenizer.pad_token_id, tokenizer.eos_token_id)
         return cls(cfg, settings, tokenizer, texts, ids, device, reward, policy, stream, dist, sampler)
 
     def reference(self):
-        """The frozen KL anchor (the policy with its adapter off under LoRA, else a loaded copy)."""
-        from alignlab.stages.common import frozen_reference
+        """The frozen KL anchor (the policy with its adapter off under LoRA, else a loaded copy, sharded
+        with the policy)."""
+        from alignlab.stages.common import frozen_reference, sharded_training
 
         cfg = self.cfg
         return frozen_reference(self.policy, cfg.model, cfg.ref_model or cfg.model, getattr(cfg, "lora", None),
-                                cfg.dtype, self.device)
+                                cfg.dtype, self.device, shard=sharded_training(self.settings, self.dist))
 
     def sample(self, iteration: int, k: int) -> ScoredRollouts:
         """k scored samples per prompt of this iteration (this process's share), from the current policy."""
@@ -247,9 +249,7 @@ class OnlineRun:
         if isinstance(self.sampler, VLLMSampler):
             # the engine holds its own copy of the weights: bring it to the policy's current ones
             # (every iteration, a resumed run's first included, and for the final samples)
-            from alignlab.models import merged_for_saving
-
-            self.sampler.load_weights(merged_for_saving(self.policy))
+            self.sampler.load_weights(self.policy)
         return sample_and_score(self.sampler, self.tokenizer, [self.prompt_texts[i] for i in idx],
                                 [self.prompt_ids[i] for i in idx], k, self.cfg.sampling, self.reward,
                                 self.cfg.on_reward_error, seed=seed)
@@ -267,6 +267,24 @@ class OnlineRun:
     def online_stage(self, collect, loss, **kwargs) -> OnlineStage:
         """The loop's view of this run's algorithm, with its samples shown in samples.jsonl."""
         return OnlineStage(collect, loss, recent_samples=self.recent_samples, fresh_samples=self.fresh_samples, **kwargs)
+
+
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm.config.lora's MaxLoRARanks (0.32)
+
+
+def _engine_options(cfg: OnlineConfig, settings: OnlineSettings, dist) -> dict:
+    """vllm.LLM's options: the user's, an adapter engine sized for the policy's LoRA rank."""
+    from alignlab.stages.common import sharded_training
+
+    if sharded_training(settings, dist):
+        raise ValueError("rollout_backend vllm syncs the engine from a whole policy on each process; with "
+                         "train.parallel fsdp it would have to gather every weight first, which is not built yet: "
+                         "use train.parallel ddp (or the local sampler)")
+    options = dict(cfg.vllm)
+    lora = getattr(cfg, "lora", None)
+    if options.get("enable_lora") and lora is not None:  # the smallest rank bound vLLM takes that fits
+        options.setdefault("max_lora_rank", next((r for r in VLLM_LORA_RANKS if r >= lora.r), lora.r))
+    return options
 
 
 def _records(scored: ScoredRollouts, n: int) -> list[dict]:

@@ -112,7 +112,7 @@ def run_group(cfg: GroupConfig, out: Path, algorithm: GroupAlgorithm) -> dict:
                                                    in_step_with=in_step)
         current = old if old is not None else batch["sampler_logps"]
         if reference is not None:
-            ref = batched_logps(logps_of(reference.token_logps), batch, device, micro)
+            ref = batched_logps(logps_of(reference.token_logps), batch, device, micro, in_step_with=in_step)
             seq_kl = masked_sum(current - ref, mask, dim=-1)
             figures["kl"] = float(seq_kl.mean())
             if cfg.beta > 0:

@@ -139,7 +139,7 @@ def _collect_fn(cfg: PPOConfig, job: OnlineRun, models: _Models,
         old = batched_logps(lambda b: _policy_forward(policy, head, b, temperature)[0], batch, device, micro,
                             in_step_with=in_step)
         ref = batched_logps(lambda b: reference.token_logps(b["input_ids"], b["attention_mask"], b["loss_mask"], temperature)[0],
-                            batch, device, micro)
+                            batch, device, micro, in_step_with=in_step)
         values = batched_logps(lambda b: models.values(b, temperature), batch, device, micro, in_step_with=in_step)
         mask = batch["loss_mask"][:, 1:]
         rewards, kl = kl_penalised_rewards(scored.scores, old, ref, mask, kl_ctl.beta, cfg.kl.estimator)
