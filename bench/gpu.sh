@@ -6,6 +6,11 @@
 #   bash bench/gpu.sh rl         bench/rl.py on the GPU: an 86M GPT-2, bf16, alignlab against TRL
 #   bash bench/gpu.sh pipeline   the quickstart recipe on CUDA, then a tiny recipe with GRPO and PPO
 #                                in bf16 under torchrun (NCCL process group, one process)
+#   bash bench/gpu.sh vllm       bench/rl.py GRPO with and without a colocated vLLM engine, both tools
+#                                (needs vllm importable beside torch; under 8 minutes on one H200 with
+#                                RL_STEPS=10 REPEATS=2)
+#   bash bench/gpu.sh fsdp       the tiny recipe's SFT, DPO and GRPO with train.parallel fsdp in bf16
+#                                under torchrun on every GPU of the machine (NCCL), against ddp
 #
 # Packages the machine lacks travel as wheels in ./.whl (python 3.12 builds, fetched elsewhere with
 # `pip download --no-deps --only-binary=:all: --python-version 3.12 ...`); they are put on
@@ -73,8 +78,41 @@ PY
   echo "tiny recipe + GRPO + PPO (bf16, cuda, torchrun/NCCL): exit $rc" | tee -a "$OUT/torchrun.log"
   tail -n 3 /tmp/tiny-gpu/grpo/log.jsonl /tmp/tiny-gpu/ppo/log.jsonl 2>&1 | tee -a "$OUT/torchrun.log"
   ;;
+vllm)
+  "$PY" -c "import vllm" 2>/dev/null || { echo "no vllm here: install it beside this torch (pip install vllm), then rerun" >&2; exit 3; }
+  export BENCH_MODEL=gpt2-small BENCH_DEVICE=cuda BENCH_PRECISION=bf16 BENCH_QUIET_WAIT=5
+  "$PY" bench/rl.py --algos grpo --steps "${RL_STEPS:-10}" --prompts 32 --k 8 --repeats "${REPEATS:-2}" --threads 4 \
+    --no-trl-gc --vllm 2>&1 | tee "$OUT/vllm.log"
+  cp bench/out/rl_*.json "$OUT/"
+  ;;
+fsdp)
+  gpus=$("$PY" -c "import torch; print(torch.cuda.device_count())")
+  "$PY" - <<'PY'
+import sys, yaml
+sys.path.insert(0, "tests")
+from tiny_recipe import tiny_recipe
+recipe = tiny_recipe()
+stages = {k: v for k, v in recipe["stages"].items() if k in ("task", "pretrain", "sft", "pairs", "dpo")}
+for stage in ("sft", "dpo"):
+    stages[stage].setdefault("train", {}).update(device="cuda", precision="bf16", parallel="fsdp")
+stages["grpo"] = {"model": "@sft/model", "prompts": "@task/data/prompts_train.jsonl", "samples_per_prompt": 4,
+                  "reward": {"type": "gold", "task": "sentiment"}, "sampling": {"max_new_tokens": 16},
+                  "train": {"iterations": 4, "prompts_per_iteration": 8, "minibatch_size": 16, "lr": 1e-3,
+                            "device": "cuda", "precision": "bf16", "parallel": "fsdp"}}
+recipe["stages"] = stages
+open("/tmp/tiny-fsdp.yaml", "w").write(yaml.safe_dump(recipe, sort_keys=False))
+PY
+  for parallel in fsdp ddp; do
+    sed "s/parallel: fsdp/parallel: $parallel/" /tmp/tiny-fsdp.yaml > "/tmp/tiny-$parallel.yaml"
+    start=$(date +%s)
+    timeout 300 "$PY" -m torch.distributed.run --standalone --nproc_per_node "$gpus" -m alignlab.cli run \
+      "/tmp/tiny-$parallel.yaml" --out "/tmp/tiny-$parallel" > "$OUT/$parallel.log" 2>&1
+    echo "$parallel on $gpus GPU(s), bf16: exit $?, $(( $(date +%s) - start )) s" | tee -a "$OUT/fsdp.log"
+    tail -n 2 "/tmp/tiny-$parallel/grpo/log.jsonl" 2>&1 | tee -a "$OUT/fsdp.log"
+  done
+  ;;
 *)
-  echo "usage: bash bench/gpu.sh tests|rl|pipeline" >&2
+  echo "usage: bash bench/gpu.sh tests|rl|pipeline|vllm|fsdp" >&2
   exit 2
   ;;
 esac

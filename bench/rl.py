@@ -69,6 +69,7 @@ MAX_NEW_TOKENS = 32
 TEMPERATURE = 1.0
 CLIP = 0.2
 BETA = {"grpo": 0.04, "rloo": 0.05}
+VLLM_MEMORY = 0.3  # the share of the GPU each tool's engine may take (weights, KV cache); the rest trains
 TREND_STEPS = 3  # reward trend: mean over the first 3 steps against the last 3
 
 
@@ -137,6 +138,9 @@ def alignlab_child(a) -> dict:
                                      batch_size=a.prompts * a.k, draw=a.draw, cache=a.cache),
         "samples_per_prompt": a.k, "clip_low": CLIP, "beta": BETA[a.algo], "train": settings,
     }
+    if a.vllm:  # the engine in this process, the policy's weights handed over before every step
+        shared.update(rollout_backend="vllm", vllm={"gpu_memory_utilization": VLLM_MEMORY, "max_model_len": 256,
+                                                     **({"dtype": "float32"} if common.DEVICE == "cpu" else {})})
     if a.algo == "grpo":
         cfg = GRPOConfig(**shared, scale_rewards=True, aggregation="sequence_mean")
         run = run_grpo
@@ -199,6 +203,9 @@ def trl_child(a) -> dict:
         "beta": BETA[a.algo], "epsilon": CLIP, "disable_dropout": True, "shuffle_dataset": False,
         "log_completions": False, "cache_implementation": "static" if a.cache == "static" else None,
     }
+    if a.vllm:  # TRL's colocated engine, given the same share of the GPU
+        shared.update(use_vllm=True, vllm_mode="colocate", vllm_gpu_memory_utilization=VLLM_MEMORY,
+                      vllm_max_model_length=256)
     if a.algo == "grpo":
         args = trl.GRPOConfig(**base, **shared, loss_type="grpo", scale_rewards="group", use_bias_correction_kl=False)
         trainer_class = trl.GRPOTrainer
@@ -270,6 +277,7 @@ def child(argv: list[str]) -> None:
                              "static compiles decoding on a GPU")
     parser.add_argument("--unfused", action="store_true",
                         help="alignlab only: keep transformers' op-by-op gelu_new (ALIGNLAB_FUSED_ACTIVATIONS=0)")
+    parser.add_argument("--vllm", action="store_true", help="sample with a colocated vLLM engine (both tools)")
     a = parser.parse_args(argv)
     if a.unfused:
         os.environ["ALIGNLAB_FUSED_ACTIVATIONS"] = "0"  # read when alignlab loads the model
@@ -366,6 +374,8 @@ def driver(argv: list[str]) -> None:
     parser.add_argument("--unfused", action="store_true",
                         help="add alignlab runs with transformers' op-by-op gelu_new, as TRL runs it "
                              "(alignlab's loaders fuse it into one kernel by default)")
+    parser.add_argument("--vllm", action="store_true",
+                        help="add alignlab and TRL runs that sample with a colocated vLLM engine (needs vllm installed)")
     a = parser.parse_args(argv)
     a.batch = a.prompts * a.k
     algos = [x for x in a.algos.split(",") if x]
@@ -387,6 +397,9 @@ def driver(argv: list[str]) -> None:
         if a.unfused:
             contenders[f"alignlab-{algo}-unfused"] = ("rl.py", base + ["--tool", "alignlab", "--algo", algo,
                                                                       "--unfused"])
+        if a.vllm:
+            for tool in ("alignlab", "trl"):
+                contenders[f"{tool}-{algo}-vllm"] = ("rl.py", base + ["--tool", tool, "--algo", algo, "--vllm"])
         if not a.no_trl_gc:
             contenders[f"trl-{algo}-gc"] = ("rl.py", base + ["--tool", "trl", "--algo", algo, "--gc", "on"])
     print(f"RL: {a.steps} steps x {a.prompts} prompts x {a.k} samples, {a.repeats} repeats, {a.threads} threads",
@@ -406,6 +419,9 @@ def driver(argv: list[str]) -> None:
     if a.static_cache:  # decoding with a static, compiled KV cache: alignlab against plain TRL, and both with it
         comparisons += [(f"rl_{algo}_static_cache", f"alignlab-{algo}-static", f"trl-{algo}") for algo in algos]
         comparisons += [(f"rl_{algo}_static_both", f"alignlab-{algo}-static", f"trl-{algo}-static") for algo in algos]
+    if a.vllm:  # both sampling with vLLM; and alignlab with vLLM against TRL without
+        comparisons += [(f"rl_{algo}_vllm_both", f"alignlab-{algo}-vllm", f"trl-{algo}-vllm") for algo in algos]
+        comparisons += [(f"rl_{algo}_vllm", f"alignlab-{algo}-vllm", f"trl-{algo}") for algo in algos]
     for name, ours, theirs in comparisons:
         name = common.job_name(name)
         payload = rl_comparison(examples, rl_summary(runs[ours], examples),
