@@ -14,11 +14,11 @@ from alignlab.feedback.ai.cai import (
     CritiqueSettings,
     PartStore,
     ResumeMismatchError,
-    cai_datasets,
     clean_answer,
     critique_and_revise,
     draw_principle,
 )
+from alignlab.feedback.ai.cai_outputs import cai_datasets
 from alignlab.feedback.ai.constitution import load_constitution
 from alignlab.feedback.ai.llm.base import GenerationSettings, LLMError
 
@@ -175,7 +175,7 @@ def test_an_llm_error_ends_only_its_own_chain(llm, constitution):
     assert "context" in chains[2]["error"]["message"] and chains[2]["final"] is None
     for k in (0, 3):
         assert chains[k]["error"] is None and len(chains[k]["rounds"]) == 2
-    sft, _, counts = cai_datasets(chains)
+    sft, _, counts = cai_datasets(chains, constitution)
     assert counts["failed"] == 2 and len(sft) <= 2
 
 

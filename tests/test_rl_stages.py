@@ -430,11 +430,11 @@ def test_vllm_server_settings_reach_the_server_sampler(rl_setup, monkeypatch, tm
     monkeypatch.setattr(common, "VLLMServerSampler", spy)
     _, model, prompts = rl_setup
     settings = {"url": "http://gpu-box:8001", "served_model": "policy", "sync_dir": str(tmp_path / "shared"),
-                "max_concurrency": 7}
+                "parallel_requests": 7}
     cfg = GRPOConfig(model=model, prompts=prompts, reward={"type": "callable", "function": "toy_reward_mod:score"},
                      rollout_backend="vllm-server", vllm_server=settings, train=_train(iterations=1))
     with pytest.raises(Reached):
         run_grpo(cfg, tmp_path / "out")
-    assert seen == {"url": "http://gpu-box:8001", "model": "policy", "sync_dir": str(tmp_path / "shared"), "max_concurrency": 7}
+    assert seen == {"url": "http://gpu-box:8001", "model": "policy", "sync_dir": str(tmp_path / "shared"), "parallel_requests": 7}
     with pytest.raises(ValueError, match="use rollout_backend vllm"):
         common._server_sampler(cfg, SimpleNamespace(enabled=True))

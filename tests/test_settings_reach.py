@@ -151,7 +151,7 @@ ELSEWHERE = {
     "vllm": "test_rl_stages.py::test_ppo_samples_with_a_vllm_engine_whose_weights_follow_the_policy",
     "critic_model": "layer 1: test_every_train_and_sampling_setting_reaches_the_loop_and_the_sampler",
     **{f"vllm_server.{name}": "test_rl_stages.py::test_vllm_server_settings_reach_the_server_sampler"
-       for name in ("url", "served_model", "sync_dir", "max_concurrency")},
+       for name in ("url", "served_model", "sync_dir", "parallel_requests")},
     "rollout_correction": "test_rl_stages.py::test_grpo_corrects_a_stale_engines_samples_with_bounded_importance_weights",
 }
 

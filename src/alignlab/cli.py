@@ -226,9 +226,25 @@ for _kind in STAGES:
     )(_stage_command(_kind))
 
 
+@app.command(name="convert-gguf")
+def convert_gguf(
+    gguf_file: Path = typer.Argument(..., help="a .gguf model file (llama.cpp's format)"),
+    out_dir: Path = typer.Argument(..., help="the Hugging Face model directory to write"),
+    dtype: str = typer.Option("float32", help="the dtype the quantized weights are expanded to"),
+) -> None:
+    """Convert a GGUF model into a trainable Hugging Face directory (weights dequantized, tokenizer, chat template)."""
+    from alignlab.models.gguf import convert_gguf as convert
+
+    def go():
+        check_writable(out_dir, "OUT_DIR")
+        typer.echo(f"wrote {convert(gguf_file, out_dir, dtype=dtype)}")
+
+    _guarded(go)
+
+
 @app.command(name="serve-llm")
 def serve_llm(
-    model: str = typer.Argument(..., help="hub id or local directory of a causal LM"),
+    model: str = typer.Argument(..., help="hub id, local directory or .gguf file of a causal LM"),
     host: str = typer.Option("127.0.0.1"),
     port: int = typer.Option(8000, help="0 picks a free port"),
     device: Optional[str] = typer.Option(None, help="default: CUDA when present, else CPU"),

@@ -76,10 +76,10 @@ def checkpoint_source(name_or_path: str | Path, marker_files: tuple[str, ...] = 
             )
         return str(path)
     if path.suffix.lower() == ".gguf" and path.is_file():
-        raise ValueError(
-            f"{text!r} is a GGUF file; alignlab trains models saved in Hugging Face format. Convert it first: "
-            "transformers' AutoModelForCausalLM.from_pretrained(DIR, gguf_file=NAME), then save_pretrained"
-        )
+        from alignlab.models.gguf import CONVERT_HINT
+
+        raise ValueError(f"{text!r} is a GGUF file; alignlab trains models in Hugging Face format: "
+                         + CONVERT_HINT.format(path=text))
     if path.exists():
         raise NotADirectoryError(f"model path {text!r} is a file; pass the directory that holds it")
     if isinstance(name_or_path, Path) or not _HUB_ID.match(text) or text.count("/") > 1:

@@ -46,20 +46,20 @@ class VLLMServerSettings(BaseModel):
     served_model: str | None = Field(None, description="the model's name on the server; default: the stage's model")
     sync_dir: str | None = Field(None, description="where pushed weights are written for the server to read "
                                  "(a directory it sees too); default: a new temporary directory")
-    max_concurrency: int = Field(64, gt=0, description="requests in flight at once")
+    parallel_requests: int = Field(64, gt=0, description="sampling requests in flight at once (one per row)")
 
 
 class VLLMServerSampler:
     """A `Sampler` that draws from a running vLLM server at `url` serving `model` (its name there)."""
 
-    def __init__(self, url: str, model: str, *, sync_dir: str | Path | None = None, max_concurrency: int = 64,
+    def __init__(self, url: str, model: str, *, sync_dir: str | Path | None = None, parallel_requests: int = 64,
                  timeout_s: float = 600.0, transport: httpx.BaseTransport | None = None):
         self.url, self.base_model, self.model = url.rstrip("/"), model, model
         self.sync_dir = Path(sync_dir) if sync_dir is not None else Path(tempfile.mkdtemp(prefix="alignlab-vllm-sync-"))
         self.sync_dir.mkdir(parents=True, exist_ok=True)
-        self.client = httpx.Client(timeout=timeout_s, limits=httpx.Limits(max_connections=max_concurrency),
+        self.client = httpx.Client(timeout=timeout_s, limits=httpx.Limits(max_connections=parallel_requests),
                                    transport=transport)  # transport: a test's stand-in server
-        self.max_concurrency, self.syncs, self.adapter = max_concurrency, 0, None
+        self.parallel_requests, self.syncs, self.adapter = parallel_requests, 0, None
         self._post("GET", "/health")  # a wrong url fails here, not at the first iteration's samples
 
     def _post(self, method: str, path: str, body: dict | None = None) -> dict:
@@ -91,7 +91,7 @@ class VLLMServerSampler:
             ids = [int(t.removeprefix(TOKEN_PREFIX)) for t in tokens]
             return ids, [float(x) for x in choice["logprobs"]["token_logprobs"]], choice["finish_reason"] == "stop"
 
-        with ThreadPoolExecutor(max_workers=min(self.max_concurrency, max(len(prompts), 1))) as pool:
+        with ThreadPoolExecutor(max_workers=min(self.parallel_requests, max(len(prompts), 1))) as pool:
             rows = list(pool.map(one, range(len(prompts))))
         return Rollouts([list(p) for p in prompts], [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows])
 

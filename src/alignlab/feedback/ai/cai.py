@@ -248,65 +248,6 @@ def as_response(prompt: PromptLike, text: str) -> str | list[dict]:
     return text if not prompt or prompt[-1].isspace() else f" {text}"
 
 
-def cai_datasets(chains: Sequence[dict]) -> tuple[list[dict], list[dict], dict]:
-    """SFT records (prompt → final revision), preference records (final revision ≻ initial) and counts.
-
-    Failed chains are left out; so are empty revisions, and pairs whose two sides are the same
-    after stripping or where either is empty.
-    """
-    sft, prefs = [], []
-    counts = {"failed": 0, "empty_revision": 0, "pair_identical": 0, "pair_empty_initial": 0}
-    for chain in chains:
-        if chain["error"] is not None:
-            counts["failed"] += 1
-            continue
-        final, initial = chain["final"].strip(), chain["initial"].strip()
-        if not final:
-            counts["empty_revision"] += 1
-            continue
-        prompt = chain["prompt"]
-        sft.append({"prompt": prompt, "completion": as_response(prompt, final)})
-        if not initial:
-            counts["pair_empty_initial"] += 1
-        elif initial == final:
-            counts["pair_identical"] += 1
-        else:
-            prefs.append({"prompt": prompt, "chosen": as_response(prompt, final), "rejected": as_response(prompt, initial)})
-    return sft, prefs, counts
-
-
-def cai_metrics(chains: Sequence[dict]) -> dict:
-    """Counts of chains, failures (per step) and principles used, and how much revision changed."""
-    failed = [c for c in chains if c["error"] is not None]
-    ok = [c for c in chains if c["error"] is None]
-    by_step: dict[str, int] = {}
-    for chain in failed:
-        by_step[chain["error"]["step"]] = by_step.get(chain["error"]["step"], 0) + 1
-    principles: dict[str, int] = {}
-    for chain in chains:
-        for r in chain["rounds"]:
-            principles[r["principle"]] = principles.get(r["principle"], 0) + 1
-    changed = sum(c["final"].strip() != c["initial"].strip() for c in ok)
-    return {
-        "prompts": len(chains), "chains_ok": len(ok), "llm_errors": len(failed), "llm_errors_by_step": by_step,
-        "revised_fraction": changed / max(len(ok), 1),
-        "mean_initial_chars": sum(len(c["initial"]) for c in ok) / max(len(ok), 1),
-        "mean_final_chars": sum(len(c["final"]) for c in ok) / max(len(ok), 1),
-        "principles_used": dict(sorted(principles.items())),
-    }
-
-
-def write_cai_outputs(chains: Sequence[dict], data_dir: str | Path) -> dict:
-    """data/chains.jsonl, data/sft.jsonl, data/preferences.jsonl (each atomically); returns metrics."""
-    data_dir = Path(data_dir)
-    sft, prefs, counts = cai_datasets(chains)
-    write_jsonl(data_dir / "chains.jsonl", chains)
-    write_jsonl(data_dir / "sft.jsonl", sft)
-    write_jsonl(data_dir / "preferences.jsonl", prefs)
-    return {**cai_metrics(chains), "sft_examples": len(sft), "preference_pairs": len(prefs),
-            "skipped": {k: v for k, v in counts.items() if k != "failed"}}
-
-
 # --- resumable batches -------------------------------------------------------------------------
 
 

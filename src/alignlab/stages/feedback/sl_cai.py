@@ -2,8 +2,11 @@
 
 Writes `data/sft.jsonl` (prompt → final revision, for the sft stage), `data/preferences.jsonl`
 (final revision ≻ initial response, for reward_model / dpo) and `data/chains.jsonl` (every chain:
-initial response, each round's principle, critique and revision, or the error that ended it).
-The prompt formats are in `alignlab.feedback.ai.cai`.
+initial response, each round's principle, critique and revision, or the error that ended it, and
+the gate's verdict). Only revisions that pass the quality gate (`feedback.ai.revision_gate`: not
+empty, not a copy of the critique, the request or the instruction, not the initial answer with small
+edits, not degenerate repetition) become data; the metrics count the rest by reason. The prompt
+formats are in `alignlab.feedback.ai.cai`.
 
 Prompts are processed in fixed batches of `batch_size`; each finished batch is stored in
 `parts/` at once, so a killed run resumes with the first unfinished batch and produces the same
@@ -15,18 +18,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from alignlab.data.formats import load_prompts
 from alignlab.data.tokenize import tokenize_prompts
-from alignlab.feedback.ai.cai import (
-    CritiqueSettings,
-    PartStore,
-    critique_and_revise,
-    resume_key,
-    write_cai_outputs,
-)
+from alignlab.feedback.ai.cai import CritiqueSettings, PartStore, critique_and_revise, resume_key
+from alignlab.feedback.ai.cai_outputs import write_cai_outputs
 from alignlab.feedback.ai.constitution import load_constitution
+from alignlab.feedback.ai.revision_gate import GateSettings
 from alignlab.feedback.ai.llm_spec import (
     FeedbackGeneration,
     LLMSpec,
@@ -45,6 +44,23 @@ from alignlab.stages.common import (
 from alignlab.stages.online.common import iteration_seed
 
 
+class RevisionGate(BaseModel):
+    """Which revisions become data (see `feedback.ai.revision_gate`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="false: every non-empty revision becomes data (the paper's pipeline as is)")
+    copy_similarity: float = Field(0.8, gt=0, le=1, description="a revision this similar to the critique, the "
+                                   "request or the revision instruction is a copy")
+    near_copy: float = Field(0.9, gt=0, le=1, description="a revision this similar to the initial answer is unchanged")
+    min_distinct: float = Field(0.5, gt=0, le=1, description="below this share of distinct word 3-grams: repetition")
+
+    def settings(self) -> GateSettings | None:
+        if not self.enabled:
+            return None
+        return GateSettings(copy_similarity=self.copy_similarity, near_copy=self.near_copy, min_distinct=self.min_distinct)
+
+
 class SLCAIConfig(PromptLengthSettings, SeedSettings):
     policy: str = Field(description="the model whose responses are critiqued and revised")
     feedback: LLMSpec = Field(description="the model that critiques and revises (may be the policy)")
@@ -55,6 +71,7 @@ class SLCAIConfig(PromptLengthSettings, SeedSettings):
     format: Literal["completion", "chat"] = Field("completion", description="how requests are sent (see feedback.cai)")
     sampling: SamplingSettings = SamplingSettings(max_new_tokens=128)
     generation: FeedbackGeneration = FeedbackGeneration()
+    gate: RevisionGate = RevisionGate()
     batch_size: int = Field(16, gt=0, description="prompts per stored batch (the unit of resumption)")
     device: str = Field("auto", description="where the policy samples")
 
@@ -106,9 +123,10 @@ def run(cfg: SLCAIConfig, out: Path) -> dict:
         return critique_and_revise(indices, [prompts[i].prompt for i in indices], initial, feedback, constitution, settings)
 
     chains = store.run(process)
-    metrics = write_cai_outputs(chains, out / "data")
+    metrics = write_cai_outputs(chains, out / "data", constitution, cfg.gate.settings())
     if metrics["sft_examples"] == 0:
-        raise RuntimeError(f"SL-CAI produced no revision to learn from ({metrics}); see {out / 'data' / 'chains.jsonl'}")
+        raise RuntimeError(f"SL-CAI produced no revision to learn from ({metrics}); see {out / 'data' / 'chains.jsonl'} "
+                           "(each chain's `gate` says why its revision was not kept)")
     result = finish(out, cfg, {**metrics, "batches_resumed": store.resumed_batches})
     store.remove()
     return result

@@ -296,7 +296,7 @@ def _server_sampler(cfg: OnlineConfig, dist) -> VLLMServerSampler:
         raise ValueError("rollout_backend vllm-server takes the weights of one training process; with several "
                          "use rollout_backend vllm (an engine in each process)")
     s = cfg.vllm_server
-    return VLLMServerSampler(s.url, s.served_model or cfg.model, sync_dir=s.sync_dir, max_concurrency=s.max_concurrency)
+    return VLLMServerSampler(s.url, s.served_model or cfg.model, sync_dir=s.sync_dir, parallel_requests=s.parallel_requests)
 
 
 def _records(scored: ScoredRollouts, n: int) -> list[dict]:

@@ -51,6 +51,7 @@ from alignlab.feedback.ai.llm.base import (
 from alignlab.feedback.ai.llm.cache import CachedBatch, CallCache
 from alignlab.feedback.ai.llm.generation import Generation, finish_row
 from alignlab.feedback.ai.llm.sampling import RowSampler, row_seed
+from alignlab.models.gguf import is_gguf, load_gguf
 from alignlab.models.load import load_causal_lm, load_tokenizer, resolve_device
 from alignlab.models.reference import model_fingerprint
 from alignlab.ops.forward_args import takes
@@ -94,8 +95,12 @@ class LocalLLM:
         else:
             target = resolve_device(device)
             self.source = str(model_or_path)
-            tokenizer = tokenizer or load_tokenizer(model_or_path, trust_remote_code=trust_remote_code)
-            self.model = load_causal_lm(model_or_path, dtype=dtype, device=target, trust_remote_code=trust_remote_code)
+            if is_gguf(model_or_path):  # read-only: the file itself, dequantized (nothing is written back)
+                self.model, gguf_tokenizer = load_gguf(model_or_path, dtype=dtype, device=target)
+                tokenizer = tokenizer or gguf_tokenizer
+            else:
+                tokenizer = tokenizer or load_tokenizer(model_or_path, trust_remote_code=trust_remote_code)
+                self.model = load_causal_lm(model_or_path, dtype=dtype, device=target, trust_remote_code=trust_remote_code)
             default_name = f"local:{self.source}"
         self.model.eval()
         self.tokenizer = tokenizer
@@ -117,7 +122,8 @@ class LocalLLM:
     def identity(self) -> str:
         """What computes the answers, for cache keys: the weights' fingerprint and the dtype."""
         if self._identity is None:
-            weights = model_fingerprint(self.source if self.source is not None else self.model)
+            by_path = self.source is not None and not is_gguf(self.source)  # a GGUF file: its dequantized weights
+            weights = model_fingerprint(self.source if by_path else self.model)
             self._identity = f"local|{weights}|{self.dtype}"
         return self._identity
 
