@@ -81,6 +81,9 @@ class Backend:
         self._log("chat", len(conversations))
         return self.inner.chat(conversations, settings)
 
+    def render_chat(self, conversation):
+        return self.inner.render_chat(conversation)
+
     def next_token_logprobs(self, prompts, candidates):
         self._log("next_token_logprobs", len(prompts))
         out = []
@@ -114,11 +117,64 @@ def test_soft_label_is_the_mean_over_both_orders_and_principles(llm, constitutio
             a_first = _p_first(llm, question_prompt(pair.prompt, pair.response_a, pair.response_b, principle))
             b_first = _p_first(llm, question_prompt(pair.prompt, pair.response_b, pair.response_a, principle))
             assert entry["p_first"] == pytest.approx([a_first, b_first], abs=1e-6)
-            per_principle.append((a_first + 1 - b_first) / 2)
+            # log-odds of "a better" from each order, their constant slot preference cancelled
+            s_a = (math.log(a_first / (1 - a_first)) - math.log(b_first / (1 - b_first))) / 2
+            per_principle.append(1 / (1 + math.exp(-s_a)))
         assert 0 < record["p_a"] < 1
         assert record["p_a"] == pytest.approx(sum(per_principle) / 2, abs=1e-6)
         firsts = [p for e in record["principles"] for p in e["p_first"]]
         assert record["position_bias"] == pytest.approx(sum(firsts) / 4 - 0.5, abs=1e-9)
+
+
+def test_both_orders_remove_a_constant_slot_bias_in_log_odds():
+    from alignlab.feedback.ai.labels import both_orders
+
+    # SmolLM2-like answers: "A" preferred in both orders (0.94 with a first, 0.75 with b first)
+    p, c = both_orders(0.94, 0.75)
+    la, lb = math.log(0.94 / 0.06), math.log(0.75 / 0.25)
+    assert c == pytest.approx((la + lb) / 2) and c > 1  # a strong pull toward the first slot
+    assert p == pytest.approx(1 / (1 + math.exp(-(la - lb) / 2)))  # 0.696
+    assert both_orders(0.94, 0.75, "probability")[0] == pytest.approx((0.94 + 0.25) / 2)  # 0.595: squeezed
+    # any constant added to both orders' log-odds leaves the label as it was
+    shift = lambda q, d: 1 / (1 + math.exp(-(math.log(q / (1 - q)) + d)))
+    for d in (-2.0, 0.5, 3.0):
+        assert both_orders(shift(0.7, d), shift(0.2, d))[0] == pytest.approx(both_orders(0.7, 0.2)[0], abs=1e-9)
+    assert both_orders(0.6, 0.6)[0] == pytest.approx(0.5)  # the same answer in both slots: no preference
+
+
+def test_order_consistency_counts_agreement_before_and_after_the_mean_bias():
+    from alignlab.feedback.ai.labels import both_orders, order_consistency
+
+    def record(p0, p1):
+        p, c = both_orders(p0, p1)
+        return {"principles": [{"p_first": [p0, p1], "p_a": p, "bias_logit": c}]}
+
+    # every answer leans to slot A; after the mean lean is removed three of four pairs agree with themselves
+    done = [record(0.9, 0.6), record(0.95, 0.7), record(0.7, 0.9), record(0.8, 0.8)]
+    figures = order_consistency(done)
+    assert figures["order_agreement"] == 0.0  # as asked, each picks whatever sits in slot A
+    assert figures["order_consistency"] == pytest.approx(0.75)
+
+
+def test_chat_format_asks_in_the_feedback_models_own_template(llm, constitution):
+    settings = LabelSettings(format="chat")
+    backend = Backend(llm)
+    prompts_seen = []
+    real = backend.next_token_logprobs
+    backend.next_token_logprobs = lambda prompts, candidates: prompts_seen.extend(prompts) or real(prompts, candidates)
+    record = label_pairs(PAIRS[:1], backend, constitution, settings)[0]
+    principle = constitution.principle(record["principles"][0]["principle"])
+    question = question_prompt(PAIRS[0].prompt, PAIRS[0].response_a, PAIRS[0].response_b, principle)
+    body = question.removesuffix("\nThe answer is: (")
+    expected = llm.render_chat([{"role": "user", "content": body}]) + "The answer is: ("
+    assert prompts_seen[0] == expected and body in expected and expected != question
+    assert record["principles"][0]["p_first"][0] == pytest.approx(_p_first(llm, expected), abs=1e-6)
+
+    class NoTemplate:  # an API backend: no chat template alignlab can apply
+        name = "api"
+
+    with pytest.raises(ValueError, match="format chat renders the question"):
+        label_pairs(PAIRS[:1], NoTemplate(), constitution, settings)
 
 
 def test_the_question_is_the_papers_multiple_choice_prompt(constitution):
@@ -300,3 +356,43 @@ def test_over_http_labels_match_the_local_model(llm, tiny_model_dir, tmp_path):
     assert len(over_http) == 3 and all(r.get("error") is None for r in over_http)
     for a, b in zip(over_http, in_process):
         assert 0 < a["p_a"] < 1 and a["p_a"] == pytest.approx(b["p_a"], abs=1e-4)
+
+
+def test_check_pairs_measure_agreement_and_the_bias_a_debiased_label_removes(tmp_path, monkeypatch, constitution):
+    # a rigged feedback model: log-odds of "A" = 2 (a pull to the first slot) ± 1 (which option is the
+    # safe one). Asked in one order it picks whatever sits first (half right); both orders combined in
+    # log-odds cancel the pull and always pick the safe response.
+    import alignlab.stages.feedback.ai_labels as stage
+
+    class Rigged:
+        name = "rigged"
+
+        def next_token_logprobs(self, prompts, candidates):
+            out = []
+            for prompt in prompts:
+                first = prompt.split("(A) ")[1].split("\n")[0]
+                z = 2.0 + (1.0 if first.startswith("I can't") else -1.0)
+                out.append({"A": z / 2, "B": -z / 2})  # P(A) = sigmoid(z)
+            return out
+
+    monkeypatch.setattr(stage, "build_llm", lambda spec, cache_dir=None: Rigged())
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"prompt": "the film was", "response_a": "a delight", "response_b": "dull"}) + "\n")
+    check = tmp_path / "check.jsonl"
+    check.write_text("".join(json.dumps({"prompt": f"how do I hurt {w}?", "chosen": "I can't help with that.",
+                                         "rejected": f"Sure, here is how to hurt {w}."}) + "\n"
+                             for w in ("him", "her", "them", "it", "you", "us")))
+    (tmp_path / "tiny.yaml").write_text(CONSTITUTION)
+    cfg = stage.AILabelsConfig(pairs=str(pairs), check=str(check), feedback={"type": "local", "path": "unused"},
+                               constitution=str(tmp_path / "tiny.yaml"), batch_size=4)
+    result = stage.run(cfg, tmp_path / "out")["check"]
+    assert (result["pairs"], result["labelled"]) == (6, 6)
+    assert result["agreement"] == 1.0 and result["agreement_one_order"] == 0.5
+    assert result["mean_position_bias_logit"] == pytest.approx(2.0)
+    sig = lambda x: 1 / (1 + math.exp(-x))
+    assert result["mean_position_bias"] == pytest.approx((sig(3) + sig(1)) / 2 - 0.5)
+    assert result["order_agreement"] == 0.0 and result["order_consistency"] == 1.0
+    assert result["mean_confidence"] == pytest.approx(sig(1.0))  # s = (3 - 1) / 2
+    written = [json.loads(x) for x in (tmp_path / "out" / "data" / "check_labels.jsonl").read_text().splitlines()]
+    assert [r["a_better"] for r in written] == [True, False] * 3
+    assert not (tmp_path / "out" / "parts-check").exists()

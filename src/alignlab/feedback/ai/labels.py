@@ -16,9 +16,18 @@ question (completion format)::
 and `next_token_logprobs(prompt, ["A", "B"])` gives P(A) = softmax of the two log-probs: the
 paper's normalised option probabilities, used as soft labels (better calibrated than hard ones).
 
-- Both orders: the question is asked with a first and with b first, and P(a better) is the mean of
-  P(A | a first) and P(B | b first), which cancels the model's preference for a position. The
-  position bias, mean P(first option) − 0.5, is reported.
+- Both orders: the question is asked with a first and with b first. A model that favours a slot
+  adds a constant c to the log-odds of "A" in both: logit P(A | a first) = s + c and
+  logit P(A | b first) = −s + c, where s is its log-odds that a is better. `combine: logit` (the
+  default) takes s = (logit P(A | a first) − logit P(A | b first)) / 2, which removes c exactly, and
+  reports c (`position_bias_logit`) with P(first option) − 0.5 (`position_bias`); `combine:
+  probability` takes the mean of P(A | a first) and P(B | b first), which cancels a bias too but
+  pulls every label toward 0.5 as it grows (SmolLM2-135M, P(first) 0.75-0.94 in both orders: labels
+  squeezed into 0.47-0.61). Once the dataset's mean c is removed from each order alone,
+  `order_consistency` is the share of pairs whose two orders pick the same response.
+- Format: `completion` (the paper's, above) or `chat`: the question without its last line as the
+  user's message, rendered with the feedback model's own chat template, the assistant's turn then
+  starting with "The answer is: (" (or the reasoning); a chat model reads its own format far better.
 - Chain of thought (`chain_of_thought=True`): the options are followed by "Let's think step by
   step:", the model writes its reasoning (`complete`), and the answer is asked after it
   ("...reasoning\\nThe answer is: ("). Each order's probability is clamped to [0.4, 0.6]: the
@@ -39,6 +48,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from alignlab.data.errors import DataError, Source
 from alignlab.data.formats import parse_prompt_record
@@ -72,6 +82,8 @@ class LabelSettings:
     chain_of_thought: bool = False
     reasoning: GenerationSettings = field(default_factory=lambda: GenerationSettings(max_tokens=128, stop=REASONING_STOP))
     seed: int = 0
+    format: Literal["completion", "chat"] = "completion"
+    combine: Literal["logit", "probability"] = "logit"
 
 
 # --- prompts -----------------------------------------------------------------------------------
@@ -91,6 +103,20 @@ def question_prompt(prompt: PromptLike, first: str | list[dict], second: str | l
         f"(A) {response_text(first)}\n(B) {response_text(second)}\n"
     )
     return text + (THINK if chain_of_thought else ANSWER)
+
+
+def in_chat_format(question: str, feedback: LLMBackend) -> str:
+    """The question as a user message in the feedback model's chat template, its last line ("The
+    answer is: (" or "Let's think step by step:") starting the assistant's turn."""
+    render = getattr(feedback, "render_chat", None)
+    if render is None:
+        raise ValueError(f"format chat renders the question with the feedback model's chat template; {feedback.name} "
+                         "has none alignlab can apply (use a local feedback model, or format completion)")
+    body, _, last_line = question.rpartition("\n")
+    rendered = render([{"role": "user", "content": body}])
+    if isinstance(rendered, LLMError):
+        raise ValueError(f"format chat: {rendered.message}")
+    return rendered + last_line
 
 
 def answer_prompt(question: str, reasoning: str | None = None) -> str:
@@ -142,7 +168,10 @@ def label_pairs(pairs: Sequence[Pair], feedback: LLMBackend, constitution: Const
         principles[p] = draw_principles(constitution, settings.seed, pair.index, settings.principles_per_pair)
         for k, principle in enumerate(principles[p]):
             for order, (first, second) in enumerate(((pair.response_a, pair.response_b), (pair.response_b, pair.response_a))):
-                questions.append((p, k, order, question_prompt(pair.prompt, first, second, principle, settings.chain_of_thought)))
+                question = question_prompt(pair.prompt, first, second, principle, settings.chain_of_thought)
+                if settings.format == "chat":
+                    question = in_chat_format(question, feedback)
+                questions.append((p, k, order, question))
     reasoning: list[str | LLMError | None] = [None] * len(questions)
     if settings.chain_of_thought and questions:
         reasoning = list(feedback.complete([q[3] for q in questions], settings.reasoning))
@@ -156,14 +185,31 @@ def label_pairs(pairs: Sequence[Pair], feedback: LLMBackend, constitution: Const
     for (p, k, order, _), answer, thought in zip(questions, answers, reasoning):
         per_pair.setdefault(p, []).append((k, order, answer, thought))
     for p, rows in per_pair.items():
-        records[p].update(_label_record(principles[p], rows, settings.chain_of_thought))
+        records[p].update(_label_record(principles[p], rows, settings.chain_of_thought, settings.combine))
     return records
 
 
-def _label_record(principles: list[Principle], rows: list[tuple], chain_of_thought: bool) -> dict:
-    """`p_a` (the label: P(a ≻ b), mean over principles), `position_bias` and per principle:
-    `p_first` ([P(A) with a first, P(A) with b first], clamped with chain of thought), `p_a`, and
-    `reasoning` ([a first, b first]) with chain of thought. Or `error` when any question failed."""
+def logit(p: float) -> float:
+    p = min(max(p, 1e-6), 1 - 1e-6)  # a probability of exactly 0 or 1 has no finite log-odds
+    return math.log(p / (1 - p))
+
+
+def sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
+
+
+def both_orders(p_a_first: float, p_b_first: float, combine: str = "logit") -> tuple[float, float]:
+    """(P(a ≻ b), the constant position bias c in log-odds) from P(A | a first) and P(A | b first)."""
+    c = (logit(p_a_first) + logit(p_b_first)) / 2
+    if combine == "probability":
+        return (p_a_first + 1.0 - p_b_first) / 2, c
+    return sigmoid((logit(p_a_first) - logit(p_b_first)) / 2), c
+
+
+def _label_record(principles: list[Principle], rows: list[tuple], chain_of_thought: bool, combine: str = "logit") -> dict:
+    """`p_a` (the label: P(a ≻ b), mean over principles), `position_bias`, `position_bias_logit` and
+    per principle: `p_first` ([P(A) with a first, P(A) with b first], clamped with chain of thought),
+    `p_a`, and `reasoning` ([a first, b first]) with chain of thought. Or `error` when any question failed."""
     errors = [(principles[k].name, order, a) for k, order, a, _ in rows if isinstance(a, LLMError)]
     if errors:
         name, order, err = errors[0]
@@ -178,13 +224,15 @@ def _label_record(principles: list[Principle], rows: list[tuple], chain_of_thoug
             if kk == k:
                 p_first[order] = min(max(answer, low), high)
                 thoughts[order] = thought
-        entry = {"principle": principle.name, "p_first": p_first, "p_a": (p_first[0] + (1.0 - p_first[1])) / 2}
+        p_a, c = both_orders(p_first[0], p_first[1], combine)
+        entry = {"principle": principle.name, "p_first": p_first, "p_a": p_a, "bias_logit": c}
         if chain_of_thought:
             entry["reasoning"] = thoughts
         by_principle.append(entry)
     p_a = sum(e["p_a"] for e in by_principle) / len(by_principle)
     bias = sum(sum(e["p_first"]) / 2 for e in by_principle) / len(by_principle) - 0.5
-    return {"p_a": p_a, "position_bias": bias, "principles": by_principle}
+    bias_logit = sum(e["bias_logit"] for e in by_principle) / len(by_principle)
+    return {"p_a": p_a, "position_bias": bias, "position_bias_logit": bias_logit, "principles": by_principle}
 
 
 # --- inputs and outputs ------------------------------------------------------------------------
@@ -245,8 +293,23 @@ def label_metrics(labels: Sequence[dict]) -> dict:
         "skipped": skipped,
         "mean_confidence": sum(max(r["p_a"], 1 - r["p_a"]) for r in done) / n,
         "mean_position_bias": sum(r["position_bias"] for r in done) / n,
+        "mean_position_bias_logit": sum(r["position_bias_logit"] for r in done) / n,
+        **order_consistency(done),
         "a_preferred_fraction": sum(r["p_a"] >= 0.5 for r in done) / n,
     }
+
+
+def order_consistency(done: Sequence[dict]) -> dict:
+    """Share of (pair, principle) answers whose two orders pick the same response: as asked
+    (`order_agreement`), and after the dataset's mean position bias is taken out of each order's
+    log-odds (`order_consistency`): what a constant bias hid, and what remains of real disagreement."""
+    entries = [e for r in done for e in r["principles"]]
+    if not entries:
+        return {"order_agreement": 0.0, "order_consistency": 0.0}
+    c = sum(e["bias_logit"] for e in entries) / len(entries)
+    raw = sum((logit(e["p_first"][0]) > 0) != (logit(e["p_first"][1]) > 0) for e in entries)
+    calibrated = sum((logit(e["p_first"][0]) - c > 0) != (logit(e["p_first"][1]) - c > 0) for e in entries)
+    return {"order_agreement": raw / len(entries), "order_consistency": calibrated / len(entries)}
 
 
 def write_label_outputs(labels: Sequence[dict], data_dir: str | Path) -> dict:

@@ -6,6 +6,10 @@ rejected, soft `label` = P(chosen ≻ rejected)), which the reward_model and dpo
 it is, and `data/labels.jsonl` (every pair: per-principle and per-order probabilities, or why it
 was skipped or failed). The question format is in `alignlab.feedback.ai.labels`.
 
+With `check` (preference records whose `chosen` is known to be better), those pairs are labelled
+the same way and the stage reports how often the labels agree with the known answers, and the
+position bias (`metrics.json` → `check`; their labels in `data/check_labels.jsonl`).
+
 Pairs are labelled in fixed batches of `batch_size`, each stored in `parts/` as it finishes, so a
 killed run resumes without asking about finished pairs again.
 """
@@ -14,9 +18,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 
-from alignlab.data.formats import load_prompts
+from alignlab.data.formats import load_preferences, load_prompts
+from alignlab.data.readers import write_jsonl
 from alignlab.feedback.ai.labels import (
     REASONING_STOP,
     LabelSettings,
@@ -26,6 +33,7 @@ from alignlab.feedback.ai.labels import (
     write_label_outputs,
 )
 from alignlab.feedback.ai.cai import PartStore, resume_key
+from alignlab.feedback.ai.label_check import check_figures, known_pairs
 from alignlab.feedback.ai.constitution import load_constitution
 from alignlab.feedback.ai.llm_spec import (
     FeedbackGeneration,
@@ -51,6 +59,13 @@ class AILabelsConfig(PromptLengthSettings, SeedSettings):
     constitution: str = Field("default", description="'default' or a YAML file")
     principles_per_pair: int = Field(1, ge=1, description="distinct principles drawn per pair; labels averaged")
     chain_of_thought: bool = Field(False, description="reason first; probabilities clamped to [0.4, 0.6]")
+    format: Literal["completion", "chat"] = Field("completion", description="chat: the question in the feedback "
+                                                  "model's own chat template (local models)")
+    combine_orders: Literal["logit", "probability"] = Field(
+        "logit", description="logit: the two orders' log-odds averaged, a constant position bias removed exactly; "
+        "probability: their probabilities averaged (pulls labels toward 0.5)")
+    check: str | None = Field(None, description="preference records whose chosen is known to be better: "
+                              "the labels' agreement with them is reported")
     reasoning: FeedbackGeneration = FeedbackGeneration(max_tokens=128)
     sampling: SamplingSettings = SamplingSettings(max_new_tokens=128)
     batch_size: int = Field(16, gt=0, description="pairs per stored batch (the unit of resumption)")
@@ -77,6 +92,7 @@ def run(cfg: AILabelsConfig, out: Path) -> dict:
     settings = LabelSettings(
         principles_per_pair=cfg.principles_per_pair, chain_of_thought=cfg.chain_of_thought,
         reasoning=cfg.reasoning.settings(stop=REASONING_STOP, seed=cfg.seed), seed=cfg.seed,
+        format=cfg.format, combine=cfg.combine_orders,
     )
     if cfg.pairs is not None:
         pairs = load_pairs(cfg.pairs)
@@ -103,6 +119,16 @@ def run(cfg: AILabelsConfig, out: Path) -> dict:
     metrics = write_label_outputs(labels, out / "data")
     if metrics["preference_pairs"] == 0:
         raise RuntimeError(f"no pair could be labelled ({metrics}); see {out / 'data' / 'labels.jsonl'}")
+    stores = [store]
+    if cfg.check is not None:
+        check_pairs, a_better = known_pairs(load_preferences(cfg.check))
+        check_store = PartStore(out / "parts-check", resume_key(key, file_fingerprint(cfg.check)), len(check_pairs),
+                                cfg.batch_size)
+        checked = check_store.run(lambda idx: label_pairs([check_pairs[i] for i in idx], feedback, constitution, settings))
+        write_jsonl(out / "data" / "check_labels.jsonl", [{**r, "a_better": t} for r, t in zip(checked, a_better)])
+        metrics["check"] = check_figures(checked, a_better)
+        stores.append(check_store)
     result = finish(out, cfg, {**metrics, "batches_resumed": store.resumed_batches})
-    store.remove()
+    for done in stores:
+        done.remove()
     return result
