@@ -26,6 +26,8 @@ class StageType:
 
 STAGES: dict[str, StageType] = {
     "task_data": StageType("data.task_data", "TaskDataConfig", "write a built-in task's datasets (SFT, prompts)"),
+    "redteam_data": StageType("data.redteam_data", "RedTeamDataConfig",
+                              "real red-team prompts (AdvBench, HarmBench, Do-Not-Answer) from installed packages, split"),
     "pretrain": StageType("offline.pretrain", "PretrainConfig", "train a tokenizer and a small LM from scratch", data_parallel=True),
     "sft": StageType("offline.sft", "SFTConfig", "supervised fine-tuning on demonstrations", data_parallel=True),
     "sample_pairs": StageType("data.sample_pairs", "SamplePairsConfig", "sample k responses per prompt, label pairs by gold reward"),
@@ -39,6 +41,8 @@ STAGES: dict[str, StageType] = {
     "reinforce_pp": StageType("online.reinforce_pp", "ReinforcePPConfig", "REINFORCE++ (group baseline, batch-normalised advantages, KL in the reward)", "run_reinforce_pp", data_parallel=True),
     "online_dpo": StageType("online.preference", "OnlineDPOConfig", "online DPO: pairs sampled from the policy, ranked by a reward source", "run_online_dpo", data_parallel=True),
     "spin": StageType("online.spin", "SPINConfig", "SPIN self-play: demonstrations preferred over the policy's own samples", "run_spin", data_parallel=True),
+    "safety_eval": StageType("evaluation.safety", "SafetyEvalConfig",
+                             "harmful compliance and over-refusal, by an independent rule-based refusal detector"),
     "best_of_n": StageType("evaluation.best_of_n", "BestOfNConfig", "best of N samples by a proxy reward: gold/proxy per N and the analytic KL"),
     "rejection_sampling": StageType("online.rejection_sampling", "RejectionSamplingConfig", "rounds of: sample N, keep the best per prompt, SFT on it"),
     "sl_cai": StageType("feedback.sl_cai", "SLCAIConfig", "Constitutional AI, supervised: critique and revise the policy's answers to red-team prompts"),
