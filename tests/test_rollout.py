@@ -11,6 +11,8 @@ import sys
 import pytest
 import torch
 
+from engine_gap import engine_gap, perturbed
+
 from alignlab.models import load_causal_lm
 from alignlab.models.build import new_causal_lm
 from alignlab.ops import token_logps
@@ -378,27 +380,6 @@ def test_vllm_backend_imports_without_vllm_and_names_the_extra(monkeypatch):
         module.VLLMSampler("any/model")
 
 
-def _engine_gap(sampler, model) -> float:
-    """Largest |engine - trainer| log-prob over the engine's samples of two prompts."""
-    drawn = sampler.sample([[5, 6, 7], [8, 9, 10]], SamplingSettings(max_new_tokens=6), seed=1)
-    n = min(len(p) + len(c) for p, c in zip(drawn.prompt_ids, drawn.completion_ids))
-    ids = torch.tensor([(p + c)[:n] for p, c in zip(drawn.prompt_ids, drawn.completion_ids)])
-    loss_mask = torch.zeros_like(ids)
-    loss_mask[:, 3:] = 1
-    with torch.no_grad():
-        trainer, _ = token_logps(model, ids, torch.ones_like(ids), loss_mask)
-    return float((trainer[:, 2:] - torch.tensor([row[: n - 3] for row in drawn.logps])).abs().max())
-
-
-def _perturbed(model, seed: int, only: str = ""):
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if only in name:
-                p.add_(0.3 * torch.randn(p.shape, generator=generator))
-    return model
-
-
 @pytest.mark.parametrize("level", [1, 2])
 def test_a_sleeping_engine_wakes_its_weights_for_the_sync_and_its_cache_for_sampling(tiny_model_dir, monkeypatch, level):
     # the stand-in engine checks vLLM's rules: no sampling while asleep, no reload into released weight
@@ -412,11 +393,11 @@ def test_a_sleeping_engine_wakes_its_weights_for_the_sync_and_its_cache_for_samp
     engine = fake_vllm.ENGINES[-1]
     assert "sleep_level" not in engine.options  # alignlab's, not an engine option
     model = load_causal_lm(tiny_model_dir).eval()
-    assert _engine_gap(sampler, model) < 1e-5
+    assert engine_gap(sampler, model) < 1e-5
     assert engine.asleep == {"weights", "kv_cache"}  # released for the update that follows
-    _perturbed(model, seed=0)
+    perturbed(model, seed=0, scale=0.3)
     sampler.load_weights(model)
-    assert _engine_gap(sampler, model) < 1e-5
+    assert engine_gap(sampler, model) < 1e-5
     assert engine.events == ["generate", f"sleep {level}", "wake weights", "reload", "wake kv_cache", "generate", f"sleep {level}"]
 
 
@@ -432,15 +413,15 @@ def test_a_lora_policy_syncs_only_its_adapter_to_an_adapter_engine(tiny_model_di
         VLLMSampler(tiny_model_dir, enable_lora=True, enable_sleep_mode=True, sleep_level=2)
     sampler = VLLMSampler(tiny_model_dir, enable_lora=True, enable_sleep_mode=True)
     engine = fake_vllm.ENGINES[-1]
-    policy = _perturbed(apply_lora(load_causal_lm(tiny_model_dir), LoraSettings(r=4)), seed=0, only="lora_B").eval()
+    policy = perturbed(apply_lora(load_causal_lm(tiny_model_dir), LoraSettings(r=4)), seed=0, scale=0.3, only="lora_B").eval()
     for sync in (1, 2):
         sampler.load_weights(policy)
         adapters = sorted(p.name for p in sampler.work_dir.glob("adapter-*"))
         assert adapters == [f"adapter-{sync:06d}"]  # the previous one deleted
         written = {p.name for p in (sampler.work_dir / adapters[0]).iterdir()}  # peft adds a README.md
         assert {"adapter_config.json", "adapter_model.safetensors"} <= written and "model.safetensors" not in written
-        assert _engine_gap(sampler, policy) < 1e-5  # the engine samples with the policy's adapter
-        _perturbed(policy, seed=sync, only="lora_")
+        assert engine_gap(sampler, policy) < 1e-5  # the engine samples with the policy's adapter
+        perturbed(policy, seed=sync, scale=0.3, only="lora_")
     assert engine.reloads == 0  # the base weights were never sent
     assert [e for e in engine.events if e.startswith("generate")] == ["generate lora 1", "generate lora 2"]
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("vllm", reason="the real-vLLM tests run in .venv-vllm: bash scripts/test-vllm.sh")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the helpers shared with the main suite
 
 WORDS = "the film was a delight dull tedious plot acting superb pacing soundtrack stunning world".split()
 

@@ -8,41 +8,24 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
+
+from engine_gap import engine_gap, perturbed
 
 from alignlab.models import load_causal_lm
-from alignlab.ops import token_logps
-from alignlab.rollout import SamplingSettings
 from alignlab.rollout.vllm_backend import VLLMSampler
 
 ENGINE = {"enforce_eager": True, "max_model_len": 128, "dtype": "float32"}
 
 
-def _gap(sampler: VLLMSampler, model) -> float:
-    """Largest |sampler - trainer| log-prob over the engine's own samples of two prompts."""
-    drawn = sampler.sample([[5, 6, 7], [8, 9, 10]], SamplingSettings(max_new_tokens=8), seed=1)
-    n = min(len(p) + len(c) for p, c in zip(drawn.prompt_ids, drawn.completion_ids))
-    ids = torch.tensor([(p + c)[:n] for p, c in zip(drawn.prompt_ids, drawn.completion_ids)])
-    loss_mask = torch.zeros_like(ids)
-    loss_mask[:, 3:] = 1
-    with torch.no_grad():
-        trainer, _ = token_logps(model, ids, torch.ones_like(ids), loss_mask)
-    sampled = torch.tensor([row[: n - 3] for row in drawn.logps])
-    return float((trainer[:, 2:] - sampled).abs().max())
-
-
 def test_the_engine_samples_the_trainers_distribution_and_follows_its_weights(tiny_llama):
     sampler = VLLMSampler(tiny_llama, **ENGINE)
     model = load_causal_lm(tiny_llama, device="cpu").eval()
-    assert _gap(sampler, model) < 1e-5
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    stale = _gap(sampler, model)
+    assert engine_gap(sampler, model) < 1e-5
+    perturbed(model, seed=0, scale=0.05)
+    stale = engine_gap(sampler, model)
     assert stale > 0.1  # the engine still samples from the old weights
     sampler.load_weights(model)
-    assert _gap(sampler, model) < 1e-5  # synced in place (vLLM's reload with the tensors handed over)
+    assert engine_gap(sampler, model) < 1e-5  # synced in place (vLLM's reload with the tensors handed over)
 
 
 def test_an_adapter_engine_samples_with_the_policys_lora_adapter(tiny_llama):
@@ -51,15 +34,11 @@ def test_an_adapter_engine_samples_with_the_policys_lora_adapter(tiny_llama):
 
     sampler = VLLMSampler(tiny_llama, enable_lora=True, max_lora_rank=8, **ENGINE)
     policy = apply_lora(load_causal_lm(tiny_llama, device="cpu"), LoraSettings(r=8, alpha=16)).eval()
-    torch.manual_seed(0)
-    for _ in range(2):
-        with torch.no_grad():
-            for name, p in policy.named_parameters():
-                if "lora_" in name:
-                    p.add_(0.3 * torch.randn_like(p))
-        assert _gap(sampler, policy) > 0.1  # the engine still has the previous adapter (or none)
+    for seed in range(2):
+        perturbed(policy, seed=seed, scale=0.3, only="lora_")
+        assert engine_gap(sampler, policy) > 0.1  # the engine still has the previous adapter (or none)
         sampler.load_weights(policy)
-        assert _gap(sampler, policy) < 1e-5
+        assert engine_gap(sampler, policy) < 1e-5
     assert sampler.lora_request.lora_int_id == 2
 
 
@@ -69,13 +48,10 @@ def test_an_engine_in_its_own_process_is_synced_through_the_disk(tiny_llama, mon
     sampler = VLLMSampler(tiny_llama, **ENGINE)
     assert not sampler.in_process
     model = load_causal_lm(tiny_llama, device="cpu").eval()
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    assert _gap(sampler, model) > 0.1
+    perturbed(model, seed=0, scale=0.05)
+    assert engine_gap(sampler, model) > 0.1
     sampler.load_weights(model)
-    assert _gap(sampler, model) < 1e-5
+    assert engine_gap(sampler, model) < 1e-5
 
 
 def test_a_vllm_server_samples_the_policy_and_takes_its_weights_and_adapters(vllm_server, tiny_llama, tmp_path):
@@ -84,23 +60,17 @@ def test_a_vllm_server_samples_the_policy_and_takes_its_weights_and_adapters(vll
 
     sampler = VLLMServerSampler(vllm_server, str(tiny_llama), sync_dir=tmp_path / "sync")
     model = load_causal_lm(tiny_llama, device="cpu").eval()
-    assert _gap(sampler, model) < 1e-5
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    assert _gap(sampler, model) > 0.1
+    assert engine_gap(sampler, model) < 1e-5
+    perturbed(model, seed=0, scale=0.05)
+    assert engine_gap(sampler, model) > 0.1
     sampler.load_weights(model)  # the merged weights, re-read from sync_dir
-    assert _gap(sampler, model) < 1e-5
+    assert engine_gap(sampler, model) < 1e-5
     policy = apply_lora(model, LoraSettings(r=8, alpha=16)).eval()  # on the base the server now holds
-    for _ in range(2):
-        with torch.no_grad():
-            for name, p in policy.named_parameters():
-                if "lora_" in name:
-                    p.add_(0.3 * torch.randn_like(p))
-        assert _gap(sampler, policy) > 0.1
+    for seed in range(2):
+        perturbed(policy, seed=seed + 1, scale=0.3, only="lora_")
+        assert engine_gap(sampler, policy) > 0.1
         sampler.load_weights(policy)  # the adapter alone, loaded under a new name
-        assert _gap(sampler, policy) < 1e-5
+        assert engine_gap(sampler, policy) < 1e-5
 
 
 def _log(out):
