@@ -397,6 +397,16 @@ def test_ppo_loss_is_policy_plus_weighted_value():
     assert {"loss", "policy/clip_fraction", "policy/approx_kl", "policy/ratio_mean",
             "value/value_clip_fraction", "value/value_mse"} <= metrics.keys()
 
+    # rollout correction's importance weights scale the policy tokens only, not the value fit
+    weights = torch.tensor([[0.5, 2.0, 1.0, 0.0], [1.5, 1.0, 1.0, 1.0]])
+    weighted, weighted_metrics = ppo_loss(logps, old, adv, values, old_values, returns, mask, vf_coef=0.1,
+                                          token_weights=weights)
+    policy_w = sum(TOKEN_LOSS[b][i] * weights[b][i].item() for b in range(2) for i in range(4) if MASK[b][i]) / 6
+    assert policy_w != pytest.approx(policy)
+    assert weighted_metrics["policy/loss"].item() == pytest.approx(policy_w)
+    assert weighted_metrics["value/loss"].item() == pytest.approx(value)
+    assert weighted.item() == pytest.approx(policy_w + 0.1 * value)
+
 
 # --- GRPO ---------------------------------------------------------------------------------------
 

@@ -438,3 +438,30 @@ def test_vllm_server_settings_reach_the_server_sampler(rl_setup, monkeypatch, tm
     assert seen == {"url": "http://gpu-box:8001", "model": "policy", "sync_dir": str(tmp_path / "shared"), "parallel_requests": 7}
     with pytest.raises(ValueError, match="use rollout_backend vllm"):
         common._server_sampler(cfg, SimpleNamespace(enabled=True))
+
+
+def test_ppo_corrects_a_stale_engines_samples_with_bounded_importance_weights(rl_setup, monkeypatch):
+    # as GRPO's test above: an engine that never gets the new weights; PPO's π_old is the trainer's
+    # forward, so the weights π_old/π_sampler act on the policy loss from the second iteration on
+    import fake_vllm
+
+    import alignlab.stages.online.ppo as ppo
+    from alignlab.rollout import VLLMSampler
+
+    monkeypatch.setitem(sys.modules, "vllm", fake_vllm)
+    monkeypatch.setattr(VLLMSampler, "load_weights", lambda self, model: None)
+    seen = []
+    real = ppo.ppo_loss
+    monkeypatch.setattr(ppo, "ppo_loss", lambda *a, **k: seen.append(k["token_weights"]) or real(*a, **k))
+    tmp, model, prompts = rl_setup
+    cfg = ppo.PPOConfig(model=model, prompts=prompts, reward={"type": "callable", "function": "toy_reward_mod:score"},
+                        rollout_backend="vllm", critic="shared", sampling={"max_new_tokens": 8},
+                        rollout_correction={"level": "token", "mode": "truncate", "threshold": 1.02},
+                        train=_train(iterations=3, prompts_per_iteration=4, minibatch_size=4, update_epochs=1, lr=3e-2))
+    ppo.run(cfg, tmp / "ppo-tis")
+    log = _log(tmp / "ppo-tis")
+    assert log[0]["is/ratio_mean"] == pytest.approx(1.0, abs=1e-4) and log[0]["is/bounded_share"] == 0.0
+    assert max(x["is/bounded_share"] for x in log[1:]) > 0
+    weights = torch.cat([w.flatten() for w in seen if w is not None])
+    assert len(seen) >= 3 and all(w is not None for w in seen)
+    assert weights.max() <= 1.02 + 1e-6 and weights.min() >= 0

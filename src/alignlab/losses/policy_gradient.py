@@ -181,6 +181,7 @@ def ppo_loss(
     value_clip: float | None = 0.2,
     vf_coef: float = 0.1,
     aggregation: str = "token_mean",
+    token_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """PPO-RLHF loss: clipped policy surrogate + vf_coef × clipped value loss.
 
@@ -191,9 +192,12 @@ def ppo_loss(
     metrics: "loss" (the total), and each part's metrics as "policy/<key>" and "value/<key>"
     (policy/loss, policy/clip_fraction, policy/approx_kl, policy/ratio_mean, value/loss,
     value/value_clip_fraction, value/value_mse).
+
+    `token_weights` (rollout correction's importance weights) multiply the policy surrogate's tokens
+    only: the value loss fits returns, whatever distribution the samples came from.
     """
     policy, policy_metrics = clipped_policy_loss(
-        logps, old_logps, advantages, mask, clip_low=clip, aggregation=aggregation
+        logps, old_logps, advantages, mask, clip_low=clip, aggregation=aggregation, token_weights=token_weights
     )
     value, value_metrics = clipped_value_loss(
         values, old_values, returns, mask, clip=value_clip, aggregation=aggregation

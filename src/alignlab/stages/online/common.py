@@ -7,12 +7,13 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from alignlab.data.formats import load_prompts
 from alignlab.data.tokenize import tokenize_prompts
 from alignlab.feedback.rewards import RewardSpec, ScoringBatch, score_safely
+from alignlab.ops.importance import Level, Mode, importance_weights
 from alignlab.rollout import LocalSampler, Rollouts, Sampler, SamplingSettings, VLLMSampler, logp_mismatch, sample, to_batch
 from alignlab.rollout.vllm_server import VLLMServerSampler, VLLMServerSettings
 from alignlab.stages.blocks import DtypeSettings, ModelSettings, PromptLengthSettings
@@ -36,6 +37,22 @@ class OnlineConfig(ModelSettings, DtypeSettings, PromptLengthSettings):
     vllm_server: VLLMServerSettings = VLLMServerSettings()
     train: OnlineSettings = OnlineSettings()
     moved: ClassVar[dict[str, str]] = {"update_epochs": "train.update_epochs"}
+
+
+class RolloutCorrection(BaseModel):
+    """Importance weights π_old/π_sampler on each token's loss, bounded (TIS: truncate; MIS: mask)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    level: Level = Field("token", description="token: a weight per token; sequence: the product over the sequence")
+    mode: Mode = Field("truncate", description="truncate: min(ratio, threshold) (TIS); mask: 0 above it (MIS)")
+    threshold: float = Field(2.0, gt=1, description="the bound on the ratio")
+
+    def weights(self, old_logps: Tensor, sampler_logps: Tensor, mask: Tensor) -> tuple[Tensor, dict[str, float]]:
+        """The bounded weights [B, T-1] (as the log-probs) and their statistics as is/* figures."""
+        weights, stats = importance_weights(old_logps, sampler_logps, mask, level=self.level, mode=self.mode,
+                                            threshold=self.threshold)
+        return weights, {f"is/{k}": float(v) for k, v in stats.items()}
 
 
 def check_sample_lengths(model: str, prompt_ids: list[list[int]], max_new_tokens: int) -> None:

@@ -17,12 +17,11 @@ from pathlib import Path
 from typing import Callable, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import Tensor
 
 from alignlab.losses.policy_gradient import AGGREGATIONS, clipped_policy_loss
 from alignlab.ops import masked_mean, masked_sum
-from alignlab.ops.importance import Level, Mode, importance_weights
 from alignlab.ops.logps import token_logps
 from alignlab.stages.blocks import AdapterSettings
 from alignlab.stages.common import (
@@ -33,6 +32,7 @@ from alignlab.stages.common import (
 from alignlab.stages.online.common import (
     OnlineConfig,
     OnlineRun,
+    RolloutCorrection,
     batched_logps,
     mismatch_figures,
     rollout_batch,
@@ -41,16 +41,6 @@ from alignlab.train.online import run_online
 from alignlab.train.sharding import is_sharded
 
 Aggregation = Literal[AGGREGATIONS]
-
-
-class RolloutCorrection(BaseModel):
-    """Importance weights π_old/π_sampler on each token's loss, bounded (TIS: truncate; MIS: mask)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    level: Level = Field("token", description="token: a weight per token; sequence: the product over the sequence")
-    mode: Mode = Field("truncate", description="truncate: min(ratio, threshold) (TIS); mask: 0 above it (MIS)")
-    threshold: float = Field(2.0, gt=1, description="the bound on the ratio")
 
 
 class GroupConfig(OnlineConfig, AdapterSettings):
@@ -122,11 +112,8 @@ def run_group(cfg: GroupConfig, out: Path, algorithm: GroupAlgorithm) -> dict:
             experience["old_logps"] = old
             figures.update(mismatch_figures(batch["sampler_logps"], old, mask))
         if cfg.rollout_correction is not None:
-            c = cfg.rollout_correction
-            weights, stats = importance_weights(old, batch["sampler_logps"], mask, level=c.level, mode=c.mode,
-                                                threshold=c.threshold)
-            experience["is_weights"] = weights  # [B, T-1], as old_logps
-            figures.update({f"is/{k}": float(v) for k, v in stats.items()})
+            experience["is_weights"], is_figures = cfg.rollout_correction.weights(old, batch["sampler_logps"], mask)
+            figures.update(is_figures)
         figures["entropy"] = float(-masked_mean(current, mask))  # per-token estimate from the sampled tokens
         figures["reward_std_in_group"] = float(scored.scores.view(-1, k).std(dim=1).mean()) if len(scored.scores) else 0.0
         return experience, figures

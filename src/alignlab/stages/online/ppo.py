@@ -33,6 +33,7 @@ from alignlab.stages.common import StageConfig, file_fingerprint, finish, save_t
 from alignlab.stages.online.common import (
     OnlineConfig,
     OnlineRun,
+    RolloutCorrection,
     batched_logps,
     mismatch_figures,
     rollout_batch,
@@ -62,6 +63,9 @@ class PPOConfig(OnlineConfig, AdapterSettings):
     train: OnlineSettings = OnlineSettings(update_epochs=4)  # PPO reuses each rollout for 4 epochs
     whiten_rewards: bool = False
     whiten_advantages: bool = True
+    rollout_correction: RolloutCorrection | None = Field(
+        None, description="weight each token's policy loss by π_old/π_sampler, bounded, against the sampler/trainer "
+        "log-prob mismatch (PPO's π_old is always the trainer's own forward)")
 
 
 def _policy_forward(policy, head, batch, temperature):
@@ -154,6 +158,9 @@ def _collect_fn(cfg: PPOConfig, job: OnlineRun, models: _Models,
         }
         experience = {**{k: batch[k] for k in ("input_ids", "attention_mask", "loss_mask")},
                       "old_logps": old, "old_values": values, "advantages": advantages, "returns": returns}
+        if cfg.rollout_correction is not None:
+            experience["is_weights"], is_figures = cfg.rollout_correction.weights(old, batch["sampler_logps"], mask)
+            figures.update(is_figures)
         return experience, figures
 
     return collect
@@ -168,7 +175,8 @@ def _loss_fn(cfg: PPOConfig, models: _Models) -> Callable[[Experience], tuple[Te
         if values is None:
             values = critic_values(models.critic, b["input_ids"], b["attention_mask"])
         return ppo_loss(logps, b["old_logps"], b["advantages"], values, b["old_values"], b["returns"], mask,
-                        clip=cfg.clip, value_clip=cfg.value_clip, vf_coef=cfg.vf_coef, aggregation="token_mean")
+                        clip=cfg.clip, value_clip=cfg.value_clip, vf_coef=cfg.vf_coef, aggregation="token_mean",
+                        token_weights=b.get("is_weights"))
 
     return loss
 
