@@ -287,7 +287,17 @@ def _working_directory_importable() -> None:
 
 def main() -> None:
     _working_directory_importable()
-    app()
+    try:
+        app()
+    except SystemExit as done:
+        if "torch.distributed" in sys.modules:  # never imported by --help or a failed start
+            import torch.distributed as dist
+
+            if dist.is_initialized():  # a torchrun worker: see exit_worker
+                from alignlab.train.distributed import exit_worker
+
+                exit_worker(0 if done.code is None else done.code if isinstance(done.code, int) else 1)
+        raise
 
 
 if __name__ == "__main__":
