@@ -341,20 +341,28 @@ def test_dr_grpo_update_does_not_depend_on_micro_batching(rl_setup, monkeypatch)
         assert (a - b).abs().max() <= 1e-4 * a.abs().max(), ((a - b).abs().max(), a.abs().max())
 
 
-@pytest.mark.parametrize("level, mode", [("token", "truncate"), ("sequence", "mask")])
-def test_grpo_corrects_a_stale_engines_samples_with_bounded_importance_weights(rl_setup, monkeypatch, level, mode):
-    # A stand-in engine that never gets the new weights samples from the starting policy: the
-    # trainer's π_old drifts from it, and each token's loss is weighted by π_old/π_sampler, bounded.
+def _stale_engine_and_loss_spy(monkeypatch, stage_module, loss_name: str) -> list:
+    """A stand-in vLLM engine that never gets new weights, and the token weights each call of the
+    stage's loss receives (the list returned fills as the stage runs)."""
     import fake_vllm
 
-    import alignlab.stages.online.grpo as grpo
     from alignlab.rollout import VLLMSampler
 
     monkeypatch.setitem(sys.modules, "vllm", fake_vllm)
     monkeypatch.setattr(VLLMSampler, "load_weights", lambda self, model: None)
     seen = []
-    real = grpo.grpo_loss
-    monkeypatch.setattr(grpo, "grpo_loss", lambda *a, **k: seen.append(k["token_weights"]) or real(*a, **k))
+    real = getattr(stage_module, loss_name)
+    monkeypatch.setattr(stage_module, loss_name, lambda *a, **k: seen.append(k["token_weights"]) or real(*a, **k))
+    return seen
+
+
+@pytest.mark.parametrize("level, mode", [("token", "truncate"), ("sequence", "mask")])
+def test_grpo_corrects_a_stale_engines_samples_with_bounded_importance_weights(rl_setup, monkeypatch, level, mode):
+    # A stand-in engine that never gets the new weights samples from the starting policy: the
+    # trainer's π_old drifts from it, and each token's loss is weighted by π_old/π_sampler, bounded.
+    import alignlab.stages.online.grpo as grpo
+
+    seen = _stale_engine_and_loss_spy(monkeypatch, grpo, "grpo_loss")
     tmp, model, prompts = rl_setup
     threshold = 1.02
     cfg = grpo.GRPOConfig(model=model, prompts=prompts, reward={"type": "callable", "function": "toy_reward_mod:score"},
@@ -443,16 +451,9 @@ def test_vllm_server_settings_reach_the_server_sampler(rl_setup, monkeypatch, tm
 def test_ppo_corrects_a_stale_engines_samples_with_bounded_importance_weights(rl_setup, monkeypatch):
     # as GRPO's test above: an engine that never gets the new weights; PPO's π_old is the trainer's
     # forward, so the weights π_old/π_sampler act on the policy loss from the second iteration on
-    import fake_vllm
-
     import alignlab.stages.online.ppo as ppo
-    from alignlab.rollout import VLLMSampler
 
-    monkeypatch.setitem(sys.modules, "vllm", fake_vllm)
-    monkeypatch.setattr(VLLMSampler, "load_weights", lambda self, model: None)
-    seen = []
-    real = ppo.ppo_loss
-    monkeypatch.setattr(ppo, "ppo_loss", lambda *a, **k: seen.append(k["token_weights"]) or real(*a, **k))
+    seen = _stale_engine_and_loss_spy(monkeypatch, ppo, "ppo_loss")
     tmp, model, prompts = rl_setup
     cfg = ppo.PPOConfig(model=model, prompts=prompts, reward={"type": "callable", "function": "toy_reward_mod:score"},
                         rollout_backend="vllm", critic="shared", sampling={"max_new_tokens": 8},
