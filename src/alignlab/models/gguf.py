@@ -26,11 +26,13 @@ def load_gguf(path: str | Path, dtype: str = "float32", device: str | torch.devi
     """(model, tokenizer) from a GGUF file, dequantized to `dtype`, in eval mode, without its quantizer."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from alignlab.models.load import resolve_dtype
+
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"GGUF file {str(path)!r} does not exist")
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=getattr(torch, dtype))
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=resolve_dtype(dtype))
     _detach_quantizer(model)
     if device is not None:
         model.to(device)

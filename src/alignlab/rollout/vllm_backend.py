@@ -84,13 +84,7 @@ class VLLMSampler:
 
     def sample(self, prompts: list[list[int]], settings, seed: int = 0) -> Rollouts:
         """One completion per prompt; `settings` is an `alignlab.rollout.SamplingSettings`."""
-        if settings.top_k or settings.top_p < 1.0:
-            raise ValueError(
-                "VLLMSampler cannot report alignlab's log-probs with top_k/top_p on: vLLM gives those "
-                "of the truncated distribution. Set top_k 0 and top_p 1.0, or sample locally."
-            )
-        # One seed per request: a shared seed would give repeated prompts identical completions.
-        row_seeds = random.Random(seed).sample(range(2**31), len(prompts))
+        row_seeds = request_seeds(settings, seed, len(prompts))
         params = [
             self._vllm.SamplingParams(
                 temperature=settings.temperature, top_p=1.0, top_k=-1, max_tokens=settings.max_new_tokens,
@@ -152,6 +146,15 @@ class VLLMSampler:
         if waking:
             self.llm.wake_up(tags=waking)
             self.sleeping -= set(waking)
+
+
+def request_seeds(settings, seed: int, n: int) -> list[int]:
+    """One seed per request (a shared seed would give repeated prompts identical completions), once
+    a top-k / top-p filter is refused: vLLM reports the log-probs of the truncated distribution then."""
+    if settings.top_k or settings.top_p < 1.0:
+        raise ValueError("vLLM cannot report alignlab's log-probs with top_k/top_p on: it gives those of the "
+                         "truncated distribution. Set top_k 0 and top_p 1.0, or sample locally.")
+    return random.Random(seed).sample(range(2**31), n)
 
 
 def write_every_weight(model, directory: Path) -> None:

@@ -22,7 +22,6 @@ Weight push, through the disk (`sync_dir`, a directory both sides see):
 
 from __future__ import annotations
 
-import random
 import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -32,7 +31,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from alignlab.rollout.base import Rollouts
-from alignlab.rollout.vllm_backend import write_every_weight
+from alignlab.rollout.vllm_backend import request_seeds, write_every_weight
 
 TOKEN_PREFIX = "token_id:"  # how return_tokens_as_token_ids spells a token
 
@@ -76,10 +75,7 @@ class VLLMServerSampler:
 
     def sample(self, prompts: list[list[int]], settings, seed: int = 0) -> Rollouts:
         """One completion per prompt; `settings` is an `alignlab.rollout.SamplingSettings`."""
-        if settings.top_k or settings.top_p < 1.0:
-            raise ValueError("a vLLM server reports the log-probs of the truncated distribution with top_k/top_p "
-                             "on; set top_k 0 and top_p 1.0")
-        row_seeds = random.Random(seed).sample(range(2**31), len(prompts))
+        row_seeds = request_seeds(settings, seed, len(prompts))
 
         def one(row: int) -> tuple[list[int], list[float], bool]:
             choice = self._post("POST", "/v1/completions", {

@@ -56,6 +56,7 @@ from alignlab.data.readers import read_records, write_jsonl
 from alignlab.feedback.ai.cai import PromptLike, render_conversation
 from alignlab.feedback.ai.constitution import Constitution, Principle
 from alignlab.feedback.ai.llm.base import GenerationSettings, LLMBackend, LLMError
+from alignlab.feedback.judgement import sigmoid
 
 CANDIDATES = ("A", "B")
 ANSWER = "The answer is: ("
@@ -192,10 +193,6 @@ def label_pairs(pairs: Sequence[Pair], feedback: LLMBackend, constitution: Const
 def logit(p: float) -> float:
     p = min(max(p, 1e-6), 1 - 1e-6)  # a probability of exactly 0 or 1 has no finite log-odds
     return math.log(p / (1 - p))
-
-
-def sigmoid(x: float) -> float:
-    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
 
 
 def both_orders(p_a_first: float, p_b_first: float, combine: str = "logit") -> tuple[float, float]:
