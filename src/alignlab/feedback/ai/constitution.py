@@ -8,6 +8,8 @@ A constitution is a YAML file (see `constitutions/default.yaml`, alignlab's own)
         critique_request: List any claims in the response that are false ...
         revision_request: Rewrite the response so that every claim is accurate ...
         comparison: Which response is more truthful ...?
+        follow: Always tell the truth ...      # optional: contrast labels (`contrast_labels`)
+        violate: Say whatever pleases ...
     examples:            # optional few-shot demonstrations for critique -> revision
       - prompt: ...
         response: ...
@@ -42,6 +44,9 @@ class Principle(BaseModel):
     critique_request: str = Field(min_length=10)
     revision_request: str = Field(min_length=10)
     comparison: str = Field(min_length=10, description="a question answered by choosing (A) or (B)")
+    follow: str | None = Field(None, min_length=10, description="system message of an assistant that keeps the "
+                               "principle (contrast labels)")
+    violate: str | None = Field(None, min_length=10, description="system message of an assistant that breaks it")
 
     @field_validator("comparison")
     @classmethod

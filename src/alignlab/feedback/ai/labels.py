@@ -85,6 +85,8 @@ class LabelSettings:
     seed: int = 0
     format: Literal["completion", "chat"] = "completion"
     combine: Literal["logit", "probability"] = "logit"
+    method: Literal["choice", "contrast"] = "choice"  # contrast: `contrast_labels`
+    contrast_scale: float = 100.0
 
 
 # --- prompts -----------------------------------------------------------------------------------
@@ -301,6 +303,8 @@ def order_consistency(done: Sequence[dict]) -> dict:
     (`order_agreement`), and after the dataset's mean position bias is taken out of each order's
     log-odds (`order_consistency`): what a constant bias hid, and what remains of real disagreement."""
     entries = [e for r in done for e in r["principles"]]
+    if any("p_first" not in e for e in entries):  # contrast labels score each response alone: no order
+        return {"order_agreement": None, "order_consistency": None}
     if not entries:
         return {"order_agreement": 0.0, "order_consistency": 0.0}
     c = sum(e["bias_logit"] for e in entries) / len(entries)

@@ -4,7 +4,12 @@ Pairs come from a file (`pairs`: records with prompt/response_a/response_b), or 
 `policy`: two responses per prompt of `prompts`. Writes `data/preferences.jsonl` (prompt, chosen,
 rejected, soft `label` = P(chosen ≻ rejected)), which the reward_model and dpo stages train on as
 it is, and `data/labels.jsonl` (every pair: per-principle and per-order probabilities, or why it
-was skipped or failed). The question format is in `alignlab.feedback.ai.labels`.
+was skipped or failed). Two methods: `choice` asks the feedback model which response is better under a
+principle (`alignlab.feedback.ai.labels`, the paper's multiple choice, both orders); `contrast` asks it
+nothing and scores each response by how much likelier the principle's `follow` persona makes it than
+its `violate` persona (`alignlab.feedback.ai.contrast_labels`: for a model too small to answer the
+question). `principles` restricts the constitution to the named principles (e.g. the harm ones for
+red-team prompts).
 
 With `check` (preference records whose `chosen` is known to be better), those pairs are labelled
 the same way and the stage reports how often the labels agree with the known answers, and the
@@ -33,8 +38,9 @@ from alignlab.feedback.ai.labels import (
     write_label_outputs,
 )
 from alignlab.feedback.ai.cai import PartStore, resume_key
+from alignlab.feedback.ai.contrast_labels import label_pairs_by_contrast, missing_personas
 from alignlab.feedback.ai.label_check import check_figures, known_pairs
-from alignlab.feedback.ai.constitution import load_constitution
+from alignlab.feedback.ai.constitution import Constitution, load_constitution
 from alignlab.feedback.ai.llm_spec import (
     FeedbackGeneration,
     LLMSpec,
@@ -57,6 +63,12 @@ class AILabelsConfig(PromptLengthSettings, SeedSettings):
     prompts: str | None = Field(None, description="prompts to sample two responses each from `policy`")
     policy: str | None = None
     constitution: str = Field("default", description="'default' or a YAML file")
+    principles: list[str] | None = Field(None, min_length=1, description="only these principles of the constitution")
+    method: Literal["choice", "contrast"] = Field(
+        "choice", description="choice: the feedback model answers which response is better (A/B, both orders); "
+        "contrast: each response scored by log p(r | follow persona) - log p(r | violate persona) per character")
+    contrast_scale: float = Field(100.0, gt=0, description="contrast: P(a better) = sigmoid(scale * (d(a) - d(b))), "
+                                  "d in nats per character: the evidence of a response `scale` characters long")
     principles_per_pair: int = Field(1, ge=1, description="distinct principles drawn per pair; labels averaged")
     chain_of_thought: bool = Field(False, description="reason first; probabilities clamped to [0.4, 0.6]")
     format: Literal["completion", "chat"] = Field("completion", description="chat: the question in the feedback "
@@ -82,8 +94,25 @@ class AILabelsConfig(PromptLengthSettings, SeedSettings):
         return self
 
 
-def run(cfg: AILabelsConfig, out: Path) -> dict:
+def selected_constitution(cfg: AILabelsConfig) -> Constitution:
+    """The constitution, restricted to `principles` when named; contrast labels need every principle's personas."""
     constitution = load_constitution(cfg.constitution)
+    if cfg.principles is not None:
+        unknown = [name for name in cfg.principles if name not in {p.name for p in constitution.principles}]
+        if unknown:
+            raise ValueError(f"principles: {', '.join(unknown)} not in constitution {constitution.name!r} "
+                             f"(it has {', '.join(p.name for p in constitution.principles)})")
+        kept = [p for p in constitution.principles if p.name in cfg.principles]
+        examples = [e for e in constitution.examples if e.principle in cfg.principles]
+        constitution = constitution.model_copy(update={"principles": kept, "examples": examples})
+    if cfg.method == "contrast" and missing_personas(constitution):
+        raise ValueError(f"method contrast needs `follow` and `violate` on every principle; constitution "
+                         f"{constitution.name!r} lacks them on: {', '.join(missing_personas(constitution))}")
+    return constitution
+
+
+def run(cfg: AILabelsConfig, out: Path) -> dict:
+    constitution = selected_constitution(cfg)
     if cfg.principles_per_pair > len(constitution.principles):
         raise ValueError(
             f"principles_per_pair={cfg.principles_per_pair} but constitution {constitution.name!r} has "
@@ -92,8 +121,9 @@ def run(cfg: AILabelsConfig, out: Path) -> dict:
     settings = LabelSettings(
         principles_per_pair=cfg.principles_per_pair, chain_of_thought=cfg.chain_of_thought,
         reasoning=cfg.reasoning.settings(stop=REASONING_STOP, seed=cfg.seed), seed=cfg.seed,
-        format=cfg.format, combine=cfg.combine_orders,
+        format=cfg.format, combine=cfg.combine_orders, method=cfg.method, contrast_scale=cfg.contrast_scale,
     )
+    label = label_pairs_by_contrast if cfg.method == "contrast" else label_pairs
     if cfg.pairs is not None:
         pairs = load_pairs(cfg.pairs)
         make_pairs = lambda indices: [pairs[i] for i in indices]
@@ -115,7 +145,7 @@ def run(cfg: AILabelsConfig, out: Path) -> dict:
         constitution.model_dump(),
     )
     store = PartStore(out / "parts", key, n, cfg.batch_size)
-    labels = store.run(lambda indices: label_pairs(make_pairs(indices), feedback, constitution, settings))
+    labels = store.run(lambda indices: label(make_pairs(indices), feedback, constitution, settings))
     metrics = write_label_outputs(labels, out / "data")
     if metrics["preference_pairs"] == 0:
         raise RuntimeError(f"no pair could be labelled ({metrics}); see {out / 'data' / 'labels.jsonl'}")
@@ -124,7 +154,7 @@ def run(cfg: AILabelsConfig, out: Path) -> dict:
         check_pairs, a_better = known_pairs(load_preferences(cfg.check))
         check_store = PartStore(out / "parts-check", resume_key(key, file_fingerprint(cfg.check)), len(check_pairs),
                                 cfg.batch_size)
-        checked = check_store.run(lambda idx: label_pairs([check_pairs[i] for i in idx], feedback, constitution, settings))
+        checked = check_store.run(lambda idx: label([check_pairs[i] for i in idx], feedback, constitution, settings))
         write_jsonl(out / "data" / "check_labels.jsonl", [{**r, "a_better": t} for r, t in zip(checked, a_better)])
         metrics["check"] = check_figures(checked, a_better)
         stores.append(check_store)
