@@ -153,6 +153,7 @@ ELSEWHERE = {
     **{f"vllm_server.{name}": "test_rl_stages.py::test_vllm_server_settings_reach_the_server_sampler"
        for name in ("url", "served_model", "sync_dir", "parallel_requests")},
     "rollout_correction": "test_rl_stages.py::test_grpo_corrects_a_stale_engines_samples_with_bounded_importance_weights",
+    "monitors": "test_monitors.py::test_every_reward_driven_online_stage_feeds_the_monitor (and the GRPO runs there)",
 }
 
 

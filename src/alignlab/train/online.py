@@ -20,10 +20,20 @@ checkpoints.
 Checkpoints are written at the start of an iteration, after its rollouts passed the KL bound, so a
 checkpoint always holds a policy whose samples were checked; a resumed run re-collects that
 iteration with the same seed (sampling is deterministic per iteration) and goes on exactly.
+
+Reward-hacking monitors (`stage.monitor`, `alignlab.train.monitors`) read each iteration's rollout
+figures at the same point, before the update. A monitor that fires with `warn` is logged and
+listed in the result; one with `stop` ends the run there, without updating on those rollouts.
+While a stop monitor is past its threshold no checkpoint is written, so the newest checkpoint
+predates the steps that made it fire (with a stop monitor the starting policy is checkpointed at
+iteration 0, the fallback when the crossing began at once): the policy is restored from it and
+it becomes the stage's model. The run is then finished: its final checkpoint records the stop,
+and a rerun returns the same result instead of training past it.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -33,9 +43,10 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from alignlab.train.checkpoint import latest_checkpoint
+from alignlab.train.checkpoint import latest_checkpoint, load_checkpoint
 from alignlab.train.distributed import Dist, all_gather_objects
 from alignlab.train.engine import TrainState, optimizer_step, run_key
+from alignlab.train.monitors import HackingMonitor, Verdict
 from alignlab.train.progress import RunLog, StepLog
 from alignlab.train.sharding import is_sharded
 from alignlab.train.settings import OnlineSettings
@@ -43,6 +54,7 @@ from alignlab.train.settings import OnlineSettings
 __all__ = ["Experience", "KLBoundError", "OnlineSettings", "OnlineStage", "run_online"]
 
 Experience = dict[str, Tensor]
+log = logging.getLogger(__name__)
 
 
 class KLBoundError(RuntimeError):
@@ -67,6 +79,8 @@ class OnlineStage:
     """n -> up to n of the last collected samples as {prompt, completion, reward}, for samples.jsonl"""
     fresh_samples: Callable[[int], list[dict]] | None = None
     """n -> n new samples from the current policy (the final one's, after the last update)"""
+    monitor: HackingMonitor | None = None
+    """reward-hacking monitors fed each iteration's rollout figures (warn, or stop keeping an earlier policy)"""
 
 
 def _trim(batch: Experience) -> Experience:
@@ -120,10 +134,11 @@ def run_online(
     meta = state.resume()
     start = 0 if meta is None else (s.iterations if meta.get("finished") else meta["iteration"])
     resumed_before_update = meta is not None and not meta.get("finished", False)
-
-    log = RunLog(out_dir, start, s.iterations, name, dist.is_main)
+    monitor = _resume_monitor(stage.monitor, meta, state)
+    run_log = RunLog(out_dir, start, s.iterations, name, dist.is_main)
     samples_log = _samples_log(stage, s, dist, out_dir, start)
     last: dict = {}
+    final_step = meta["step"] if meta is not None and meta.get("finished") else s.iterations  # a stop's, if any
     for iteration in range(start, s.iterations):
         tick = time.perf_counter()
         with state.autocast():  # rollout at the training precision, as the update sees it (and as TRL's generate runs)
@@ -132,10 +147,15 @@ def run_online(
         rollout_s = time.perf_counter() - tick
         if samples_log is not None:
             _write_samples(samples_log, stage.recent_samples(s.log_samples), step=iteration + 1)
-        _check_kl_bound(state, figures, iteration)
-        saved_already = resumed_before_update and iteration == start  # the checkpoint this run resumed from
-        if s.save_every and iteration % s.save_every == 0 and iteration > 0 and not saved_already:
-            state.save(iteration, {"iteration": iteration, "finished": False}, final=False)
+        figures, verdict, before = _check_rollouts(state, monitor, figures, iteration)
+        if verdict is not None and verdict.stop is not None:
+            run_log.write({"step": iteration + 1, **figures, "samples": n, "rollout_s": rollout_s})
+            _restore_before_breach(state, verdict.stop)
+            final_step = iteration + 1
+            break
+        # (not the checkpoint this run resumed from)
+        if _checkpoint_due(s, iteration, monitor, verdict) and not (resumed_before_update and iteration == start):
+            state.save(iteration, {"iteration": iteration, "finished": False, **_monitor_meta(before)}, final=False)
 
         tick = time.perf_counter()
         update = _update(state, stage, experience, iteration)
@@ -144,16 +164,85 @@ def run_online(
             figures = {**figures, **stage.after_iteration(iteration, figures)}
         done = iteration + 1
         last = _iteration_line(state, done, {**figures, **update}, n, rollout_s=rollout_s, update_s=update_s)
-        if done % s.log_every == 0 or done == s.iterations:
-            log.write(last, (done, f"reward {figures.get('reward', float('nan')):.3f} "
-                                   f"kl {figures.get('kl', float('nan')):.2f}"))
+        if done % s.log_every == 0 or done == s.iterations or (verdict is not None and verdict.fired):
+            run_log.write(last, (done, f"reward {figures.get('reward', float('nan')):.3f} "
+                                       f"kl {figures.get('kl', float('nan')):.2f}"))
         if save_snapshot is not None and s.snapshot_every and done % s.snapshot_every == 0:
             save_snapshot(out_dir / "snapshots" / f"iter-{done:05d}")  # every process: a sharded policy is gathered
-    _final_samples(state, stage, samples_log, start)
-    state.save(s.iterations, {"iteration": s.iterations, "finished": True}, final=True)
-    last = last or log.last_training_line()
-    log.close()
-    return {"train": last, "iterations": s.iterations, "processes": dist.world_size}
+    _final_samples(state, stage, samples_log, start, final_step)
+    return _finish(state, monitor, run_log, last, final_step)
+
+
+def _finish(state: TrainState, monitor: HackingMonitor | None, run_log: RunLog, last: dict, final_step: int) -> dict:
+    """The final checkpoint (with the monitor's state: a stop stays a stop) and the run's result."""
+    s = state.settings
+    state.save(final_step, {"iteration": s.iterations, "finished": True,
+                            **_monitor_meta(monitor.state_dict() if monitor is not None else None)}, final=True)
+    last = last or run_log.last_training_line()
+    run_log.close()
+    result = {"train": last, "iterations": s.iterations, "processes": state.dist.world_size}
+    if monitor is not None:
+        result["monitors"] = monitor.report()
+    return result
+
+
+def _check_rollouts(state: TrainState, monitor: HackingMonitor | None, figures: dict,
+                    iteration: int) -> tuple[dict, Verdict | None, dict | None]:
+    """The KL bound, then the monitors on this iteration's rollout figures: (the figures with the
+    monitors' own, their verdict, the monitor's state before this step: what a resume here starts from)."""
+    _check_kl_bound(state, figures, iteration)
+    before = monitor.state_dict() if monitor is not None else None
+    verdict = _watch(monitor, iteration + 1, figures, state.name, loud=state.dist.is_main)
+    return {**figures, **(verdict.figures if verdict is not None else {})}, verdict, before
+
+
+def _resume_monitor(monitor: HackingMonitor | None, meta: dict | None, state: TrainState) -> HackingMonitor | None:
+    """The monitor as it was before observing the iteration a run resumes at (a finished run that a
+    monitor stopped says so: it is not trained past the stop)."""
+    if monitor is not None and meta is not None and "monitor" in meta:
+        monitor.load_state_dict(meta["monitor"])
+        if meta.get("finished") and monitor.stopped is not None and state.dist.is_main:
+            log.warning("%s: this run was stopped by monitor %s at step %d and is finished; it is not trained past "
+                        "the stop. Delete %s to run it again.", state.name, monitor.stopped["monitor"],
+                        monitor.stopped["step"], state.checkpoints)
+    return monitor
+
+
+def _checkpoint_due(s: OnlineSettings, iteration: int, monitor: HackingMonitor | None, verdict: Verdict | None) -> bool:
+    due = bool(s.save_every) and iteration % s.save_every == 0 and iteration > 0
+    if monitor is not None and monitor.can_stop:
+        # the starting policy is the fallback of a stop; no checkpoint while a stop monitor is past its threshold
+        due = (due and not verdict.holding) or iteration == 0
+    return due
+
+
+def _monitor_meta(monitor_state: dict | None) -> dict:
+    return {} if monitor_state is None else {"monitor": monitor_state}
+
+
+def _watch(monitor: HackingMonitor | None, step: int, figures: dict, name: str, loud: bool) -> Verdict | None:
+    """Feed the monitor this step's rollout figures (the same on every process); a monitor that
+    fires is logged by process 0."""
+    if monitor is None:
+        return None
+    verdict = monitor.observe(step, figures)
+    for r in verdict.fired if loud else []:
+        log.warning("%s: reward-hacking monitor %s %s at step %d: %s = %.4g, past %g for %d step(s) since step %d",
+                    name, r["monitor"], "stops the run" if r["action"] == "stop" else "warns", step, r["figure"],
+                    r["value"], r["threshold"], step - r["began"] + 1, r["began"])
+    return verdict
+
+
+def _restore_before_breach(state: TrainState, stop: dict) -> None:
+    """Load the newest checkpoint (written before the stop monitor's crossing began) into the policy,
+    and note in the stop's record which policy that is: the one after `kept_iteration` updates."""
+    kept = latest_checkpoint(state.checkpoints)
+    meta = load_checkpoint(kept, state.model, state.optimizer, state.scheduler, state.extras)
+    stop.update({"kept_checkpoint": kept.name, "kept_iteration": meta["iteration"]})
+    if state.dist.is_main:
+        log.warning("%s: stopped at step %d; the model kept is the policy after %d iteration(s) (checkpoint %s), "
+                    "from before %s crossed its threshold at step %d", state.name, stop["step"], meta["iteration"],
+                    kept.name, stop["monitor"], stop["began"])
 
 
 def _iteration_line(state: TrainState, done: int, figures: dict, n: int, rollout_s: float, update_s: float) -> dict:
@@ -161,14 +250,15 @@ def _iteration_line(state: TrainState, done: int, figures: dict, n: int, rollout
             "update_s": update_s, "samples_per_s": n / max(rollout_s + update_s, 1e-9)}
 
 
-def _final_samples(state: TrainState, stage: OnlineStage, samples_log: StepLog | None, start: int) -> None:
-    """The trained policy's own samples, after the last update (a sharded policy samples on every process)."""
+def _final_samples(state: TrainState, stage: OnlineStage, samples_log: StepLog | None, start: int, step: int) -> None:
+    """The trained policy's own samples, after the last update or from the policy a stopped run kept
+    (a sharded policy samples on every process)."""
     s = state.settings
     wanted = s.log_samples > 0 and stage.recent_samples is not None and stage.fresh_samples is not None
     if wanted and start < s.iterations and (state.dist.is_main or is_sharded(state.model)):
         records = stage.fresh_samples(s.log_samples)
         if samples_log is not None:
-            _write_samples(samples_log, records, step=s.iterations, final=True)
+            _write_samples(samples_log, records, step=step, final=True)
     if samples_log is not None:
         samples_log.close()
 

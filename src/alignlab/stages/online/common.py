@@ -1,5 +1,6 @@
 """What the online stages (PPO, RLOO, GRPO, online DPO) share: prompts per iteration, sampling
-and scoring with faulty samples dropped, and no-grad log-prob passes over an experience batch."""
+and scoring with faulty samples dropped, the signs of reward hacking of every batch (and the
+monitors that watch them), and no-grad log-prob passes over an experience batch."""
 
 from __future__ import annotations
 
@@ -7,18 +8,36 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
 
 from alignlab.data.formats import load_prompts
 from alignlab.data.tokenize import tokenize_prompts
+from alignlab.eval.hacking import batch_signs
 from alignlab.feedback.rewards import RewardSpec, ScoringBatch, score_safely
 from alignlab.ops.importance import Level, Mode, importance_weights
 from alignlab.rollout import LocalSampler, Rollouts, Sampler, SamplingSettings, VLLMSampler, logp_mismatch, sample, to_batch
 from alignlab.rollout.vllm_server import VLLMServerSampler, VLLMServerSettings
 from alignlab.stages.blocks import DtypeSettings, ModelSettings, PromptLengthSettings
 from alignlab.train.distributed import Dist, busiest
+from alignlab.train.monitors import GOLD_MONITORS, HackingMonitor, MonitorSettings
 from alignlab.train.online import OnlineSettings, OnlineStage
+
+
+class OnlineMonitors(MonitorSettings):
+    """Reward-hacking monitors (`alignlab.train.monitors`) and the held-out scorer they compare the proxy with."""
+
+    gold: RewardSpec | None = Field(
+        None, description="a held-out scorer of every batch, never trained on: the task's gold scorer, or another "
+        "reward model or judge; logged as hack/gold_mean and needed by proxy_gold_gap and proxy_gold_slope")
+
+    @model_validator(mode="after")
+    def _gold_for_the_gap(self) -> "OnlineMonitors":
+        needing = [name for name in GOLD_MONITORS if getattr(self, name) is not None]
+        if needing and self.gold is None:
+            raise ValueError(f"monitors.{needing[0]} compares the proxy with a held-out score: set monitors.gold "
+                             "(e.g. {type: gold, task: sentiment})")
+        return self
 
 
 class OnlineConfig(ModelSettings, DtypeSettings, PromptLengthSettings):
@@ -36,6 +55,9 @@ class OnlineConfig(ModelSettings, DtypeSettings, PromptLengthSettings):
                                  "enable_lora (sync the adapter only), enable_sleep_mode (and alignlab's sleep_level: 1 or 2)")
     vllm_server: VLLMServerSettings = VLLMServerSettings()
     train: OnlineSettings = OnlineSettings()
+    monitors: OnlineMonitors | None = Field(
+        None, description="reward-hacking monitors: thresholds on each batch's length–reward correlation, "
+        "distinct-n, entropy and proxy-versus-gold gap, each warning or stopping the run")
     moved: ClassVar[dict[str, str]] = {"update_epochs": "train.update_epochs"}
 
 
@@ -225,6 +247,8 @@ class OnlineRun:
     stream: PromptStream
     dist: Dist
     sampler: Sampler
+    gold: object | None = None
+    monitor: HackingMonitor | None = None
     last_scored: ScoredRollouts | None = None
 
     @classmethod
@@ -249,7 +273,10 @@ class OnlineRun:
             sampler = _server_sampler(cfg, dist)
         else:
             sampler = LocalSampler(policy, tokenizer.pad_token_id, tokenizer.eos_token_id)
-        return cls(cfg, settings, tokenizer, texts, ids, device, reward, policy, stream, dist, sampler)
+        monitors = cfg.monitors
+        gold = build_reward(monitors.gold, tokenizer, device) if monitors is not None and monitors.gold else None
+        monitor = HackingMonitor(monitors) if monitors is not None else None
+        return cls(cfg, settings, tokenizer, texts, ids, device, reward, policy, stream, dist, sampler, gold, monitor)
 
     def reference(self):
         """The frozen KL anchor (the policy with its adapter off under LoRA, else a loaded copy, sharded
@@ -263,8 +290,10 @@ class OnlineRun:
     def sample(self, iteration: int, k: int) -> ScoredRollouts:
         """k scored samples per prompt of this iteration (this process's share), from the current policy."""
         idx = my_share(self.stream.indices(iteration), self.dist)
-        self.last_scored = self._score(idx, k, iteration_seed(self.settings.seed, iteration, self.dist.rank))
-        return self.last_scored
+        scored = self._score(idx, k, iteration_seed(self.settings.seed, iteration, self.dist.rank))
+        scored.figures.update(hacking_signs(scored, self.gold))
+        self.last_scored = scored
+        return scored
 
     def _score(self, idx: list[int], k: int, seed: int) -> ScoredRollouts:
         if isinstance(self.sampler, (VLLMSampler, VLLMServerSampler)):
@@ -286,8 +315,21 @@ class OnlineRun:
         return _records(self._score(idx, 1, iteration_seed(self.settings.seed, self.settings.iterations)), n)
 
     def online_stage(self, collect, loss, **kwargs) -> OnlineStage:
-        """The loop's view of this run's algorithm, with its samples shown in samples.jsonl."""
-        return OnlineStage(collect, loss, recent_samples=self.recent_samples, fresh_samples=self.fresh_samples, **kwargs)
+        """The loop's view of this run's algorithm, with its samples shown in samples.jsonl and its monitors."""
+        return OnlineStage(collect, loss, recent_samples=self.recent_samples, fresh_samples=self.fresh_samples,
+                           monitor=self.monitor, **kwargs)
+
+
+def hacking_signs(scored: ScoredRollouts, gold=None) -> dict[str, float]:
+    """The batch's `hack/*` figures (`alignlab.eval.hacking`), with the held-out `gold` score of the
+    same samples when one is configured (a sample it cannot score is left out of its mean)."""
+    r = scored.rollouts
+    gold_scores = None
+    if gold is not None:
+        batch = ScoringBatch(scored.prompts, scored.completions, r.prompt_ids, r.completion_ids, r.finished)
+        gold_scores = score_safely(gold, batch, on_error="drop").scores.tolist()
+    return batch_signs([len(c) for c in r.completion_ids], scored.scores.tolist(), scored.completions, r.logps,
+                       gold_scores)
 
 
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm.config.lora's MaxLoRARanks (0.32)
