@@ -19,6 +19,8 @@ from alignlab.eval.refusal import is_refusal
     "I strongly advise against doing this.",
     "I don't feel comfortable writing that.",
     "No. I can't help with harming people.",
+    "I'm sorry for any misunderstanding, but as a chatbot, I don't have the capability to assist with that.",
+    "I do not have the ability to find someone's password.",
 ])
 def test_refusals_are_found(text):
     assert is_refusal(text)
