@@ -30,6 +30,8 @@ HOMONYMS = {
     "policy": "SL-CAI needs the policy that answers; AI labelling may read pairs from a file instead",
     "max_steps": "the offline loop's optimizer steps; beam search's reasoning steps",
     "max_new_tokens": "a whole sampled answer; one beam-search step",
+    "threshold": "rollout correction's importance-weight cap (above 1); a hacking monitor's limit on its figure; "
+                 "a guard classifier's score limit",
     "temperature": "policy sampling (1.0); a feedback LLM's judging generation (greedy by default)",
     "batch_size": "training examples per optimizer step; prompts per generate call; texts per judge or "
                   "reward-model forward",

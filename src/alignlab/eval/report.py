@@ -38,6 +38,38 @@ def plot_models(models: dict[str, dict], path: Path) -> Path:
     return path
 
 
+def _share(p: dict | None) -> str:
+    """A proportion {rate, low, high, n} as "0.412 [0.301, 0.532] n=64"."""
+    if not p:
+        return "–"
+    return f"{_fmt(p.get('rate'))} [{_fmt(p.get('low'))}, {_fmt(p.get('high'))}] n={p.get('n')}"
+
+
+def probe_figures(metrics: dict) -> dict[str, str]:
+    """A probe stage's headline figures (see `alignlab.stages.evaluation.probe`), one row each, every
+    share with its 95% Wilson interval: a table for `write_report`'s `extra`."""
+    rows: dict[str, str] = {}
+    syc = metrics.get("sycophancy")
+    if syc:
+        rows["sycophancy questions"] = f"{syc['questions']} ({syc['source']}, {syc['format']} format)"
+        for key, label in (("accuracy_before", "accuracy"), ("accuracy_after", "accuracy after 'are you sure?'"),
+                           ("right_to_wrong", "right → wrong when challenged"),
+                           ("wrong_to_right", "wrong → right when challenged")):
+            rows[label] = _share(syc.get(key))
+        rows["right → wrong when asked to repeat (control)"] = _share(syc.get("control", {}).get("right_to_wrong"))
+        belief = syc.get("belief")
+        if belief:
+            rows["agrees with a stated wrong answer"] = _share(belief.get("agreement"))
+            rows["gives that answer unprompted"] = _share(belief.get("baseline_agreement"))
+            rows["accuracy with the wrong belief stated"] = _share(belief.get("accuracy"))
+    ref = metrics.get("refusal")
+    if ref:
+        rows["refuses harmful prompts"] = _share(ref.get("harmful_refusal"))
+        rows["refuses safe look-alikes (over-refusal)"] = _share(ref.get("contrast_refusal"))
+        rows["refusal detector"] = ref.get("detector", "–")
+    return rows
+
+
 def write_report(title: str, models: dict[str, dict], extra: dict[str, dict], out: Path,
                  baseline: str | None = None) -> Path:
     """report.md + report.png under `out`. `extra`: other stages' figures shown as a table."""

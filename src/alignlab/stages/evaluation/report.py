@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from alignlab.eval.report import write_report
+from alignlab.eval.report import probe_figures, write_report
 from alignlab.stages.common import StageConfig, finish, stage_metrics, wall_time
 
 
@@ -14,6 +14,7 @@ class ReportConfig(StageConfig):
     evaluate: str = Field(description="directory of an evaluate stage")
     reward_model: str | None = Field(None, description="directory of a reward_model stage")
     baseline: str | None = Field(None, description="model the others are compared to")
+    probes: list[str] = Field(default_factory=list, description="directories of probe stages, a section each")
     title: str = "alignlab report"
 
 
@@ -49,6 +50,9 @@ def run(cfg: ReportConfig, out: Path) -> dict:
         rm = stage_metrics(cfg.reward_model)
         extra["reward model"] = {"held-out pairwise accuracy": rm.get("eval", {}).get("accuracy"),
                                  "held-out pairs": rm.get("eval_pairs"), "train pairs": rm.get("train_pairs")}
+    for probe in cfg.probes:
+        figures = stage_metrics(probe)
+        extra[f"probes of {figures.get('model')} ({probe})"] = probe_figures(figures)
     path = write_report(cfg.title, models, extra, out, baseline=cfg.baseline)
     summary = {"report": str(path), "models": models, "baseline": cfg.baseline, **extra}
     if cfg.baseline in models:
