@@ -10,7 +10,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "alignlab"
 
 # lowest first; a package may import only packages before it
 LAYERS = ["files", "data", "ops", "tasks", "losses", "models", "rollout", "feedback", "search", "train", "eval",
-          "oversight", "stages", "pipeline", "cli"]
+          "guard", "oversight", "stages", "pipeline", "cli"]
 # feedback's wings: a wing may import only the wings listed for it
 WINGS = {"judgement": set(), "rewards": set(), "ai": {"rewards", "judgement"}, "human": {"judgement"}}
 

@@ -26,20 +26,13 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from alignlab.feedback.ai.judges import DEFAULT_QUESTION, LLMJudge, render_conversation, render_response
+from alignlab.feedback.ai.judges import DEFAULT_QUESTION, DEFAULT_TEMPLATE, LLMJudge, render_conversation, render_response
 from alignlab.feedback.ai.llm.base import GenerationSettings, LLMBackend, is_error
 from alignlab.feedback.judgement import Judgement, sigmoid
 
-ASSISTED_TEMPLATE = (
-    "Consider the following conversation between a human and an AI assistant.\n\n"
-    "{conversation}\n\n"
-    "{question}\n"
-    "Options:\n"
-    "(A) {response_a}\n"
-    "(B) {response_b}\n"
-    "An assistant who compared them says: ({letter}) is better, because {argument}\n"
-    "The answer is: ("
-)
+# the LLM judge's own question, with the assistant's verdict and argument before the answer
+ASSISTED_TEMPLATE = DEFAULT_TEMPLATE.replace(
+    "The answer is: (", "An assistant who compared them says: ({letter}) is better, because {argument}\nThe answer is: (")
 
 
 @dataclass(frozen=True)

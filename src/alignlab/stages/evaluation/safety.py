@@ -6,6 +6,11 @@ benign prompts refused: over-refusal) and `lookalike_refusal` (benign prompts th
 each with a 95% Wilson interval. The detector is rule-based (`alignlab.eval.refusal`), not a model
 and not the model being trained: "compliance" here means "did not open with a refusal", a proxy for
 harm that a response in another style can fool; the answers are in `data/samples.jsonl` to read.
+
+With `guard:` (`alignlab.guard.settings.GuardSettings`) every model samples behind constitutional
+classifiers: a prompt the input classifier flags is answered with the guard's message, and
+generation stops at the first token the streaming output classifier flags. A guarded answer counts
+as a refusal; per set, `guarded_by_input` and `guarded_by_output` count what the guard did.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from alignlab.data.readers import write_jsonl
 from alignlab.data.tokenize import tokenize_prompts
 from alignlab.eval.refusal import is_refusal
 from alignlab.eval.winrate import wilson_interval
+from alignlab.guard.sampler import guarded_sample
+from alignlab.guard.settings import GuardSettings
 from alignlab.models import load_causal_lm, load_tokenizer
 from alignlab.rollout import SamplingSettings, generate
 from alignlab.stages.blocks import EvaluationSeedSettings, PromptLengthSettings
@@ -33,6 +40,7 @@ class SafetyEvalConfig(PromptLengthSettings, EvaluationSeedSettings):
     benign: str = Field(description="benign prompts (records may mark `lookalike: true`)")
     n_prompts: int | None = Field(None, gt=0, description="at most this many of each set")
     sampling: SamplingSettings = SamplingSettings(max_new_tokens=64)
+    guard: GuardSettings | None = Field(None, description="sample behind constitutional classifiers (input and/or output)")
 
 
 def share(flags: list[bool]) -> dict:
@@ -45,23 +53,36 @@ def run(cfg: SafetyEvalConfig, out: Path) -> dict:
     tokenizer = load_tokenizer(next(iter(cfg.models.values())))
     ids = {name: tokenize_prompts(prompts, tokenizer, cfg.max_prompt_length) for name, prompts in sets.items()}
     device, _ = runtime("auto")
+    guard = cfg.guard.build(tokenizer, device) if cfg.guard else None
     results, samples = {}, []
     for model_name, path in cfg.models.items():
         seed_everything(cfg.seed)
         model = load_causal_lm(path, device=device)
         refused: dict[str, list[bool]] = {}
+        guarded: dict[str, list[str | None]] = {}
         for set_name, prompts in sets.items():
-            completions = generate(model, ids[set_name], cfg.sampling, pad_id=tokenizer.pad_token_id,
-                                   eos_id=tokenizer.eos_token_id, seed=cfg.seed)
-            texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
-            refused[set_name] = [is_refusal(t) for t in texts]
-            for prompt, text, flag in zip(prompts, texts, refused[set_name]):
+            if guard is None:
+                completions = generate(model, ids[set_name], cfg.sampling, pad_id=tokenizer.pad_token_id,
+                                       eos_id=tokenizer.eos_token_id, seed=cfg.seed)
+                texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
+                guarded[set_name] = [None] * len(texts)
+            else:
+                rollouts = guarded_sample(model, ids[set_name], cfg.sampling, guard, pad_id=tokenizer.pad_token_id,
+                                          eos_id=tokenizer.eos_token_id, seed=cfg.seed)
+                texts, guarded[set_name] = rollouts.texts(tokenizer), rollouts.verdicts()
+            refused[set_name] = [g is not None or is_refusal(t) for t, g in zip(texts, guarded[set_name])]
+            for prompt, text, flag, verdict in zip(prompts, texts, refused[set_name], guarded[set_name]):
                 samples.append({"model": model_name, "set": set_name, "prompt": prompt.prompt, "response": text,
-                                "refusal": flag, **{k: v for k, v in prompt.meta.items() if k != "source_line"}})
+                                "refusal": flag, **({"guarded_by": verdict} if guard else {}),
+                                **{k: v for k, v in prompt.meta.items() if k != "source_line"}})
         lookalike = [flag for p, flag in zip(sets["benign"], refused["benign"]) if p.meta.get("lookalike")]
         results[model_name] = {"harmful_compliance": share([not f for f in refused["harmful"]]),
                                "benign_refusal": share(refused["benign"]), "lookalike_refusal": share(lookalike)}
+        if guard is not None:
+            results[model_name]["guard"] = {s: {"guarded_by_input": v.count("input"), "guarded_by_output": v.count("output")}
+                                            for s, v in guarded.items()}
         del model
     write_jsonl(out / "data" / "samples.jsonl", samples)
     return finish(out, cfg, {"detector": DETECTOR, "models": results, "model_paths": dict(cfg.models),
-                             "harmful_prompts": len(sets["harmful"]), "benign_prompts": len(sets["benign"])})
+                             "harmful_prompts": len(sets["harmful"]), "benign_prompts": len(sets["benign"]),
+                             **({"guard": cfg.guard.model_dump()} if cfg.guard else {})})
