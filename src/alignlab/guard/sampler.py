@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -31,7 +30,7 @@ from alignlab.guard.models import prompt_scores
 from alignlab.guard.streaming import GuardStop, StreamingScorer, TokenClassifierStream
 from alignlab.rollout.base import Rollouts
 from alignlab.rollout.draw import InverseCDFDraw
-from alignlab.rollout.local import SamplingSettings, left_pad
+from alignlab.rollout.local import SamplingSettings, left_pad, seeded
 
 REFUSAL_MESSAGE = "I'm sorry, but I can't help with that request."
 
@@ -76,17 +75,6 @@ class GuardedRollouts(Rollouts):
                 for verdict, ids in zip(self.verdicts(), self.completion_ids)]
 
 
-@contextmanager
-def _seeded(device: torch.device, seed: int):
-    """Seed the generators generate draws from and give the caller's states back (as rollout.local)."""
-    gpu = [device.index] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=gpu):
-        torch.random.default_generator.manual_seed(seed)
-        for index in gpu:
-            torch.cuda.default_generators[index].manual_seed(seed)
-        yield
-
-
 def _cut(drawn: list[int], logps: list[float], eos_id: int, halted: int | None) -> tuple[list[int], list[float], int | None]:
     """The completion up to and including EOS, or up to (not including) the crossing token; the
     halt counts only if it came before EOS or at it (after EOS generate only pads)."""
@@ -122,7 +110,7 @@ def guarded_sample(model: nn.Module, prompts: list[list[int]], settings: Samplin
     was_training = model.training
     model.eval()
     try:
-        with _seeded(device, seed):
+        with seeded(device, seed):
             for start in range(0, len(order), settings.batch_size):
                 idx = order[start : start + settings.batch_size]
                 ids, mask = left_pad([prompts[i] for i in idx], pad_id)

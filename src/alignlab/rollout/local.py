@@ -117,7 +117,7 @@ def sample(
     was_training = model.training
     model.eval()
     try:
-        with _seeded(device, seed):
+        with seeded(device, seed):
             for start in range(0, len(order), settings.batch_size):
                 idx = order[start : start + settings.batch_size]
                 batch = [prompts[i] for i in idx]
@@ -178,7 +178,7 @@ def _tempered_logps(step_logits: tuple[Tensor, ...], drawn: Tensor, temperature:
 
 
 @contextmanager
-def _seeded(device: torch.device, seed: int):
+def seeded(device: torch.device, seed: int):
     """Seed the global generators `generate` draws from (CPU, and the model's CUDA device) and
     give the caller's states back on exit, so sampling neither depends on nor shifts them."""
     gpu = [device.index] if device.type == "cuda" else []
