@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from alignlab.feedback.rewards.sources import right_pad
 from alignlab.models.load import disable_dropout
 from alignlab.models.reward import load_reward_model
 from alignlab.models.value import load_critic
@@ -77,16 +78,6 @@ def load_output_classifier(path: str | Path, tokenizer, dtype: str = "float32", 
         keep_layers(model, layers)
     disable_dropout(model)
     return model.to(device) if device is not None else model
-
-
-def right_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[i, : len(row)] = 1
-    return ids, mask
 
 
 def last_token_logits(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -30,7 +30,7 @@ from alignlab.guard.models import prompt_scores
 from alignlab.guard.streaming import GuardStop, StreamingScorer, TokenClassifierStream
 from alignlab.rollout.base import Rollouts
 from alignlab.rollout.draw import InverseCDFDraw
-from alignlab.rollout.local import SamplingSettings, left_pad, seeded
+from alignlab.rollout.local import SamplingSettings, left_pad, seeded, tempered_logps
 
 REFUSAL_MESSAGE = "I'm sorry, but I can't help with that request."
 
@@ -123,8 +123,7 @@ def guarded_sample(model: nn.Module, prompts: list[list[int]], settings: Samplin
                 out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config,
                                      logits_processor=processors, stopping_criteria=criteria)
                 drawn = out.sequences[:, ids.shape[1] :]
-                tempered = torch.cat([(step.float() / settings.temperature).log_softmax(-1).gather(-1, drawn[:, t : t + 1])
-                                      for t, step in enumerate(out.logits)], dim=1)
+                tempered = tempered_logps(out.logits, drawn, settings.temperature)
                 for row, i in enumerate(idx):
                     at = stop.halted_at[row] if stream is not None else None
                     completions[i], logps[i], halted[i] = _cut(drawn[row].tolist(), tempered[row].tolist(), eos_id, at)

@@ -131,7 +131,7 @@ def sample(
                 out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
                                      logits_processor=processors, synced_gpus=sharded, **extra)
                 drawn = out.sequences[:, ids.shape[1] :]
-                drawn_logps = _tempered_logps(out.logits, drawn, settings.temperature)
+                drawn_logps = tempered_logps(out.logits, drawn, settings.temperature)
                 for row, i in enumerate(idx):
                     completions[i], logps[i] = _cut_at_stop(drawn[row].tolist(), drawn_logps[row].tolist(), ends)
     finally:
@@ -165,7 +165,7 @@ def left_pad(prompts: list[list[int]], pad_id: int, multiple_of: int = 1) -> tup
     return ids, mask
 
 
-def _tempered_logps(step_logits: tuple[Tensor, ...], drawn: Tensor, temperature: float) -> Tensor:
+def tempered_logps(step_logits: tuple[Tensor, ...], drawn: Tensor, temperature: float) -> Tensor:
     """`[B, S]` log_softmax(logits / T) at the drawn ids, from generate's raw per-step logits.
 
     One step at a time, so no second `[B, S, V]` tensor is built next to the stored logits.
