@@ -31,14 +31,17 @@ from collections.abc import Sequence
 
 from alignlab.feedback.ai.cai import PromptLike, render_conversation
 from alignlab.feedback.ai.constitution import Constitution, Principle
-from alignlab.feedback.ai.labels import LabelSettings, Pair, draw_principles, response_text
+from alignlab.feedback.ai.labels import LabelSettings, Pair, draw_principles, render_in_template, response_text
 from alignlab.feedback.ai.llm.base import LLMBackend, LLMError
 from alignlab.feedback.judgement import sigmoid
 
 
-def missing_personas(constitution: Constitution) -> list[str]:
-    """Names of the principles without `follow` and `violate` (contrast labels need both)."""
-    return [p.name for p in constitution.principles if not (p.follow and p.violate)]
+def require_personas(constitution: Constitution) -> None:
+    """Contrast labels need `follow` and `violate` on every principle: the error names those without."""
+    missing = [p.name for p in constitution.principles if not (p.follow and p.violate)]
+    if missing:
+        raise ValueError(f"method contrast needs `follow` and `violate` on every principle; constitution "
+                         f"{constitution.name!r} lacks them on: {', '.join(missing)}")
 
 
 def persona_prefix(persona: str, prompt: PromptLike, feedback: LLMBackend, format: str) -> str:
@@ -46,14 +49,8 @@ def persona_prefix(persona: str, prompt: PromptLike, feedback: LLMBackend, forma
     feedback model's chat template (`chat`), or as plain "Human:/Assistant:" turns (`completion`)."""
     if format == "chat":
         conversation = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-        render = getattr(feedback, "render_chat", None)
-        if render is None:
-            raise ValueError(f"format chat renders with the feedback model's chat template; {feedback.name} has none "
-                             "alignlab can apply (use a local feedback model, or format completion)")
-        rendered = render([{"role": "system", "content": persona}, *conversation])
-        if isinstance(rendered, LLMError):
-            raise ValueError(f"format chat: {rendered.message}")
-        return rendered
+        return render_in_template([{"role": "system", "content": persona}, *conversation], feedback,
+                                  "the conversation under each persona")
     return f"{persona}\n\n{render_conversation(prompt)}\n\nAssistant:"
 
 
@@ -66,10 +63,7 @@ def label_pairs_by_contrast(pairs: Sequence[Pair], feedback: LLMBackend, constit
                             settings: LabelSettings = LabelSettings()) -> list[dict]:
     """One label record per pair, as `labels.label_pairs` writes them (skipped and error records
     alike); each (pair, principle) is one call scoring both responses under both personas."""
-    missing = missing_personas(constitution)
-    if missing:
-        raise ValueError(f"method contrast needs `follow` and `violate` on every principle; constitution "
-                         f"{constitution.name!r} lacks them on: {', '.join(missing)}")
+    require_personas(constitution)
     records = []
     for pair in pairs:
         a, b = response_text(pair.response_a), response_text(pair.response_b)

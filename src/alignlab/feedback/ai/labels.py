@@ -108,18 +108,24 @@ def question_prompt(prompt: PromptLike, first: str | list[dict], second: str | l
     return text + (THINK if chain_of_thought else ANSWER)
 
 
+def render_in_template(conversation: list[dict], feedback: LLMBackend, what: str) -> str:
+    """The conversation up to the assistant's turn in the feedback model's chat template (format chat);
+    `what` names the text for the error when the model has no template."""
+    render = getattr(feedback, "render_chat", None)
+    if render is None:
+        raise ValueError(f"format chat renders {what} with the feedback model's chat template; {feedback.name} "
+                         "has none alignlab can apply (use a local feedback model, or format completion)")
+    rendered = render(conversation)
+    if isinstance(rendered, LLMError):
+        raise ValueError(f"format chat: {rendered.message}")
+    return rendered
+
+
 def in_chat_format(question: str, feedback: LLMBackend) -> str:
     """The question as a user message in the feedback model's chat template, its last line ("The
     answer is: (" or "Let's think step by step:") starting the assistant's turn."""
-    render = getattr(feedback, "render_chat", None)
-    if render is None:
-        raise ValueError(f"format chat renders the question with the feedback model's chat template; {feedback.name} "
-                         "has none alignlab can apply (use a local feedback model, or format completion)")
     body, _, last_line = question.rpartition("\n")
-    rendered = render([{"role": "user", "content": body}])
-    if isinstance(rendered, LLMError):
-        raise ValueError(f"format chat: {rendered.message}")
-    return rendered + last_line
+    return render_in_template([{"role": "user", "content": body}], feedback, "the question") + last_line
 
 
 def answer_prompt(question: str, reasoning: str | None = None) -> str:

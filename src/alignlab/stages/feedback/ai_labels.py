@@ -38,7 +38,7 @@ from alignlab.feedback.ai.labels import (
     write_label_outputs,
 )
 from alignlab.feedback.ai.cai import PartStore, resume_key
-from alignlab.feedback.ai.contrast_labels import label_pairs_by_contrast, missing_personas
+from alignlab.feedback.ai.contrast_labels import label_pairs_by_contrast, require_personas
 from alignlab.feedback.ai.label_check import check_figures, known_pairs
 from alignlab.feedback.ai.constitution import Constitution, load_constitution
 from alignlab.feedback.ai.llm_spec import (
@@ -105,9 +105,8 @@ def selected_constitution(cfg: AILabelsConfig) -> Constitution:
         kept = [p for p in constitution.principles if p.name in cfg.principles]
         examples = [e for e in constitution.examples if e.principle in cfg.principles]
         constitution = constitution.model_copy(update={"principles": kept, "examples": examples})
-    if cfg.method == "contrast" and missing_personas(constitution):
-        raise ValueError(f"method contrast needs `follow` and `violate` on every principle; constitution "
-                         f"{constitution.name!r} lacks them on: {', '.join(missing_personas(constitution))}")
+    if cfg.method == "contrast":
+        require_personas(constitution)  # before any model is loaded
     return constitution
 
 
