@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import yaml
+
+from alignlab.data.errors import DataError, Source
+
+
+def read_yaml_mapping(path: Path, shape: str) -> tuple[yaml.Node, dict]:
+    """(the node tree, for `yaml_line`; the data) of a YAML file that must hold one mapping: a YAML
+    error names its line, anything else is refused with `shape`, which says what the file should be."""
+    text = path.read_text(encoding="utf-8")
+    try:
+        node, data = yaml.compose(text), yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        raise DataError(Source(str(path), mark.line + 1 if mark else None), None, f"not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise DataError(Source(str(path)), None, shape)
+    return node, data
 
 
 def yaml_line(node: yaml.Node | None, path: tuple) -> int | None:

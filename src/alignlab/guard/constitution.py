@@ -30,11 +30,10 @@ import string
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from alignlab.data.errors import DataError, Source
-from alignlab.data.yaml_lines import yaml_line
+from alignlab.data.yaml_lines import read_yaml_mapping, yaml_line
 
 BUILT_IN = Path(__file__).parent / "constitutions"
 
@@ -118,15 +117,7 @@ def load_classifier_constitution(name_or_path: str | Path = "default") -> Classi
         path = BUILT_IN / f"{name_or_path}.yaml"
     if not path.exists():
         raise DataError(Source(str(path)), None, "classifier constitution not found (use 'default' or a YAML path)")
-    text = path.read_text(encoding="utf-8")
-    try:
-        node, data = yaml.compose(text), yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        raise DataError(Source(str(path), mark.line + 1 if mark else None), None, f"not valid YAML: {err}") from None
-    if not isinstance(data, dict):
-        raise DataError(Source(str(path)), None, "a classifier constitution is a mapping with `name`, `restricted` "
-                        "and `allowed`")
+    node, data = read_yaml_mapping(path, "a classifier constitution is a mapping with `name`, `restricted` and `allowed`")
     try:
         return ClassifierConstitution.model_validate(data)
     except ValidationError as err:

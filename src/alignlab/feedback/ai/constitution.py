@@ -27,11 +27,10 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from alignlab.data.errors import DataError, Source
-from alignlab.data.yaml_lines import yaml_line
+from alignlab.data.yaml_lines import read_yaml_mapping, yaml_line
 
 BUILT_IN = Path(__file__).parent / "constitutions"
 
@@ -105,15 +104,7 @@ def load_constitution(name_or_path: str | Path = "default") -> Constitution:
         path = BUILT_IN / f"{name_or_path}.yaml"
     if not path.exists():
         raise DataError(Source(str(path)), None, "constitution file not found (use 'default' or a YAML path)")
-    text = path.read_text(encoding="utf-8")
-    try:
-        node = yaml.compose(text)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        raise DataError(Source(str(path), mark.line + 1 if mark else None), None, f"not valid YAML: {err}") from None
-    if not isinstance(data, dict):
-        raise DataError(Source(str(path)), None, "a constitution is a mapping with `name` and `principles`")
+    node, data = read_yaml_mapping(path, "a constitution is a mapping with `name` and `principles`")
     try:
         return Constitution.model_validate(data)
     except ValidationError as err:
