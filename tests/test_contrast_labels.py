@@ -126,7 +126,7 @@ def test_rates_match_the_tiny_models_own_log_probs(tiny_model_dir, constitution)
                 totals.append(sum(logps[n_prefix:]))
             expected.append(contrast_rate(*totals, text))
         assert entry["contrast"] == pytest.approx(expected, abs=1e-4)  # float32 forwards of different batch shapes
-        scale = settings.contrast_scale
+        scale = settings.contrast_scale  # the label is sigmoid(scale * d): the rates' tolerance times its slope bound
         assert entry["p_a"] == pytest.approx(sigmoid(scale * (expected[0] - expected[1])), abs=scale * 1e-4)
 
 

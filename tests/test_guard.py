@@ -119,10 +119,10 @@ def test_sequence_bce_is_the_summed_binary_cross_entropy():
     logits, labels = torch.tensor([0.0, 2.0, -1.0]), torch.tensor([1.0, 0.0, 0.0])
     loss, metrics = sequence_bce(logits, labels)
     expected = math.log(2) + math.log(1 + math.e ** 2) + math.log(1 + math.e ** -1)
-    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)  # float32 loss against a float64 closed form
     assert metrics["accuracy"].item() == pytest.approx(2 / 3)  # 0.0 counts as flagged (p = 0.5)
     weighted, _ = sequence_bce(logits, labels, torch.tensor([3.0, 0.5, 0.5]))
-    assert weighted.item() == pytest.approx(3 * math.log(2) + 0.5 * (expected - math.log(2)), rel=1e-6)
+    assert weighted.item() == pytest.approx(3 * math.log(2) + 0.5 * (expected - math.log(2)), rel=1e-6)  # float32 vs float64
 
 
 def test_class_weights_make_each_label_weigh_half():
@@ -147,6 +147,7 @@ def test_streaming_bce_mixes_each_token_with_the_running_maximum():
     cumulative = sum(bce(x, 1) for x in (-1.0, 2.0, 2.0)) / 3 + sum(bce(x, 0) for x in (1.0, 1.0)) / 2
     for w in (0.0, 0.5, 1.0):
         loss, metrics = streaming_bce(logits, mask, harmful, cummax_weight=w)
+        # float32 means of several terms against float64 sums
         assert loss.item() == pytest.approx((1 - w) * direct + w * cumulative, rel=1e-5)
     # the row's decision is its highest response logit: row 0 flagged (2.0), row 1 flagged (1.0) wrongly
     assert metrics["accuracy"].item() == 0.5 and metrics["positive_rate"].item() == 1.0

@@ -96,6 +96,7 @@ def test_streamed_scores_equal_one_forward_over_the_whole_response(policy, tiny_
              for t in range(width)]
     streamed = torch.stack(steps, 1)
     for r, c in enumerate(completions):
+        # float32: a KV-cached step and a full forward sum attention in another order
         assert streamed[r, : len(c)].tolist() == pytest.approx(full[r], abs=1e-5)
     assert len({round(s, 4) for s in full[0]}) > 1
 

@@ -24,7 +24,7 @@ W_0_4, W_2_4, W_1_4, W_1_1 = (0.0, 0.489891), (0.150039, 0.849961), (0.045587, 0
 
 def _is(p: dict, rate: float, n: int, interval: tuple[float, float]):
     assert p["rate"] == pytest.approx(rate) and p["n"] == n
-    assert (p["low"], p["high"]) == pytest.approx(interval, abs=1e-6)
+    assert (p["low"], p["high"]) == pytest.approx(interval, abs=1e-6)  # the expected bounds are written to 6 decimals
 
 
 def test_flip_stats_counts_flips_among_the_right_and_the_wrong():
