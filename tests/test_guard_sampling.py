@@ -55,8 +55,9 @@ def test_generation_halts_at_the_exact_token_the_scorer_flags(policy):
     guard = Guard(scorer_factory=lambda: TokenTrigger(trigger), output_threshold=0.5)
     guarded = guarded_sample(model, prompts, SETTINGS, guard, seed=3, **ids)
     assert guarded.halted_at[0] == k
-    assert guarded.completion_ids[0] == row[:k]  # the flagged token and all after it are dropped
-    assert guarded.logps[0] == pytest.approx(plain.logps[0][:k])
+    assert guarded.completion_ids[0] == row[: k + 1]  # the sampler's record ends with the flagged token
+    assert guarded.shown_ids()[0] == row[:k]  # a user never sees it, nor anything after it
+    assert guarded.logps[0] == pytest.approx(plain.logps[0][: k + 1])
     assert guarded.output_scores[0] == [0.0] * k + [1.0]
     assert guarded.verdicts()[0] == "output" and guarded.texts(tokenizer)[0] == REFUSAL_MESSAGE
     assert not guarded.finished[0]
@@ -64,16 +65,18 @@ def test_generation_halts_at_the_exact_token_the_scorer_flags(policy):
         other = plain.completion_ids[r]
         first = next((i for i, t in enumerate(other) if t == trigger), None)
         assert guarded.halted_at[r] == first
-        assert guarded.completion_ids[r] == (other if first is None else other[:first])
+        assert guarded.completion_ids[r] == (other if first is None else other[: first + 1])
 
 
-def test_a_guard_that_never_fires_returns_the_unguarded_samples(policy, tiny_model_dir):
+@pytest.mark.parametrize("settings", [SETTINGS, SETTINGS.model_copy(update={"draw": "multinomial", "batch_size": 3})],
+                         ids=["inverse_cdf", "multinomial-in-batches-of-3"])
+def test_a_guard_that_never_fires_returns_the_unguarded_samples(policy, tiny_model_dir, settings):
     model, tokenizer, prompts = policy
     ids = {"pad_id": tokenizer.pad_token_id, "eos_id": tokenizer.eos_token_id}
     classifier = load_output_classifier(tiny_model_dir, tokenizer)
     guard = Guard(output=classifier, output_threshold=2.0)  # a probability never reaches 2
-    plain = sample(model, prompts, SETTINGS, seed=5, **ids)
-    guarded = guarded_sample(model, prompts, SETTINGS, guard, seed=5, **ids)
+    plain = sample(model, prompts, settings, seed=5, **ids)
+    guarded = guarded_sample(model, prompts, settings, guard, seed=5, **ids)
     assert guarded.completion_ids == plain.completion_ids and guarded.finished == plain.finished
     assert guarded.halted_at == [None] * len(prompts) and guarded.seconds["output_scoring"] > 0
     assert [len(s) for s in guarded.output_scores] == [len(c) for c in plain.completion_ids]

@@ -1,19 +1,20 @@
 """A guard around local sampling: the input classifier refuses prompts, the streaming output
 classifier halts generation at the first token it flags.
 
-`guarded_sample` is `alignlab.rollout.local.sample` with a guard: the same batching (prompts sorted
-by length, left-padded, `settings.batch_size` per generate call), the same inverse-CDF draw and
-seeding, so a guard that never fires returns exactly the unguarded samples. Then:
+`guarded_sample` is `alignlab.rollout.local.sample` with the streaming classifier as its stop rule,
+so it batches, draws and seeds exactly as unguarded sampling does (every `SamplingSettings` option
+holds) and a guard that never fires returns exactly the unguarded samples. Then:
 
 - a prompt whose input score is >= `input_threshold` is not sent to the policy at all: its
   completion is empty and its text is the fixed refusal message;
 - otherwise every generated token is scored as it is produced (`GuardStop` inside `generate`), and
-  a row stops at the first token scoring >= `output_threshold`; that token and everything after it
-  are dropped (the user never sees them) and the text is the message.
+  a row stops at the first token scoring >= `output_threshold`. The completion keeps that token (it
+  was drawn, and a trainer that penalises the halt should push down the token that caused it);
+  what a user sees (`shown_ids`, `texts`) drops it and everything after it: the fixed message.
 
 The classifiers must share the policy's tokenizer (the guard reads the policy's token ids).
-`GuardedSampler` is the `Sampler` form for code that takes one (rollouts): blocked rows come back
-with empty completions and halted ones cut, each with its log-probs, and `finished` False.
+`GuardedSampler` is the `Sampler` form for code that takes one (RL rollouts): blocked rows come
+back with empty completions, halted ones ending at the flagged token, `finished` False for both.
 """
 
 from __future__ import annotations
@@ -23,14 +24,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
-from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+from torch import Tensor, nn
 
 from alignlab.guard.models import prompt_scores
 from alignlab.guard.streaming import GuardStop, StreamingScorer, TokenClassifierStream
 from alignlab.rollout.base import Rollouts
-from alignlab.rollout.draw import InverseCDFDraw
-from alignlab.rollout.local import SamplingSettings, left_pad, seeded, tempered_logps
+from alignlab.rollout.local import SamplingSettings, sample
 
 REFUSAL_MESSAGE = "I'm sorry, but I can't help with that request."
 
@@ -52,6 +51,11 @@ class Guard:
             return self.scorer_factory()
         return TokenClassifierStream(self.output) if self.output is not None else None
 
+    @property
+    def streams(self) -> bool:
+        """Whether generated tokens are scored (an output classifier or a scorer factory is set)."""
+        return self.output is not None or self.scorer_factory is not None
+
 
 @dataclass
 class GuardedRollouts(Rollouts):
@@ -60,14 +64,21 @@ class GuardedRollouts(Rollouts):
     input_scores: list[float | None] = field(default_factory=list)
     blocked: list[bool] = field(default_factory=list)
     halted_at: list[int | None] = field(default_factory=list)
-    """index of the completion token that crossed the output threshold (dropped); None: not halted"""
+    """index of the completion token that crossed the output threshold (its last; never shown to a
+    user); None: not halted"""
     output_scores: list[list[float]] = field(default_factory=list)
-    """per row, the output score after each generated token up to the end or the crossing token"""
+    """per row, the output score after each completion token (the crossing one last)"""
     seconds: dict = field(default_factory=dict)
     message: str = REFUSAL_MESSAGE
 
     def verdicts(self) -> list[str | None]:
         return ["input" if b else "output" if h is not None else None for b, h in zip(self.blocked, self.halted_at)]
+
+    def shown_ids(self) -> list[list[int]]:
+        """The tokens a user sees of each completion: none when blocked, those before the crossing
+        token when halted (the fixed message stands in for the rest)."""
+        return [ids[:h] if h is not None else ([] if b else ids)
+                for ids, b, h in zip(self.completion_ids, self.blocked, self.halted_at)]
 
     def texts(self, tokenizer) -> list[str]:
         """What a user sees: the fixed message for a guarded row, else the decoded completion."""
@@ -75,22 +86,10 @@ class GuardedRollouts(Rollouts):
                 for verdict, ids in zip(self.verdicts(), self.completion_ids)]
 
 
-def _cut(drawn: list[int], logps: list[float], eos_id: int, halted: int | None) -> tuple[list[int], list[float], int | None]:
-    """The completion up to and including EOS, or up to (not including) the crossing token; the
-    halt counts only if it came before EOS or at it (after EOS generate only pads)."""
-    end = next((i + 1 for i, token in enumerate(drawn) if token == eos_id), len(drawn))
-    if halted is not None and halted < end:
-        return drawn[:halted], logps[:halted], halted
-    return drawn[:end], logps[:end], None
-
-
 @torch.no_grad()
 def guarded_sample(model: nn.Module, prompts: list[list[int]], settings: SamplingSettings, guard: Guard, *,
                    pad_id: int, eos_id: int, seed: int = 0) -> GuardedRollouts:
     """Sample one completion per prompt through `guard` (see the module doc)."""
-    if settings.cache != "dynamic":
-        raise ValueError("a guarded sampler needs sampling.cache: dynamic (the stream scores step by step)")
-    device = next(model.parameters()).device
     n = len(prompts)
     tick = time.perf_counter()
     scores: list[float | None] = [None] * n
@@ -98,48 +97,52 @@ def guarded_sample(model: nn.Module, prompts: list[list[int]], settings: Samplin
         scores = prompt_scores(guard.input, prompts, pad_id)
     blocked = [s is not None and s >= guard.input_threshold for s in scores]
     input_seconds = time.perf_counter() - tick
-    config = GenerationConfig(do_sample=False, max_new_tokens=settings.max_new_tokens, pad_token_id=pad_id,
-                              eos_token_id=eos_id, use_cache=True, output_logits=True, return_dict_in_generate=True)
-    processors = LogitsProcessorList([InverseCDFDraw(settings.temperature, settings.top_k, settings.top_p)])
+    allowed = [i for i in range(n) if not blocked[i]]
+    watch = _Watch(guard, allowed)
+    tick = time.perf_counter()
+    drawn = sample(model, [prompts[i] for i in allowed], settings, pad_id=pad_id, eos_id=eos_id, seed=seed,
+                   stop_rule=watch.stop_rule if guard.streams else None)
+    generate_seconds = time.perf_counter() - tick
     completions: list[list[int]] = [[] for _ in prompts]
     logps: list[list[float]] = [[] for _ in prompts]
-    halted: list[int | None] = [None] * n
+    finished, halted_at = [False] * n, [None] * n
     streamed: list[list[float]] = [[] for _ in prompts]
-    order = sorted((i for i in range(n) if not blocked[i]), key=lambda i: len(prompts[i]))
-    score_seconds, tick = 0.0, time.perf_counter()
-    was_training = model.training
-    model.eval()
-    try:
-        with seeded(device, seed):
-            for start in range(0, len(order), settings.batch_size):
-                idx = order[start : start + settings.batch_size]
-                ids, mask = left_pad([prompts[i] for i in idx], pad_id)
-                stream = guard.stream()
-                criteria = None
-                if stream is not None:
-                    stream.begin(ids, mask)
-                    stop = GuardStop(stream, guard.output_threshold, len(idx))
-                    criteria = StoppingCriteriaList([stop])
-                out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config,
-                                     logits_processor=processors, stopping_criteria=criteria)
-                drawn = out.sequences[:, ids.shape[1] :]
-                tempered = tempered_logps(out.logits, drawn, settings.temperature)
-                for row, i in enumerate(idx):
-                    at = stop.halted_at[row] if stream is not None else None
-                    completions[i], logps[i], halted[i] = _cut(drawn[row].tolist(), tempered[row].tolist(), eos_id, at)
-                    if stream is not None:
-                        kept = len(completions[i]) + (halted[i] is not None)
-                        streamed[i] = stop.scores[row][:kept]
-                score_seconds += getattr(stream, "seconds", 0.0)
-    finally:
-        model.train(was_training)
-    finished = [bool(c) and c[-1] == eos_id and h is None for c, h in zip(completions, halted)]
-    generate_seconds = time.perf_counter() - tick
+    seen = watch.seen()
+    for j, i in enumerate(allowed):
+        completions[i], logps[i] = drawn.completion_ids[j], drawn.logps[j]
+        at, row_scores = seen.get(i, (None, []))
+        halted_at[i] = at if at is not None and at < len(completions[i]) else None  # after EOS generate only pads
+        finished[i] = drawn.finished[j] and halted_at[i] is None
+        streamed[i] = row_scores[: len(completions[i])]
     return GuardedRollouts(
         [list(p) for p in prompts], completions, logps, finished, input_scores=scores, blocked=blocked,
-        halted_at=halted, output_scores=streamed, message=guard.message,
-        seconds={"input": input_seconds, "generate": generate_seconds, "output_scoring": score_seconds},
+        halted_at=halted_at, output_scores=streamed, message=guard.message,
+        seconds={"input": input_seconds, "generate": generate_seconds, "output_scoring": watch.seconds()},
     )
+
+
+class _Watch:
+    """The guard's stop rule for `sample` (a `GuardStop` over a fresh stream per batch), and what
+    it saw, by prompt index once sampling is over."""
+
+    def __init__(self, guard: Guard, rows: list[int]):
+        self.guard, self.rows = guard, rows
+        self.batches: list[tuple[list[int], StreamingScorer, GuardStop]] = []
+
+    def stop_rule(self, batch: list[int], ids: Tensor, mask: Tensor) -> GuardStop:
+        stream = self.guard.stream()
+        stream.begin(ids, mask)
+        stop = GuardStop(stream, self.guard.output_threshold, len(batch))
+        self.batches.append(([self.rows[j] for j in batch], stream, stop))
+        return stop
+
+    def seen(self) -> dict[int, tuple[int | None, list[float]]]:
+        """prompt index -> (the step its row was halted at, its score after every step)."""
+        return {i: (stop.halted_at[row], stop.scores[row]) for prompts, _, stop in self.batches
+                for row, i in enumerate(prompts)}
+
+    def seconds(self) -> float:
+        return sum(getattr(stream, "seconds", 0.0) for _, stream, _ in self.batches)
 
 
 class GuardedSampler:

@@ -43,3 +43,11 @@ def check_same_vocabulary(policy_tokenizer, classifier_tokenizer, where: str) ->
     if policy_tokenizer.get_vocab() != classifier_tokenizer.get_vocab():
         raise ValueError(f"{where}: the classifier's tokenizer differs from the policy's; train the classifiers "
                          "from the policy's base model (or one with the same tokenizer)")
+
+
+class RolloutGuardSettings(GuardSettings):
+    """`guard:` on an online stage: the policy samples its rollouts behind the classifiers."""
+
+    halted_reward: float | None = Field(
+        None, description="the reward of a rollout the output classifier halted (it ends at the flagged token, so "
+        "a penalty pushes that token down); None: the reward source scores the halted rollout as it stands")

@@ -23,15 +23,15 @@ when one was produced (no padding).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 from torch.distributed.fsdp import FSDPModule
-from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel
+from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel, StoppingCriteriaList
 
 from alignlab.ops.forward_args import cache_keyword
 from alignlab.rollout.base import Rollouts
@@ -62,6 +62,20 @@ class SamplingSettings(BaseModel):
         f"{STATIC_WIDTH_STEP} tokens to keep the shapes few). Same samples; no speed-up on a CPU")
 
 
+class RowStop(Protocol):
+    """A transformers stopping criterion for one `generate` call that remembers where it stopped
+    each row: `halted_at[r]` is the index, in row r's completion, of the token it stopped after
+    (None: it never stopped the row)."""
+
+    halted_at: list[int | None]
+
+    def __call__(self, input_ids: Tensor, scores: Tensor, **kwargs) -> Tensor: ...
+
+
+StopRule = Callable[[list[int], Tensor, Tensor], RowStop]
+"""Makes the `RowStop` of one batch from (the batch's prompt indices, its left-padded ids, mask)."""
+
+
 class LocalSampler:
     """The `Sampler` for a model held in this process (the policy being trained, on CPU or GPU)."""
 
@@ -82,13 +96,16 @@ def sample(
     eos_id: int,
     seed: int = 0,
     stop_ids: Sequence[int] = (),
+    stop_rule: StopRule | None = None,
 ) -> Rollouts:
     """Sample one completion per prompt (repeat a prompt to get several) with its log-probs.
 
     `stop_ids` are further tokens that end a row as EOS does (e.g. every token holding a newline,
     to sample one reasoning step); the completion keeps the stop token. `finished` stays "ended
-    with EOS". Deterministic per seed; the caller's random state (CPU, and the model's GPU) is
-    left as it was.
+    with EOS". `stop_rule` makes a stopping criterion for each batch (the guard's streaming
+    classifier): a row it stops ends with the token it stopped after, and `finished` is False for it
+    unless that token is EOS. A rule that never stops a row changes nothing. Deterministic per seed;
+    the caller's random state (CPU, and the model's GPU) is left as it was.
     """
     for i, prompt in enumerate(prompts):
         if not prompt:
@@ -128,12 +145,16 @@ def sample(
                 # process keeps stepping until all are done (generate's synced_gpus)
                 cache = prefill_distinct(model, batch, ids, mask) if settings.cache == "dynamic" and not sharded else None
                 extra = {} if cache is None else {cache_keyword(model): cache}
+                stop = stop_rule(idx, ids, mask) if stop_rule is not None else None
                 out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
-                                     logits_processor=processors, synced_gpus=sharded, **extra)
+                                     logits_processor=processors, synced_gpus=sharded,
+                                     stopping_criteria=StoppingCriteriaList([stop]) if stop else None, **extra)
                 drawn = out.sequences[:, ids.shape[1] :]
                 drawn_logps = tempered_logps(out.logits, drawn, settings.temperature)
                 for row, i in enumerate(idx):
-                    completions[i], logps[i] = _cut_at_stop(drawn[row].tolist(), drawn_logps[row].tolist(), ends)
+                    halted = stop.halted_at[row] if stop is not None else None
+                    completions[i], logps[i] = _cut_at_stop(drawn[row].tolist(), drawn_logps[row].tolist(), ends,
+                                                            halted)
     finally:
         model.train(was_training)
     finished = [bool(c) and c[-1] == eos_id for c in completions]
@@ -189,7 +210,11 @@ def seeded(device: torch.device, seed: int):
         yield
 
 
-def _cut_at_stop(ids: list[int], logps: list[float], ends: set[int]) -> tuple[list[int], list[float]]:
-    """The ids up to and including the first end token (generate pads the rest), and their log-probs."""
+def _cut_at_stop(ids: list[int], logps: list[float], ends: set[int],
+                 halted: int | None = None) -> tuple[list[int], list[float]]:
+    """The ids up to and including the first end token or the token a stop rule halted after,
+    whichever comes first (generate pads the rest), and their log-probs."""
     end = next((i + 1 for i, token in enumerate(ids) if token in ends), len(ids))
+    if halted is not None:
+        end = min(end, halted + 1)
     return ids[:end], logps[:end]

@@ -41,6 +41,28 @@ class ScoreResult:
     def num_invalid(self) -> int:
         return int((~self.valid).sum())
 
+    def spread(self, rows: list[int], n: int) -> "ScoreResult":
+        """This result (of the samples `rows` of a batch of n) laid out over all n: the samples it
+        did not score are invalid, NaN, with no problem line (the caller left them out on purpose)."""
+        if len(rows) == n:
+            return self
+        index = torch.tensor(rows, dtype=torch.long)
+        scores = torch.full((n,), float("nan")).index_copy(0, index, self.scores)
+        valid = torch.zeros(n, dtype=torch.bool).index_copy(0, index, self.valid)
+        terms = {}
+        for name, values in self.terms.items():
+            spread = [math.nan] * n
+            for i, value in zip(rows, values):
+                spread[i] = value
+            terms[name] = spread
+        return ScoreResult(scores, valid, terms, self.problems)
+
+    def override(self, rows: torch.Tensor, value: float) -> None:
+        """Set the score of the samples where `rows` [N] is True to `value` (valid, whatever their
+        source said: the value stands in for it)."""
+        self.scores[rows] = value
+        self.valid |= rows
+
 
 def score_safely(
     source: RewardSource, batch: ScoringBatch, on_error: Literal["drop", "stop"] = "drop"

@@ -15,6 +15,8 @@ from alignlab.data.formats import load_prompts
 from alignlab.data.tokenize import tokenize_prompts
 from alignlab.eval.hacking import batch_signs
 from alignlab.feedback.rewards import RewardSpec, ScoringBatch, score_safely
+from alignlab.guard.sampler import GuardedRollouts, GuardedSampler
+from alignlab.guard.settings import RolloutGuardSettings
 from alignlab.ops.importance import Level, Mode, importance_weights
 from alignlab.rollout import LocalSampler, Rollouts, Sampler, SamplingSettings, VLLMSampler, logp_mismatch, sample, to_batch
 from alignlab.rollout.vllm_server import VLLMServerSampler, VLLMServerSettings
@@ -58,7 +60,18 @@ class OnlineConfig(ModelSettings, DtypeSettings, PromptLengthSettings):
     monitors: OnlineMonitors | None = Field(
         None, description="reward-hacking monitors: thresholds on each batch's length–reward correlation, "
         "distinct-n, entropy and proxy-versus-gold gap, each warning or stopping the run")
+    guard: RolloutGuardSettings | None = Field(
+        None, description="sample rollouts behind constitutional classifiers (rollout_backend local): a prompt the "
+        "input classifier flags is dropped with its group, a rollout the streaming output classifier flags ends at "
+        "the flagged token (and gets halted_reward when set)")
     moved: ClassVar[dict[str, str]] = {"update_epochs": "train.update_epochs"}
+
+    @model_validator(mode="after")
+    def _guard_samples_locally(self) -> "OnlineConfig":
+        if self.guard is not None and self.rollout_backend != "local":
+            raise ValueError("guard scores every token as the policy draws it, which only the local sampler does: "
+                             "use rollout_backend: local with guard")
+        return self
 
 
 class RolloutCorrection(BaseModel):
@@ -170,19 +183,32 @@ class ScoredRollouts:
 
 def sample_and_score(
     sampler: Sampler, tokenizer, prompt_texts: list[str], prompt_ids: list[list[int]], k: int,
-    sampling: SamplingSettings, reward, on_error: str, seed: int,
+    sampling: SamplingSettings, reward, on_error: str, seed: int, halted_reward: float | None = None,
 ) -> ScoredRollouts:
     """k samples per prompt from `sampler` (local or vLLM), scored; samples whose reward failed
-    are dropped — with their whole group when k > 1, because the group's baseline needs every member."""
+    are dropped — with their whole group when k > 1, because the group's baseline needs every member.
+
+    From a guarded sampler, a prompt its input classifier refused is dropped with its group (it is
+    never scored), and a rollout its output classifier halted gets `halted_reward` when one is set."""
     repeated = [ids for ids in prompt_ids for _ in range(k)]
     texts_in = [t for t in prompt_texts for _ in range(k)]
     rollouts = sampler.sample(repeated, sampling, seed=seed)
     completions = tokenizer.batch_decode(rollouts.completion_ids, skip_special_tokens=True)
-    result = score_safely(reward, ScoringBatch(texts_in, completions, rollouts.prompt_ids, rollouts.completion_ids,
-                                               rollouts.finished), on_error=on_error)
+    guarded = isinstance(rollouts, GuardedRollouts)
+    rows = [i for i in range(len(repeated)) if not (guarded and rollouts.blocked[i])]
+    result = score_safely(reward, ScoringBatch(*[[values[i] for i in rows] for values in (
+        texts_in, completions, rollouts.prompt_ids, rollouts.completion_ids, rollouts.finished)]), on_error=on_error)
+    result = result.spread(rows, len(repeated))
+    figures = {}
+    if guarded:
+        halted = torch.tensor([h is not None for h in rollouts.halted_at], dtype=torch.bool)
+        if halted_reward is not None:
+            result.override(halted, halted_reward)
+        figures = {"guard/blocked_rate": sum(rollouts.blocked) / max(len(repeated), 1),
+                   "guard/halted_rate": halted.float().mean().item() if len(repeated) else 0.0}
     valid = result.valid.view(-1, k).all(dim=1).repeat_interleave(k) if k > 1 else result.valid
     keep = valid.nonzero().flatten().tolist()
-    figures = {f"reward/{name}": _mean(values, valid) for name, values in result.terms.items()}
+    figures.update({f"reward/{name}": _mean(values, valid) for name, values in result.terms.items()})
     figures.update({"dropped_samples": float(len(valid) - len(keep)),
                     "response_tokens": sum(map(len, rollouts.completion_ids)) / max(len(repeated), 1),
                     "eos_rate": sum(rollouts.finished) / max(len(repeated), 1)})
@@ -271,6 +297,9 @@ class OnlineRun:
             sampler = VLLMSampler(cfg.model, **_engine_options(cfg, settings, dist))
         elif cfg.rollout_backend == "vllm-server":
             sampler = _server_sampler(cfg, dist)
+        elif cfg.guard is not None:
+            sampler = GuardedSampler(policy, cfg.guard.build(tokenizer, device), tokenizer.pad_token_id,
+                                     tokenizer.eos_token_id)
         else:
             sampler = LocalSampler(policy, tokenizer.pad_token_id, tokenizer.eos_token_id)
         monitors = cfg.monitors
@@ -302,7 +331,8 @@ class OnlineRun:
             self.sampler.load_weights(self.policy)
         return sample_and_score(self.sampler, self.tokenizer, [self.prompt_texts[i] for i in idx],
                                 [self.prompt_ids[i] for i in idx], k, self.cfg.sampling, self.reward,
-                                self.cfg.on_reward_error, seed=seed)
+                                self.cfg.on_reward_error, seed=seed,
+                                halted_reward=self.cfg.guard.halted_reward if self.cfg.guard else None)
 
     def recent_samples(self, n: int) -> list[dict]:
         """Up to n of the last iteration's scored samples, for samples.jsonl."""
