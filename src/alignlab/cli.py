@@ -252,12 +252,29 @@ def serve_llm(
     batch_size: int = typer.Option(16),
     model_name: Optional[str] = typer.Option(None, help="the name clients ask for (default: MODEL)"),
     api_key_env: Optional[str] = typer.Option(None, help="require a Bearer key read from this environment variable"),
+    guard_input: Optional[str] = typer.Option(None, help="input classifier directory (a classifier stage's model/): "
+                                              "requests it flags are refused"),
+    guard_output: Optional[str] = typer.Option(None, help="streaming output classifier directory: answers stop at "
+                                               "the first token it flags"),
+    input_threshold: float = typer.Option(0.5, help="with --guard-input: refuse at or above this score"),
+    output_threshold: float = typer.Option(0.5, help="with --guard-output: stop at or above this score"),
 ) -> None:
-    """Serve a local model over an OpenAI-compatible HTTP API (/v1/completions with log-probs, /v1/chat/completions)."""
+    """Serve a local model over an OpenAI-compatible HTTP API (/v1/completions with log-probs, /v1/chat/completions),
+    optionally behind constitutional classifiers (a withheld answer has finish_reason content_filter)."""
     from alignlab.feedback.ai.llm.server import serve
 
-    _guarded(lambda: serve(model, host=host, port=port, device=device, dtype=dtype, batch_size=batch_size,
-                           model_name=model_name, api_key_env=api_key_env))
+    def go():
+        gate = None
+        if guard_input or guard_output:
+            from alignlab.guard.settings import GuardSettings
+
+            settings = GuardSettings(input=guard_input, output=guard_output, input_threshold=input_threshold,
+                                     output_threshold=output_threshold)
+            gate = lambda llm: settings.build(llm.tokenizer, llm.device).gate(llm.pad_id)  # noqa: E731
+        serve(model, host=host, port=port, device=device, dtype=dtype, batch_size=batch_size, model_name=model_name,
+              api_key_env=api_key_env, gate=gate)
+
+    _guarded(go)
 
 
 def _add_label_commands() -> None:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from alignlab.feedback.ai.llm.gate import ReplyGate
 from alignlab.guard.models import prompt_scores
 from alignlab.guard.streaming import GuardStop, StreamingScorer, TokenClassifierStream
 from alignlab.rollout.base import Rollouts
@@ -55,6 +56,25 @@ class Guard:
     def streams(self) -> bool:
         """Whether generated tokens are scored (an output classifier or a scorer factory is set)."""
         return self.output is not None or self.scorer_factory is not None
+
+    def stop(self, ids: Tensor, mask: Tensor) -> GuardStop:
+        """The stopping criterion for one generate call over left-padded `ids`: a fresh stream that
+        has read the prompts."""
+        stream = self.stream()
+        stream.begin(ids, mask)
+        return GuardStop(stream, self.output_threshold, ids.shape[0])
+
+    def refuses(self, prompts: list[list[int]], pad_id: int) -> list[bool]:
+        """Which prompts the input classifier refuses (none without one)."""
+        if self.input is None:
+            return [False] * len(prompts)
+        return [s >= self.input_threshold for s in prompt_scores(self.input, prompts, pad_id)]
+
+    def gate(self, pad_id: int) -> ReplyGate:
+        """This guard as `LocalLLM`'s gate, for `serve-llm` and every LLM-backend call."""
+        return ReplyGate(self.message, refuse=(lambda prompts: self.refuses(prompts, pad_id)) if self.input else None,
+                         stop_rule=(lambda batch, ids, mask: self.stop(ids, mask)) if self.streams else None,
+                         name=f"guard(input>={self.input_threshold}, output>={self.output_threshold})")
 
 
 @dataclass
@@ -95,7 +115,7 @@ def guarded_sample(model: nn.Module, prompts: list[list[int]], settings: Samplin
     scores: list[float | None] = [None] * n
     if guard.input is not None:
         scores = prompt_scores(guard.input, prompts, pad_id)
-    blocked = [s is not None and s >= guard.input_threshold for s in scores]
+    blocked = [s is not None and s >= guard.input_threshold for s in scores]  # as `Guard.refuses`
     input_seconds = time.perf_counter() - tick
     allowed = [i for i in range(n) if not blocked[i]]
     watch = _Watch(guard, allowed)
@@ -127,22 +147,20 @@ class _Watch:
 
     def __init__(self, guard: Guard, rows: list[int]):
         self.guard, self.rows = guard, rows
-        self.batches: list[tuple[list[int], StreamingScorer, GuardStop]] = []
+        self.batches: list[tuple[list[int], GuardStop]] = []
 
     def stop_rule(self, batch: list[int], ids: Tensor, mask: Tensor) -> GuardStop:
-        stream = self.guard.stream()
-        stream.begin(ids, mask)
-        stop = GuardStop(stream, self.guard.output_threshold, len(batch))
-        self.batches.append(([self.rows[j] for j in batch], stream, stop))
+        stop = self.guard.stop(ids, mask)
+        self.batches.append(([self.rows[j] for j in batch], stop))
         return stop
 
     def seen(self) -> dict[int, tuple[int | None, list[float]]]:
         """prompt index -> (the step its row was halted at, its score after every step)."""
-        return {i: (stop.halted_at[row], stop.scores[row]) for prompts, _, stop in self.batches
+        return {i: (stop.halted_at[row], stop.scores[row]) for prompts, stop in self.batches
                 for row, i in enumerate(prompts)}
 
     def seconds(self) -> float:
-        return sum(getattr(stream, "seconds", 0.0) for _, stream, _ in self.batches)
+        return sum(getattr(stop.scorer, "seconds", 0.0) for _, stop in self.batches)
 
 
 class GuardedSampler:

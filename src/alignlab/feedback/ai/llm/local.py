@@ -24,6 +24,10 @@ after this prompt would have to produce.
 Log-probs reported by `generate` are those of the model's raw distribution (log_softmax of the
 logits, before temperature or top-p), as vLLM reports them by default.
 
+With a `gate` (`alignlab.feedback.ai.llm.gate`, built by a guard), a prompt it refuses is not
+generated for and an answer it stops is withheld: both are answered with the gate's message and
+finish_reason "content_filter".
+
 A prompt too long for the model's context (prompt + max_tokens, or prompt + candidate) is an
 `LLMError` for that item; so is an error raised while generating a batch (e.g. CUDA out of
 memory), for every item of that batch.
@@ -37,7 +41,7 @@ from typing import Any, Sequence
 
 import torch
 from torch import nn
-from transformers import GenerationConfig, LogitsProcessorList
+from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
 from alignlab.data.templates import render_prompt
 from alignlab.feedback.ai.llm.base import (
@@ -49,6 +53,7 @@ from alignlab.feedback.ai.llm.base import (
     check_candidates,
 )
 from alignlab.feedback.ai.llm.cache import CachedBatch, CallCache
+from alignlab.feedback.ai.llm.gate import ReplyGate
 from alignlab.feedback.ai.llm.generation import Generation, finish_row
 from alignlab.feedback.ai.llm.sampling import RowSampler, row_seed
 from alignlab.models.gguf import is_gguf, load_gguf
@@ -81,6 +86,7 @@ class LocalLLM:
         cache: CallCache | None = None,
         trust_remote_code: bool = False,
         name: str | None = None,
+        gate: ReplyGate | None = None,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -108,6 +114,7 @@ class LocalLLM:
         self.batch_size = batch_size
         self.dtype = dtype
         self.cache = cache
+        self.gate = gate
         self.name = name or default_name
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.eos_ids = _eos_ids(self.model, tokenizer)
@@ -124,7 +131,7 @@ class LocalLLM:
         if self._identity is None:
             by_path = self.source is not None and not is_gguf(self.source)  # a GGUF file: its dequantized weights
             weights = model_fingerprint(self.source if by_path else self.model)
-            self._identity = f"local|{weights}|{self.dtype}"
+            self._identity = f"local|{weights}|{self.dtype}" + (f"|{self.gate.name}" if self.gate else "")
         return self._identity
 
     def _cached_batch(self, method: str, payloads: list[dict]) -> CachedBatch:
@@ -240,6 +247,11 @@ class LocalLLM:
                 )
             else:
                 encoded[i] = ids
+        if self.gate is not None and self.gate.refuse is not None and encoded:
+            asked = list(encoded)
+            for i, refused in zip(asked, self.gate.refuse([encoded[i] for i in asked])):
+                if refused:
+                    results[i] = self.gate.withheld(len(encoded.pop(i)), 0)
         order = sorted(encoded, key=lambda i: len(encoded[i]))  # similar lengths share a batch
         for start in range(0, len(order), self.batch_size):
             chunk = order[start : start + self.batch_size]
@@ -267,9 +279,13 @@ class LocalLLM:
         if settings.temperature > 0:
             row_seeds = [row_seed(seed, row) for seed, row in zip(seeds, prompt_ids)]
             processors = LogitsProcessorList([RowSampler(row_seeds, settings.temperature, settings.top_p, self.device)])
+        stop = None
+        if self.gate is not None and self.gate.stop_rule is not None:
+            stop = self.gate.stop_rule(list(range(len(prompt_ids))), ids, mask)
         out = self.model.generate(
             input_ids=ids.to(self.device), attention_mask=mask.to(self.device), generation_config=config,
             logits_processor=processors, tokenizer=self.tokenizer if settings.stop else None,
+            stopping_criteria=StoppingCriteriaList([stop]) if stop is not None else None,
         )
         drawn = out.sequences[:, ids.shape[1] :].cpu()
         chosen, top = [], []
@@ -279,12 +295,16 @@ class LocalLLM:
             if top_logprobs:
                 values, indices = logps.topk(min(top_logprobs, logps.shape[-1]), dim=-1)
                 top.append((values.cpu(), indices.cpu()))
-        return [
+        answers = [
             finish_row(self.tokenizer, self.eos_ids, prompt_ids[row], drawn[row].tolist(),
                        [float(c[row]) for c in chosen],
                        [list(zip(t[1][row].tolist(), t[0][row].tolist())) for t in top], settings)
             for row in range(len(prompt_ids))
         ]
+        for row, at in enumerate(stop.halted_at if stop is not None else []):
+            if at is not None and at < answers[row].completion_tokens:  # stopped before the answer ended
+                answers[row] = self.gate.withheld(len(prompt_ids[row]), at + 1)
+        return answers
 
     @torch.no_grad()
     def prompt_logprobs(self, text: str) -> tuple[list[int], list[float | None]]:

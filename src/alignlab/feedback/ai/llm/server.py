@@ -28,6 +28,9 @@ Choices:
   decoded as a whole, so the chunks arrive together at the end, not while the model decodes.
 - `api_key` (or `serve(api_key_env=...)`) makes every request except `/health` need
   `Authorization: Bearer <key>`.
+- Behind a guard (`serve(gate=...)`, `alignlab serve-llm --guard-input/--guard-output`), a request
+  the input classifier flags and an answer the streaming output classifier stops are answered with
+  the guard's message and finish_reason "content_filter", as OpenAI's filters answer.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from starlette.routing import Route
 
 from alignlab.feedback.ai.llm.base import LLMError
 from alignlab.feedback.ai.llm.batching import Batcher
+from alignlab.feedback.ai.llm.gate import ReplyGate
 from alignlab.feedback.ai.llm.local import LocalLLM
 from alignlab.feedback.ai.llm.server_replies import chat_logprobs, echo_logprobs, event_stream, legacy_logprobs, usage
 from alignlab.feedback.ai.llm.server_requests import (
@@ -219,11 +223,14 @@ def serve(
     model_name: str | None = None,
     api_key_env: str | None = None,
     log_level: str = "info",
+    gate: Callable[[LocalLLM], ReplyGate] | None = None,
 ) -> None:
     """Load the model at `model_path` and serve it until interrupted (port 0: any free port;
     uvicorn prints the one it got). With `api_key_env`, the key in that environment variable is
-    required from clients."""
+    required from clients. `gate(llm)` builds the guard every answer of the loaded model goes through."""
     llm = LocalLLM(model_path, device=device, batch_size=batch_size, dtype=dtype)
+    if gate is not None:
+        llm.gate = gate(llm)
     api_key = None
     if api_key_env:
         api_key = os.environ.get(api_key_env)

@@ -99,6 +99,9 @@ def event_stream(reply: dict, answers: list[Generation], texts: TokenTexts, top:
                                  "text_offset": [offset]} if top is not None else None)
                     choice = {"index": index, "text": text, "logprobs": logprobs, "finish_reason": None}
                 yield _event(reply, choice)
+            if not steps and generation.text:  # a message with no generated tokens (a guard's): one chunk
+                whole = {"delta": {"content": generation.text}} if chat else {"text": generation.text}
+                yield _event(reply, {"index": index, **whole, "logprobs": None, "finish_reason": None})
             last = {"index": index, "finish_reason": generation.finish_reason, "logprobs": None}
             yield _event(reply, {**last, "delta": {}} if chat else {**last, "text": ""})
         if include_usage:
