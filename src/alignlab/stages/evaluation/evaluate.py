@@ -4,6 +4,12 @@ For every model, on the same prompts with the same sampling settings and seed: t
 reward, a reward model's proxy reward (when given), the mean sequence KL to a reference measured
 on the model's own samples (Σ_t log π(y_t|·) − log π_ref(y_t|·), the quantity the DPO paper's
 frontier plots), response length, and distinct-n. Samples are written to `data/samples.jsonl`.
+
+With `guard:` every model samples behind constitutional classifiers, and every figure is of what a
+user gets: a refused prompt's or a stopped answer's text is the guard's message (scored by the
+gold and proxy rewards as such), its tokens those shown before the stop (none when refused), so
+the KL and the length count only those. `guard_blocked_rate` and `guard_halted_rate` say how
+often each classifier stepped in; each sample records `guarded_by` (input, output or null).
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from alignlab.data.formats import load_prompts
 from alignlab.data.readers import write_jsonl
 from alignlab.data.tokenize import TokenizedRow, tokenize_prompts
 from alignlab.eval.metrics import distinct_n, mean_and_se
+from alignlab.guard.sampler import guarded_sample
+from alignlab.guard.settings import GuardSettings
 from alignlab.models import (
     load_causal_lm,
     load_reward_model,
@@ -46,6 +54,7 @@ class EvaluateConfig(PromptLengthSettings, EvaluationSeedSettings):
     samples_per_prompt: int = Field(1, gt=0)
     sampling: SamplingSettings = SamplingSettings()
     batch_size: int = 64
+    guard: GuardSettings | None = Field(None, description="sample behind constitutional classifiers (input and/or output)")
 
 
 @torch.no_grad()
@@ -94,15 +103,24 @@ def run(cfg: EvaluateConfig, out: Path) -> dict:
     task = get_task(cfg.task) if cfg.task else None
     reference = load_causal_lm(cfg.reference, device=device) if cfg.reference else None
     rm = load_reward_model(cfg.reward_model, device=device) if cfg.reward_model else None
+    guard = cfg.guard.build(tokenizer, device) if cfg.guard else None
 
     results, samples = {}, []
     for name, path in models.items():
         seed_everything(cfg.seed)
         model = load_causal_lm(path, device=device)
-        completions = generate(model, repeated, cfg.sampling, pad_id=pad, eos_id=eos, seed=cfg.seed)
+        verdicts: list[str | None] = [None] * len(repeated)
+        if guard is None:
+            completions = generate(model, repeated, cfg.sampling, pad_id=pad, eos_id=eos, seed=cfg.seed)
+            texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
+        else:
+            guarded = guarded_sample(model, repeated, cfg.sampling, guard, pad_id=pad, eos_id=eos, seed=cfg.seed)
+            completions, texts, verdicts = guarded.shown_ids(), guarded.texts(tokenizer), guarded.verdicts()
         rows = [TokenizedRow(p + c, [0] * len(p) + [1] * len(c)) for p, c in zip(repeated, completions)]
-        texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
         figures: dict[str, float] = {"samples": len(texts)}
+        if guard is not None:
+            figures["guard_blocked_rate"] = verdicts.count("input") / len(verdicts)
+            figures["guard_halted_rate"] = verdicts.count("output") / len(verdicts)
         per_sample: dict[str, list[float]] = {"length": [float(len(c)) for c in completions]}
         if task is not None:
             per_sample["gold"] = task.gold_reward(prompt_texts, texts)
@@ -120,8 +138,9 @@ def run(cfg: EvaluateConfig, out: Path) -> dict:
         results[name] = figures
         for i, text in enumerate(texts):
             samples.append({"model": name, "prompt": prompt_texts[i], "completion": text,
-                            **{key: values[i] for key, values in per_sample.items()}})
+                            **{key: values[i] for key, values in per_sample.items()},
+                            **({"guarded_by": verdicts[i]} if guard is not None else {})})
         del model
     write_jsonl(out / "data" / "samples.jsonl", samples)
     return finish(out, cfg, {"models": results, "model_paths": models, "prompts": len(prompts),
-                             "samples_per_prompt": k})
+                             "samples_per_prompt": k, **({"guard": cfg.guard.model_dump()} if cfg.guard else {})})
