@@ -141,3 +141,25 @@ def test_grpo_behind_a_streaming_classifier_learns_to_avoid_what_it_flags(policy
     first, last = sum(rates[:4]) / 4, sum(rates[-4:]) / 4
     assert first > 0.3, rates  # the sharpened classifier flags a good share of the starting policy's rollouts
     assert last < first / 3, rates  # 0.45 -> 0.04 here; a third leaves room for other rounding
+
+
+@pytest.mark.parametrize("kind", ["ppo", "grpo", "rloo", "reinforce_pp", "online_dpo"])
+def test_every_reward_driven_online_stage_samples_behind_the_guard(kind, tiny_model_dir, tmp_path, monkeypatch):
+    from alignlab.stages import STAGES
+
+    (tmp_path / "length_reward_mod.py").write_text("def length(prompts, completions):\n"
+                                                   "    return [float(len(c)) for c in completions]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    config_cls, run = STAGES[kind].load()
+    extra = {"samples_per_prompt": 2} if kind in ("grpo", "rloo", "reinforce_pp") else {}
+    cfg = config_cls(model=str(tiny_model_dir), prompts=str(tmp_path / "prompts.jsonl"),
+                     reward={"type": "callable", "function": "length_reward_mod:length"}, sampling={"max_new_tokens": 6},
+                     guard={"output": str(tiny_model_dir), "output_threshold": 0.0, "halted_reward": -3.0}, **extra,
+                     train={"iterations": 1, "prompts_per_iteration": 4, "minibatch_size": 8, "update_epochs": 1,
+                            "device": "cpu", "log_samples": 0})
+    run(cfg, tmp_path / kind)
+    first = json.loads((tmp_path / kind / "log.jsonl").read_text().splitlines()[0])
+    # every score is >= 0: each rollout stops at its first token and takes the halted reward
+    assert first["guard/halted_rate"] == 1.0 and first["guard/blocked_rate"] == 0.0
+    assert first["response_tokens"] == 1.0 and first["hack/proxy_mean"] == -3.0

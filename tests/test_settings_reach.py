@@ -154,6 +154,7 @@ ELSEWHERE = {
        for name in ("url", "served_model", "sync_dir", "parallel_requests")},
     "rollout_correction": "test_rl_stages.py::test_grpo_corrects_a_stale_engines_samples_with_bounded_importance_weights",
     "monitors": "test_monitors.py::test_every_reward_driven_online_stage_feeds_the_monitor (and the GRPO runs there)",
+    "guard": "test_guard_rollouts.py::test_every_reward_driven_online_stage_samples_behind_the_guard",
 }
 
 
