@@ -1,13 +1,16 @@
 """`serve-llm` behind the constitutional classifiers, on SmolLM2-135M-Instruct, through the `openai` client.
 
 Two servers in this process over one loaded SmolLM2 (bare, and behind the classifiers-real
-recipe's input and streaming output classifiers at the thresholds its `classifier_eval` chose for
-<= 5% false positives) answer the recipe's held-out prompts: 48 real red-team prompts (AdvBench +
+recipe's input and streaming output classifiers) answer the recipe's held-out prompts: 48 real red-team prompts (AdvBench +
 HarmBench, never trained on) and alignlab's 48 benign ones (16 look-alikes), as greedy chat
 completions of 24 tokens, 16 requests in flight. Per set: the share withheld (finish_reason
 content_filter) by the input and by the output classifier with 95% Wilson intervals; whether every
 answer the guard let through is the bare server's answer, token for token; and the wall time of the
 set, bare and guarded, the median of `--rounds` alternating rounds, with its ratio.
+
+`--point each` (default) puts each classifier at the threshold its `classifier_eval` chose for it
+alone at <= 5% false positives; `--point joint` at the pair of thresholds chosen for the two
+together (a classifier the joint point leaves out is off).
 
 Needs `bash scripts/real-model.sh` (the model) and `alignlab run recipes/classifiers-real.yaml`
 (the classifiers) first:
@@ -55,15 +58,20 @@ def main() -> None:
     parser.add_argument("--run", default="runs/classifiers-real")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=24)
+    parser.add_argument("--point", choices=["each", "joint"], default="each")
     args = parser.parse_args()
     run = Path(args.run)
     torch.set_num_threads(2)
-    point = json.loads((run / "classifier_eval/metrics.json").read_text())
-    thresholds = {"input_threshold": point["input"]["operating_point"]["threshold"],
-                  "output_threshold": point["output"]["operating_point"]["threshold"]}
+    chosen = json.loads((run / "classifier_eval/metrics.json").read_text())
+    if args.point == "each":
+        thresholds = {f"{kind}_threshold": chosen[kind]["operating_point"]["threshold"] for kind in ("input", "output")}
+    else:
+        joint = chosen["guard"]["operating_point"]
+        thresholds = {key: joint[key] for key in ("input_threshold", "output_threshold") if joint[key] is not None}
+    classifiers = {kind: str(run / f"{kind}_classifier/model") for kind in ("input", "output")
+                   if f"{kind}_threshold" in thresholds}
     bare = LocalLLM(MODEL, device="cpu", batch_size=16)
-    guard = GuardSettings(input=str(run / "input_classifier/model"), output=str(run / "output_classifier/model"),
-                          **thresholds).build(bare.tokenizer, bare.device)
+    guard = GuardSettings(**classifiers, **thresholds).build(bare.tokenizer, bare.device)
     guarded = LocalLLM(bare.model, tokenizer=bare.tokenizer, batch_size=16, gate=guard.gate(bare.pad_id))
     servers = {name: start_in_thread(make_app(llm, "smollm2")) for name, llm in (("bare", bare), ("guarded", guarded))}
     clients = {name: openai.OpenAI(base_url=url, api_key="none", max_retries=0, timeout=1800)
@@ -79,7 +87,7 @@ def main() -> None:
     for _, stop in servers.values():
         stop()
 
-    report = {"thresholds": thresholds, "max_tokens": args.max_tokens, "rounds": args.rounds, "sets": {}}
+    report = {"point": args.point, "thresholds": thresholds, "max_tokens": args.max_tokens, "rounds": args.rounds, "sets": {}}
     for set_name, prompts in sets.items():
         plain, behind = replies[set_name, "bare"], replies[set_name, "guarded"]
         withheld = [r.choices[0].finish_reason == "content_filter" for r in behind]
@@ -91,6 +99,10 @@ def main() -> None:
             low, high = wilson_interval(sum(flags), len(flags))
             figures[label] = {"count": sum(flags), "n": len(flags), "low": low, "high": high}
         figures["let_through_identical"] = f"{sum(p.choices[0].message.content == g.choices[0].message.content for p, g in through)}/{len(through)}"
+        if set_name == "benign":  # the false positives, to read
+            figures["withheld_prompts"] = [{"prompt": p["messages"][-1]["content"], "by": "input" if i else "output",
+                                            "lookalike": bool(p.get("lookalike"))}
+                                           for p, w, i in zip(prompts, withheld, by_input) if w]
         bare_s, guarded_s = statistics.median(seconds[set_name, "bare"]), statistics.median(seconds[set_name, "guarded"])
         figures["seconds_bare"], figures["seconds_guarded"], figures["ratio"] = bare_s, guarded_s, guarded_s / bare_s
         report["sets"][set_name] = figures
@@ -103,7 +115,7 @@ def main() -> None:
                                    sets["benign"]) if p.get("lookalike")]
     report["lookalike_withheld"] = f"{sum(lookalike)}/{len(lookalike)}"
     print(f"look-alikes withheld {sum(lookalike)}/{len(lookalike)}")
-    out = Path("bench/out/guarded_serving.json")
+    out = Path(f"bench/out/guarded_serving-{args.point}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
 

@@ -96,14 +96,6 @@ def test_without_a_halted_reward_the_source_scores_the_halted_rollout(policy):
     assert len(scored.rollouts.completion_ids[0]) == 3 and scored.figures["guard/blocked_rate"] == 0
 
 
-def test_a_guard_needs_the_local_sampler(tiny_model_dir, tmp_path):
-    from alignlab.stages.online.grpo import GRPOConfig
-
-    with pytest.raises(ValueError, match="rollout_backend: local"):
-        GRPOConfig(model=str(tiny_model_dir), prompts="p.jsonl", reward={"type": "callable", "function": "m:f"},
-                   rollout_backend="vllm", guard={"output": str(tiny_model_dir)})
-
-
 def _random_head(classifier) -> None:
     """A random N(0, 1) head: token scores spread over (0, 1), mostly set by the token itself (a
     2-block model's last hidden state is dominated by the token's own embedding)."""
@@ -163,3 +155,55 @@ def test_every_reward_driven_online_stage_samples_behind_the_guard(kind, tiny_mo
     # every score is >= 0: each rollout stops at its first token and takes the halted reward
     assert first["guard/halted_rate"] == 1.0 and first["guard/blocked_rate"] == 0.0
     assert first["response_tokens"] == 1.0 and first["hack/proxy_mean"] == -3.0
+
+
+def test_a_replayed_guard_cuts_exactly_where_the_streaming_guard_stops(policy, tiny_model_dir):
+    from alignlab.guard.replay import ReplayGuardedSampler
+    from alignlab.guard.sampler import guarded_sample
+    from alignlab.rollout import LocalSampler
+
+    model, tokenizer, ids = policy
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    classifier = load_output_classifier(tiny_model_dir, tokenizer)
+    _random_head(classifier)
+    rows = [p for p in ids for _ in range(3)]
+    # one batch: a streaming guard that ends a batch early shifts the random stream of the next one,
+    # so across batches the two draw other (equally distributed) tokens
+    settings = SETTINGS
+    start = sample(model, rows, settings, pad_id=pad, eos_id=eos, seed=8)
+    highest = sorted(max(s) for s in response_token_scores(classifier, rows, start.completion_ids, pad) if s)
+    guard = Guard(output=classifier, output_threshold=highest[len(highest) // 2])  # about half the rows are cut
+    streamed = guarded_sample(model, rows, settings, guard, pad_id=pad, eos_id=eos, seed=8)
+    replayed = ReplayGuardedSampler(LocalSampler(model, pad, eos), guard, pad).sample(rows, settings, seed=8)
+    assert 0 < sum(h is not None for h in streamed.halted_at) < len(rows)
+    assert replayed.halted_at == streamed.halted_at and replayed.completion_ids == streamed.completion_ids
+    assert replayed.finished == streamed.finished and replayed.logps == streamed.logps
+    assert replayed.output_scores == streamed.output_scores  # the same single-token steps: equal, not close
+
+
+def test_grpo_on_a_vllm_engine_is_guarded_by_replay(policy, tiny_model_dir, tmp_path, monkeypatch):
+    import sys
+
+    import fake_vllm
+
+    from alignlab.guard.replay import ReplayGuardedSampler
+    from alignlab.stages.online import common
+    from alignlab.stages.online.grpo import GRPOConfig, run_grpo
+
+    monkeypatch.setitem(sys.modules, "vllm", fake_vllm)
+    built = []
+    monkeypatch.setattr(common, "ReplayGuardedSampler", lambda *a: built.append(ReplayGuardedSampler(*a)) or built[-1])
+    (tmp_path / "length_reward_mod.py").write_text("def length(prompts, completions):\n"
+                                                   "    return [float(len(c)) for c in completions]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    cfg = GRPOConfig(model=str(tiny_model_dir), prompts=str(tmp_path / "prompts.jsonl"), rollout_backend="vllm",
+                     reward={"type": "callable", "function": "length_reward_mod:length"}, sampling={"max_new_tokens": 6},
+                     guard={"output": str(tiny_model_dir), "output_threshold": 0.0, "halted_reward": -3.0},
+                     samples_per_prompt=2, train={"iterations": 2, "prompts_per_iteration": 4, "minibatch_size": 8,
+                                                  "device": "cpu", "log_samples": 0})
+    run_grpo(cfg, tmp_path / "grpo-vllm")
+    log = [json.loads(line) for line in (tmp_path / "grpo-vllm/log.jsonl").read_text().splitlines()]
+    assert [x["guard/halted_rate"] for x in log] == [1.0, 1.0]
+    assert all(x["response_tokens"] == 1.0 and x["hack/proxy_mean"] == -3.0 for x in log)
+    assert len(built) == 1 and fake_vllm.ENGINES[-1].reloads >= 2  # the engine behind the guard follows the policy

@@ -64,15 +64,16 @@ class Guard:
         stream.begin(ids, mask)
         return GuardStop(stream, self.output_threshold, ids.shape[0])
 
-    def refuses(self, prompts: list[list[int]], pad_id: int) -> list[bool]:
-        """Which prompts the input classifier refuses (none without one)."""
+    def screen(self, prompts: list[list[int]], pad_id: int) -> tuple[list[float | None], list[bool]]:
+        """Each prompt's input score (None without an input classifier) and whether it is refused."""
         if self.input is None:
-            return [False] * len(prompts)
-        return [s >= self.input_threshold for s in prompt_scores(self.input, prompts, pad_id)]
+            return [None] * len(prompts), [False] * len(prompts)
+        scores = prompt_scores(self.input, prompts, pad_id)
+        return scores, [s >= self.input_threshold for s in scores]
 
     def gate(self, pad_id: int) -> ReplyGate:
         """This guard as `LocalLLM`'s gate, for `serve-llm` and every LLM-backend call."""
-        return ReplyGate(self.message, refuse=(lambda prompts: self.refuses(prompts, pad_id)) if self.input else None,
+        return ReplyGate(self.message, refuse=(lambda prompts: self.screen(prompts, pad_id)[1]) if self.input else None,
                          stop_rule=(lambda batch, ids, mask: self.stop(ids, mask)) if self.streams else None,
                          name=f"guard(input>={self.input_threshold}, output>={self.output_threshold})")
 
@@ -110,35 +111,40 @@ class GuardedRollouts(Rollouts):
 def guarded_sample(model: nn.Module, prompts: list[list[int]], settings: SamplingSettings, guard: Guard, *,
                    pad_id: int, eos_id: int, seed: int = 0) -> GuardedRollouts:
     """Sample one completion per prompt through `guard` (see the module doc)."""
-    n = len(prompts)
     tick = time.perf_counter()
-    scores: list[float | None] = [None] * n
-    if guard.input is not None:
-        scores = prompt_scores(guard.input, prompts, pad_id)
-    blocked = [s is not None and s >= guard.input_threshold for s in scores]  # as `Guard.refuses`
+    scores, blocked = guard.screen(prompts, pad_id)
     input_seconds = time.perf_counter() - tick
-    allowed = [i for i in range(n) if not blocked[i]]
+    allowed = [i for i in range(len(prompts)) if not blocked[i]]
     watch = _Watch(guard, allowed)
     tick = time.perf_counter()
     drawn = sample(model, [prompts[i] for i in allowed], settings, pad_id=pad_id, eos_id=eos_id, seed=seed,
                    stop_rule=watch.stop_rule if guard.streams else None)
-    generate_seconds = time.perf_counter() - tick
+    seconds = {"input": input_seconds, "generate": time.perf_counter() - tick, "output_scoring": watch.seconds()}
+    seen = watch.seen()
+    halts = [seen.get(i, (None, []))[0] for i in allowed]
+    return assemble(guard, prompts, scores, blocked, drawn, halts, [seen.get(i, (None, []))[1] for i in allowed],
+                    seconds)
+
+
+def assemble(guard: Guard, prompts: list[list[int]], input_scores: list[float | None], blocked: list[bool],
+             drawn: Rollouts, halts: list[int | None], streamed: list[list[float]], seconds: dict) -> GuardedRollouts:
+    """The guarded rollouts of all prompts from the samples `drawn` of the prompts not blocked (in
+    order) and where the output classifier flagged each (None: nowhere): a row flagged within its
+    completion ends at the flagged token, unfinished; a flag after EOS (generate pads there) is none."""
+    n = len(prompts)
     completions: list[list[int]] = [[] for _ in prompts]
     logps: list[list[float]] = [[] for _ in prompts]
     finished, halted_at = [False] * n, [None] * n
-    streamed: list[list[float]] = [[] for _ in prompts]
-    seen = watch.seen()
+    output_scores: list[list[float]] = [[] for _ in prompts]
+    allowed = [i for i in range(n) if not blocked[i]]
     for j, i in enumerate(allowed):
-        completions[i], logps[i] = drawn.completion_ids[j], drawn.logps[j]
-        at, row_scores = seen.get(i, (None, []))
-        halted_at[i] = at if at is not None and at < len(completions[i]) else None  # after EOS generate only pads
-        finished[i] = drawn.finished[j] and halted_at[i] is None
-        streamed[i] = row_scores[: len(completions[i])]
-    return GuardedRollouts(
-        [list(p) for p in prompts], completions, logps, finished, input_scores=scores, blocked=blocked,
-        halted_at=halted_at, output_scores=streamed, message=guard.message,
-        seconds={"input": input_seconds, "generate": generate_seconds, "output_scoring": watch.seconds()},
-    )
+        at = halts[j] if halts[j] is not None and halts[j] < len(drawn.completion_ids[j]) else None
+        end = len(drawn.completion_ids[j]) if at is None else at + 1
+        completions[i], logps[i], output_scores[i] = drawn.completion_ids[j][:end], drawn.logps[j][:end], streamed[j][:end]
+        halted_at[i], finished[i] = at, drawn.finished[j] and at is None
+    return GuardedRollouts([list(p) for p in prompts], completions, logps, finished, input_scores=input_scores,
+                           blocked=blocked, halted_at=halted_at, output_scores=output_scores, message=guard.message,
+                           seconds=seconds)
 
 
 class _Watch:

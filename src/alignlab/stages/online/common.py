@@ -15,6 +15,7 @@ from alignlab.data.formats import load_prompts
 from alignlab.data.tokenize import tokenize_prompts
 from alignlab.eval.hacking import batch_signs
 from alignlab.feedback.rewards import RewardSpec, ScoringBatch, score_safely
+from alignlab.guard.replay import ReplayGuardedSampler
 from alignlab.guard.sampler import GuardedRollouts, GuardedSampler
 from alignlab.guard.settings import RolloutGuardSettings
 from alignlab.ops.importance import Level, Mode, importance_weights
@@ -61,17 +62,10 @@ class OnlineConfig(ModelSettings, DtypeSettings, PromptLengthSettings):
         None, description="reward-hacking monitors: thresholds on each batch's length–reward correlation, "
         "distinct-n, entropy and proxy-versus-gold gap, each warning or stopping the run")
     guard: RolloutGuardSettings | None = Field(
-        None, description="sample rollouts behind constitutional classifiers (rollout_backend local): a prompt the "
-        "input classifier flags is dropped with its group, a rollout the streaming output classifier flags ends at "
-        "the flagged token (and gets halted_reward when set)")
+        None, description="sample rollouts behind constitutional classifiers: a prompt the input classifier flags is "
+        "dropped with its group, a rollout the streaming output classifier flags ends at the flagged token (and gets "
+        "halted_reward when set); the local sampler stops there, a vLLM one is cut there after sampling")
     moved: ClassVar[dict[str, str]] = {"update_epochs": "train.update_epochs"}
-
-    @model_validator(mode="after")
-    def _guard_samples_locally(self) -> "OnlineConfig":
-        if self.guard is not None and self.rollout_backend != "local":
-            raise ValueError("guard scores every token as the policy draws it, which only the local sampler does: "
-                             "use rollout_backend: local with guard")
-        return self
 
 
 class RolloutCorrection(BaseModel):
@@ -293,15 +287,17 @@ class OnlineRun:
         policy = load_policy(cfg.model, cfg.dtype, device, getattr(cfg, "lora", None))
         disable_dropout(policy)
         stream = PromptStream(len(ids), settings.prompts_per_iteration, settings.seed)
+        guard = cfg.guard.build(tokenizer, device) if cfg.guard is not None else None
         if cfg.rollout_backend == "vllm":
             sampler = VLLMSampler(cfg.model, **_engine_options(cfg, settings, dist))
         elif cfg.rollout_backend == "vllm-server":
             sampler = _server_sampler(cfg, dist)
-        elif cfg.guard is not None:
-            sampler = GuardedSampler(policy, cfg.guard.build(tokenizer, device), tokenizer.pad_token_id,
-                                     tokenizer.eos_token_id)
+        elif guard is not None:  # the local sampler stops a row at the flagged token
+            sampler = GuardedSampler(policy, guard, tokenizer.pad_token_id, tokenizer.eos_token_id)
         else:
             sampler = LocalSampler(policy, tokenizer.pad_token_id, tokenizer.eos_token_id)
+        if guard is not None and cfg.rollout_backend != "local":  # an engine's samples are cut afterwards
+            sampler = ReplayGuardedSampler(sampler, guard, tokenizer.pad_token_id)
         monitors = cfg.monitors
         gold = build_reward(monitors.gold, tokenizer, device) if monitors is not None and monitors.gold else None
         monitor = HackingMonitor(monitors) if monitors is not None else None
@@ -325,10 +321,11 @@ class OnlineRun:
         return scored
 
     def _score(self, idx: list[int], k: int, seed: int) -> ScoredRollouts:
-        if isinstance(self.sampler, (VLLMSampler, VLLMServerSampler)):
+        engine = getattr(self.sampler, "inner", self.sampler)  # behind a replayed guard: the engine it wraps
+        if isinstance(engine, (VLLMSampler, VLLMServerSampler)):
             # the engine holds its own copy of the weights: bring it to the policy's current ones
             # (every iteration, a resumed run's first included, and for the final samples)
-            self.sampler.load_weights(self.policy)
+            engine.load_weights(self.policy)
         return sample_and_score(self.sampler, self.tokenizer, [self.prompt_texts[i] for i in idx],
                                 [self.prompt_ids[i] for i in idx], k, self.cfg.sampling, self.reward,
                                 self.cfg.on_reward_error, seed=seed,
