@@ -25,6 +25,7 @@ HOMONYMS = {
     "beta": "a different coefficient in each family: DPO's inverse temperature (default per objective), KTO's, "
             "the RL KL penalty (PPO/RLOO in the reward, GRPO's k3 term in the loss)",
     "gamma": "SimPO's target margin in DPO; the GAE discount in PPO",
+    "guard": "an evaluation's classifiers and thresholds; an online stage's add the reward of a halted rollout",
     "rounds": "rejection-sampling rounds (train and sample again); SL-CAI's critique-revision rounds",
     "reference": "SPIN's choice of reference policy; the evaluate stage's KL anchor model",
     "policy": "SL-CAI needs the policy that answers; AI labelling may read pairs from a file instead",

@@ -10,12 +10,13 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
+from alignlab.guard.settings import GuardSettings
 from alignlab.models import LoraSettings
 from alignlab.stages.common import StageConfig
 from alignlab.train.settings import SeedSettings
 
 __all__ = ["AdapterSettings", "DtypeSettings", "EvalDataSettings", "EvalFractionSettings", "EvaluationSeedSettings",
-           "HeldOutSettings", "LengthSettings", "MaxLengthSettings", "ModelSettings", "PolicySettings",
+           "GuardedSamplingSettings", "HeldOutSettings", "LengthSettings", "MaxLengthSettings", "ModelSettings", "PolicySettings",
            "PromptLengthSettings", "SeedSettings"]
 
 
@@ -56,6 +57,10 @@ class EvaluationSeedSettings(StageConfig, SeedSettings):
     samples are not the ones a training stage drew with the same seed."""
 
     stage_defaults: ClassVar[dict[str, Any]] = {"seed": EVALUATION_SEED}
+
+
+class GuardedSamplingSettings(StageConfig):
+    guard: GuardSettings | None = Field(None, description="sample behind constitutional classifiers (input and/or output)")
 
 
 class EvalDataSettings(StageConfig):

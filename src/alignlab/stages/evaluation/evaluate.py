@@ -26,7 +26,6 @@ from alignlab.data.readers import write_jsonl
 from alignlab.data.tokenize import TokenizedRow, tokenize_prompts
 from alignlab.eval.metrics import distinct_n, mean_and_se
 from alignlab.guard.sampler import guarded_sample
-from alignlab.guard.settings import GuardSettings
 from alignlab.models import (
     load_causal_lm,
     load_reward_model,
@@ -35,12 +34,12 @@ from alignlab.models import (
 )
 from alignlab.ops import sequence_logps, token_logps
 from alignlab.rollout import SamplingSettings, generate
-from alignlab.stages.blocks import EvaluationSeedSettings, PromptLengthSettings
+from alignlab.stages.blocks import EvaluationSeedSettings, GuardedSamplingSettings, PromptLengthSettings
 from alignlab.stages.common import finish, runtime, seed_everything
 from alignlab.tasks import TaskSpec, get_task
 
 
-class EvaluateConfig(PromptLengthSettings, EvaluationSeedSettings):
+class EvaluateConfig(PromptLengthSettings, EvaluationSeedSettings, GuardedSamplingSettings):
     models: dict[str, str] = Field(description="name -> model path, e.g. {sft: '@sft', dpo: '@dpo'}")
     snapshots: dict[str, str] = Field(
         default_factory=dict,
@@ -54,7 +53,6 @@ class EvaluateConfig(PromptLengthSettings, EvaluationSeedSettings):
     samples_per_prompt: int = Field(1, gt=0)
     sampling: SamplingSettings = SamplingSettings()
     batch_size: int = 64
-    guard: GuardSettings | None = Field(None, description="sample behind constitutional classifiers (input and/or output)")
 
 
 @torch.no_grad()

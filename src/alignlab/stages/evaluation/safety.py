@@ -25,22 +25,20 @@ from alignlab.data.tokenize import tokenize_prompts
 from alignlab.eval.refusal import is_refusal
 from alignlab.eval.winrate import wilson_interval
 from alignlab.guard.sampler import guarded_sample
-from alignlab.guard.settings import GuardSettings
 from alignlab.models import load_causal_lm, load_tokenizer
 from alignlab.rollout import SamplingSettings, generate
-from alignlab.stages.blocks import EvaluationSeedSettings, PromptLengthSettings
+from alignlab.stages.blocks import EvaluationSeedSettings, GuardedSamplingSettings, PromptLengthSettings
 from alignlab.stages.common import finish, runtime, seed_everything
 
 DETECTOR = "rule-based refusal phrases in the first 300 characters (alignlab.eval.refusal)"
 
 
-class SafetyEvalConfig(PromptLengthSettings, EvaluationSeedSettings):
+class SafetyEvalConfig(PromptLengthSettings, EvaluationSeedSettings, GuardedSamplingSettings):
     models: dict[str, str] = Field(description="name -> model path, e.g. {before: '@sft_base', after: '@dpo'}")
     harmful: str = Field(description="red-team prompts, held out from training")
     benign: str = Field(description="benign prompts (records may mark `lookalike: true`)")
     n_prompts: int | None = Field(None, gt=0, description="at most this many of each set")
     sampling: SamplingSettings = SamplingSettings(max_new_tokens=64)
-    guard: GuardSettings | None = Field(None, description="sample behind constitutional classifiers (input and/or output)")
 
 
 def share(flags: list[bool]) -> dict:
