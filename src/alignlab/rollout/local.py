@@ -112,21 +112,8 @@ def sample(
             raise ValueError(f"prompt {i} is empty; a causal LM needs at least one token to start from")
     device = next(model.parameters()).device
     sharded = isinstance(model, FSDPModule)
-    common = dict(max_new_tokens=settings.max_new_tokens, pad_token_id=pad_id,
-                  eos_token_id=[eos_id, *stop_ids] if stop_ids else eos_id, use_cache=True,
-                  output_logits=True, return_dict_in_generate=True,
-                  cache_implementation="static" if settings.cache == "static" else None)
+    config, processors = _generation_config(settings, pad_id, [eos_id, *stop_ids])
     step = STATIC_WIDTH_STEP if settings.cache == "static" else 1
-    if settings.draw == "inverse_cdf":  # generate runs greedily over a processor that has drawn already
-        config = GenerationConfig(do_sample=False, **common)
-        processors = LogitsProcessorList([InverseCDFDraw(settings.temperature, settings.top_k, settings.top_p)])
-    else:
-        config = GenerationConfig(
-            do_sample=True, temperature=settings.temperature,
-            top_k=settings.top_k,  # 0 switches top-k off; None would mean transformers' default of 50
-            top_p=settings.top_p, **common,
-        )
-        processors = None
     ends = {eos_id, *stop_ids}
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths share a batch
     completions: list[list[int]] = [[] for _ in prompts]
@@ -159,6 +146,24 @@ def sample(
         model.train(was_training)
     finished = [bool(c) and c[-1] == eos_id for c in completions]
     return Rollouts([list(p) for p in prompts], completions, logps, finished)
+
+
+def _generation_config(settings: SamplingSettings, pad_id: int,
+                       end_ids: list[int]) -> tuple[GenerationConfig, LogitsProcessorList | None]:
+    """generate's settings for `settings`, and the inverse-CDF draw when it is the one chosen."""
+    common = dict(max_new_tokens=settings.max_new_tokens, pad_token_id=pad_id,
+                  eos_token_id=end_ids if len(end_ids) > 1 else end_ids[0], use_cache=True,
+                  output_logits=True, return_dict_in_generate=True,
+                  cache_implementation="static" if settings.cache == "static" else None)
+    if settings.draw == "inverse_cdf":  # generate runs greedily over a processor that has drawn already
+        return (GenerationConfig(do_sample=False, **common),
+                LogitsProcessorList([InverseCDFDraw(settings.temperature, settings.top_k, settings.top_p)]))
+    config = GenerationConfig(
+        do_sample=True, temperature=settings.temperature,
+        top_k=settings.top_k,  # 0 switches top-k off; None would mean transformers' default of 50
+        top_p=settings.top_p, **common,
+    )
+    return config, None
 
 
 def generate(
