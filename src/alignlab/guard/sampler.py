@@ -114,16 +114,14 @@ def guarded_sample(model: nn.Module, prompts: list[list[int]], settings: Samplin
     tick = time.perf_counter()
     scores, blocked = guard.screen(prompts, pad_id)
     input_seconds = time.perf_counter() - tick
-    allowed = [i for i in range(len(prompts)) if not blocked[i]]
-    watch = _Watch(guard, allowed)
+    allowed = [prompts[i] for i in range(len(prompts)) if not blocked[i]]
+    watch = _Watch(guard)
     tick = time.perf_counter()
-    drawn = sample(model, [prompts[i] for i in allowed], settings, pad_id=pad_id, eos_id=eos_id, seed=seed,
+    drawn = sample(model, allowed, settings, pad_id=pad_id, eos_id=eos_id, seed=seed,
                    stop_rule=watch.stop_rule if guard.streams else None)
     seconds = {"input": input_seconds, "generate": time.perf_counter() - tick, "output_scoring": watch.seconds()}
-    seen = watch.seen()
-    halts = [seen.get(i, (None, []))[0] for i in allowed]
-    return assemble(guard, prompts, scores, blocked, drawn, halts, [seen.get(i, (None, []))[1] for i in allowed],
-                    seconds)
+    halts, streamed = watch.seen(len(allowed))
+    return assemble(guard, prompts, scores, blocked, drawn, halts, streamed, seconds)
 
 
 def assemble(guard: Guard, prompts: list[list[int]], input_scores: list[float | None], blocked: list[bool],
@@ -149,21 +147,25 @@ def assemble(guard: Guard, prompts: list[list[int]], input_scores: list[float | 
 
 class _Watch:
     """The guard's stop rule for `sample` (a `GuardStop` over a fresh stream per batch), and what
-    it saw, by prompt index once sampling is over."""
+    it saw of each sampled row once sampling is over."""
 
-    def __init__(self, guard: Guard, rows: list[int]):
-        self.guard, self.rows = guard, rows
+    def __init__(self, guard: Guard):
+        self.guard = guard
         self.batches: list[tuple[list[int], GuardStop]] = []
 
     def stop_rule(self, batch: list[int], ids: Tensor, mask: Tensor) -> GuardStop:
         stop = self.guard.stop(ids, mask)
-        self.batches.append(([self.rows[j] for j in batch], stop))
+        self.batches.append((batch, stop))
         return stop
 
-    def seen(self) -> dict[int, tuple[int | None, list[float]]]:
-        """prompt index -> (the step its row was halted at, its score after every step)."""
-        return {i: (stop.halted_at[row], stop.scores[row]) for prompts, stop in self.batches
-                for row, i in enumerate(prompts)}
+    def seen(self, n: int) -> tuple[list[int | None], list[list[float]]]:
+        """Per sampled row: the step it was halted at (None: never), and its score after every step."""
+        halts: list[int | None] = [None] * n
+        scores: list[list[float]] = [[] for _ in range(n)]
+        for batch, stop in self.batches:
+            for row, j in enumerate(batch):
+                halts[j], scores[j] = stop.halted_at[row], stop.scores[row]
+        return halts, scores
 
     def seconds(self) -> float:
         return sum(getattr(stop.scorer, "seconds", 0.0) for _, stop in self.batches)
