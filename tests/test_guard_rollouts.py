@@ -14,23 +14,11 @@ from alignlab.guard.sampler import Guard, GuardedSampler
 from alignlab.models import load_causal_lm, load_tokenizer
 from alignlab.rollout import SamplingSettings, sample
 from alignlab.stages.online.common import sample_and_score
+from token_trigger import TokenTrigger
 
 PROMPTS = ["the film was", "a dull and", "i loved the", "not the worst", "the acting was", "hello world",
            "the cast", "a plot that"]
 SETTINGS = SamplingSettings(max_new_tokens=12, batch_size=64)
-
-
-class TokenTrigger:
-    """A hand-made streaming scorer: 1.0 when the newest token is `trigger`, else 0.0."""
-
-    def __init__(self, trigger: int):
-        self.trigger = trigger
-
-    def begin(self, input_ids, attention_mask):
-        return torch.zeros(input_ids.shape[0])
-
-    def step(self, tokens):
-        return (tokens == self.trigger).float()
 
 
 class CountingReward:

@@ -18,6 +18,7 @@ from alignlab.guard.streaming import TokenClassifierStream
 from alignlab.models import load_causal_lm, load_tokenizer
 from alignlab.rollout import SamplingSettings, sample
 from alignlab.rollout.local import left_pad
+from token_trigger import TokenTrigger
 
 SETTINGS = SamplingSettings(max_new_tokens=12, temperature=1.0, batch_size=8)
 
@@ -28,20 +29,6 @@ def policy(tiny_model_dir):
     model = load_causal_lm(tiny_model_dir)
     prompts = [tokenizer(t)["input_ids"] for t in ("the film was", "a dull and", "i loved the", "hello world this")]
     return model, tokenizer, prompts
-
-
-class TokenTrigger:
-    """A hand-made streaming scorer: 1.0 when the newest token is `trigger`, else 0.0."""
-
-    def __init__(self, trigger: int):
-        self.trigger, self.calls = trigger, 0
-
-    def begin(self, input_ids, attention_mask):
-        return torch.zeros(input_ids.shape[0])
-
-    def step(self, tokens):
-        self.calls += 1
-        return (tokens == self.trigger).float()
 
 
 def test_generation_halts_at_the_exact_token_the_scorer_flags(policy):

@@ -5,7 +5,6 @@ finish_reason content_filter; everything else is the bare model's answer, token 
 from __future__ import annotations
 
 import pytest
-import torch
 
 openai = pytest.importorskip("openai")
 
@@ -14,21 +13,9 @@ from alignlab.feedback.ai.llm.base import GenerationSettings  # noqa: E402
 from alignlab.feedback.ai.llm.server import make_app, start_in_thread  # noqa: E402
 from alignlab.guard.models import load_input_classifier, prompt_scores  # noqa: E402
 from alignlab.guard.sampler import REFUSAL_MESSAGE, Guard  # noqa: E402
+from token_trigger import TokenTrigger  # noqa: E402
 
 PROMPTS = ["the film was", "a dull and", "i loved the", "hello world this"]
-
-
-class TokenTrigger:
-    """A hand-made streaming scorer: 1.0 when the newest token is `trigger`, else 0.0."""
-
-    def __init__(self, trigger: int):
-        self.trigger = trigger
-
-    def begin(self, input_ids, attention_mask):
-        return torch.zeros(input_ids.shape[0])
-
-    def step(self, tokens):
-        return (tokens == self.trigger).float()
 
 
 @pytest.fixture(scope="module")
