@@ -70,6 +70,7 @@ def test_blocked_groups_are_dropped_unscored_and_halted_rollouts_take_the_halted
             assert score == float(len(text))
     assert halted > 0
     assert scored.figures["guard/halted_rate"] == pytest.approx(halted / (k * len(PROMPTS)))
+    assert sum(map(len, reward.seen)) == len(scored.prompts) - halted  # a set reward needs no scoring
 
 
 def test_without_a_halted_reward_the_source_scores_the_halted_rollout(policy):

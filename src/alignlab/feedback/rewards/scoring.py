@@ -43,7 +43,8 @@ class ScoreResult:
 
     def spread(self, rows: list[int], n: int) -> "ScoreResult":
         """This result (of the samples `rows` of a batch of n) laid out over all n: the samples it
-        did not score are invalid, NaN, with no problem line (the caller left them out on purpose)."""
+        did not score are invalid, NaN, with no problem line (the caller left them out on purpose);
+        its problem lines keep numbering the samples it scored (each names its prompt)."""
         if len(rows) == n:
             return self
         index = torch.tensor(rows, dtype=torch.long)
@@ -57,9 +58,11 @@ class ScoreResult:
             terms[name] = spread
         return ScoreResult(scores, valid, terms, self.problems)
 
-    def override(self, rows: torch.Tensor, value: float) -> None:
+    def override(self, rows: torch.Tensor, value: float | None) -> None:
         """Set the score of the samples where `rows` [N] is True to `value` (valid, whatever their
-        source said: the value stands in for it)."""
+        source said: the value stands in for it). Nothing to set: no change."""
+        if value is None or not rows.any():
+            return
         self.scores[rows] = value
         self.valid |= rows
 

@@ -4,6 +4,7 @@ monitors that watch them), and no-grad log-prob passes over an experience batch.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -189,15 +190,16 @@ def sample_and_score(
     rollouts = sampler.sample(repeated, sampling, seed=seed)
     completions = tokenizer.batch_decode(rollouts.completion_ids, skip_special_tokens=True)
     guarded = isinstance(rollouts, GuardedRollouts)
-    rows = [i for i in range(len(repeated)) if not (guarded and rollouts.blocked[i])]
+    halted = torch.tensor([h is not None for h in rollouts.halted_at] if guarded else [False] * len(repeated),
+                          dtype=torch.bool)
+    settled = halted if halted_reward is not None else torch.zeros_like(halted)  # their reward is set: not scored
+    rows = [i for i in range(len(repeated)) if not (guarded and rollouts.blocked[i]) and not settled[i]]
     result = score_safely(reward, ScoringBatch(*[[values[i] for i in rows] for values in (
         texts_in, completions, rollouts.prompt_ids, rollouts.completion_ids, rollouts.finished)]), on_error=on_error)
     result = result.spread(rows, len(repeated))
+    result.override(settled, halted_reward)
     figures = {}
     if guarded:
-        halted = torch.tensor([h is not None for h in rollouts.halted_at], dtype=torch.bool)
-        if halted_reward is not None:
-            result.override(halted, halted_reward)
         figures = {"guard/blocked_rate": sum(rollouts.blocked) / max(len(repeated), 1),
                    "guard/halted_rate": halted.float().mean().item() if len(repeated) else 0.0}
     valid = result.valid.view(-1, k).all(dim=1).repeat_interleave(k) if k > 1 else result.valid
@@ -212,7 +214,8 @@ def sample_and_score(
 
 
 def _mean(values: list[float], valid: Tensor) -> float:
-    kept = [v for v, ok in zip(values, valid.tolist()) if ok]
+    """The mean over the kept samples the term scored (a halted rollout's set reward was not scored)."""
+    kept = [v for v, ok in zip(values, valid.tolist()) if ok and not math.isnan(v)]
     return sum(kept) / len(kept) if kept else float("nan")
 
 
