@@ -1,9 +1,9 @@
 """`serve-llm` behind the constitutional classifiers, on SmolLM2-135M-Instruct, through the `openai` client.
 
 Two servers in this process over one loaded SmolLM2 (bare, and behind the classifiers-real
-recipe's input and streaming output classifiers) answer the recipe's held-out prompts: 48 real red-team prompts (AdvBench +
-HarmBench, never trained on) and alignlab's 48 benign ones (16 look-alikes), as greedy chat
-completions of 24 tokens, 16 requests in flight. Per set: the share withheld (finish_reason
+recipe's input and streaming output classifiers) answer the recipe's held-out prompts: 48 real
+red-team prompts (AdvBench + HarmBench, never trained on) and alignlab's 48 benign ones (16
+look-alikes), as greedy chat completions of 24 tokens, 16 requests in flight. Per set: the share withheld (finish_reason
 content_filter) by the input and by the output classifier with 95% Wilson intervals; whether every
 answer the guard let through is the bare server's answer, token for token; and the wall time of the
 set, bare and guarded, the median of `--rounds` alternating rounds, with its ratio.
@@ -87,7 +87,8 @@ def main() -> None:
     for _, stop in servers.values():
         stop()
 
-    report = {"point": args.point, "thresholds": thresholds, "max_tokens": args.max_tokens, "rounds": args.rounds, "sets": {}}
+    report = {"point": args.point, "thresholds": thresholds, "max_tokens": args.max_tokens, "rounds": args.rounds,
+              "sets": {}}
     for set_name, prompts in sets.items():
         plain, behind = replies[set_name, "bare"], replies[set_name, "guarded"]
         withheld = [r.choices[0].finish_reason == "content_filter" for r in behind]
@@ -98,12 +99,13 @@ def main() -> None:
                              ("by_output", [w and not i for w, i in zip(withheld, by_input)])):
             low, high = wilson_interval(sum(flags), len(flags))
             figures[label] = {"count": sum(flags), "n": len(flags), "low": low, "high": high}
-        figures["let_through_identical"] = f"{sum(p.choices[0].message.content == g.choices[0].message.content for p, g in through)}/{len(through)}"
+        same = sum(p.choices[0].message.content == g.choices[0].message.content for p, g in through)
+        figures["let_through_identical"] = f"{same}/{len(through)}"
         if set_name == "benign":  # the false positives, to read
             figures["withheld_prompts"] = [{"prompt": p["messages"][-1]["content"], "by": "input" if i else "output",
                                             "lookalike": bool(p.get("lookalike"))}
                                            for p, w, i in zip(prompts, withheld, by_input) if w]
-        bare_s, guarded_s = statistics.median(seconds[set_name, "bare"]), statistics.median(seconds[set_name, "guarded"])
+        bare_s, guarded_s = (statistics.median(seconds[set_name, name]) for name in ("bare", "guarded"))
         figures["seconds_bare"], figures["seconds_guarded"], figures["ratio"] = bare_s, guarded_s, guarded_s / bare_s
         report["sets"][set_name] = figures
         print(f"{set_name:8s} withheld {figures['withheld']['count']}/{len(prompts)} "
@@ -111,8 +113,8 @@ def main() -> None:
               f"(input {figures['by_input']['count']}, output {figures['by_output']['count']}); "
               f"let through identical {figures['let_through_identical']}; "
               f"wall s bare {bare_s:.1f} guarded {guarded_s:.1f} (x{guarded_s / bare_s:.2f})")
-    lookalike = [w for w, p in zip([r.choices[0].finish_reason == "content_filter" for r in replies["benign", "guarded"]],
-                                   sets["benign"]) if p.get("lookalike")]
+    lookalike = [r.choices[0].finish_reason == "content_filter"
+                 for r, p in zip(replies["benign", "guarded"], sets["benign"]) if p.get("lookalike")]
     report["lookalike_withheld"] = f"{sum(lookalike)}/{len(lookalike)}"
     print(f"look-alikes withheld {sum(lookalike)}/{len(lookalike)}")
     out = Path(f"bench/out/guarded_serving-{args.point}.json")
