@@ -102,3 +102,54 @@ def test_online_stages_train_with_the_real_engine_in_sync(stage, toy_job, tmp_pa
     # synced before every iteration: the engine's log-probs are the trainer's on every iteration
     assert max(x["sampler/max_abs_diff"] for x in log) < 1e-4, [x["sampler/max_abs_diff"] for x in log]
     assert (tmp_path / stage / "model" / "config.json").exists()
+
+
+def test_a_replayed_guard_cuts_the_real_engines_samples_at_the_first_flagged_token(tiny_llama):
+    # the engine has no per-token hook: its completions are cut afterwards where the streaming
+    # classifier would have stopped them, checked against one full forward of the same classifier
+    import torch
+
+    from alignlab.guard.models import load_output_classifier, response_token_scores
+    from alignlab.guard.replay import ReplayGuardedSampler
+    from alignlab.guard.sampler import Guard
+    from alignlab.models import load_tokenizer
+    from alignlab.rollout import SamplingSettings
+
+    tokenizer = load_tokenizer(tiny_llama)
+    classifier = load_output_classifier(tiny_llama, tokenizer)
+    with torch.no_grad():  # a random head: scores spread over (0, 1), set mostly by each token
+        classifier.score.weight.copy_(torch.randn(classifier.score.weight.shape,
+                                                  generator=torch.Generator().manual_seed(1)))
+    words = "the film was a delight dull tedious plot acting superb".split()
+    prompts = [tokenizer(" ".join(words[i : i + 2]), add_special_tokens=False)["input_ids"] for i in range(8)]
+    settings = SamplingSettings(max_new_tokens=12)
+    engine = VLLMSampler(tiny_llama, **ENGINE)
+    plain = engine.sample(prompts, settings, seed=3)
+    full = response_token_scores(classifier, prompts, plain.completion_ids, tokenizer.pad_token_id)
+    highest = sorted(max(s) for s in full if s)
+    threshold = (highest[len(highest) // 2 - 1] + highest[len(highest) // 2]) / 2  # between two rows' maxima
+    guarded = ReplayGuardedSampler(engine, Guard(output=classifier, output_threshold=threshold),
+                                   tokenizer.pad_token_id).sample(prompts, settings, seed=3)
+    for row, scores in enumerate(full):
+        first = next((t for t, p in enumerate(scores) if p >= threshold), None)
+        assert guarded.halted_at[row] == first
+        end = len(plain.completion_ids[row]) if first is None else first + 1
+        assert guarded.completion_ids[row] == plain.completion_ids[row][:end]
+    assert 0 < sum(h is not None for h in guarded.halted_at) < len(prompts)
+
+
+def test_grpo_on_the_real_engine_samples_behind_a_replayed_guard(toy_job, tmp_path):
+    from alignlab.stages.online.grpo import GRPOConfig, run_grpo
+
+    model, root = toy_job
+    cfg = GRPOConfig(model=str(model), prompts=str(root / "prompts.jsonl"), rollout_backend="vllm", vllm=ENGINE,
+                     reward={"type": "callable", "function": "vllm_toy_reward:e_share"}, samples_per_prompt=4,
+                     sampling={"max_new_tokens": 12},
+                     guard={"output": str(model), "output_threshold": 0.0, "halted_reward": -1.0},  # flags every token
+                     train={"iterations": 2, "prompts_per_iteration": 4, "minibatch_size": 8, "device": "cpu",
+                            "save_every": None})
+    run_grpo(cfg, tmp_path / "grpo-guard")
+    log = _log(tmp_path / "grpo-guard")
+    assert [x["guard/halted_rate"] for x in log] == [1.0, 1.0]
+    assert all(x["response_tokens"] == 1.0 and x["hack/proxy_mean"] == -1.0 for x in log)
+    assert max(x["sampler/max_abs_diff"] for x in log) < 1e-4  # the cut rollouts keep the engine's log-probs
