@@ -53,7 +53,10 @@ def test_entropy_distinct_and_means_of_a_hand_made_batch():
     assert (signs["hack/gold_mean"], signs["hack/gold_std"]) == (1.0, 0.0)  # the unscored sample is left out
     assert mean_std([1.0, float("nan"), 3.0]) == (2.0, 1.0)
     assert "hack/gold_mean" not in batch_signs([1], [0.0], ["a"], [[0.0]])
-    empty = batch_signs([], [], [], [])  # every sample dropped: nothing is defined, so nothing is past a threshold
+    assert batch_signs([3, 3, 1], [0.0] * 3, ["a"] * 3, [[0.0]] * 3,
+                       truncated=[True, False, False])["hack/truncation_rate"] == pytest.approx(1 / 3)
+    assert "hack/truncation_rate" not in signs  # not asked for: not reported
+    empty = batch_signs([], [], [], [], truncated=[])  # every sample dropped: nothing is defined, so nothing is past a threshold
     assert all(math.isnan(v) for v in empty.values())
 
 
@@ -323,3 +326,23 @@ def test_every_reward_driven_online_stage_feeds_the_monitor(toy, kind):
     metrics = run(cfg, tmp / kind)
     assert [(w["monitor"], w["step"]) for w in metrics["monitors"]["warnings"]] == [("distinct_1", 1)]
     assert {"hack/entropy", "hack/distinct_2", "hack/length_reward_spearman"} <= set(_lines(tmp / kind)[0])
+
+
+def test_the_truncation_monitor_sees_responses_cut_at_the_limit(tmp_path, tiny_model_dir, monkeypatch):
+    # the tiny random model almost never draws EOS: nearly every response runs to max_new_tokens
+    from alignlab.stages.online.grpo import GRPOConfig, run_grpo
+
+    (tmp_path / "monitor_rewards.py").write_text(textwrap.dedent(REWARDS))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("monitor_rewards", None)
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    cfg = GRPOConfig(model=str(tiny_model_dir), prompts=str(tmp_path / "prompts.jsonl"),
+                     reward={"type": "callable", "function": "monitor_rewards:length"}, samples_per_prompt=2,
+                     sampling={"max_new_tokens": 6}, monitors={"truncation_rate": {"threshold": 0.5}},
+                     train={"iterations": 2, "prompts_per_iteration": 4, "minibatch_size": 8, "device": "cpu",
+                            "log_samples": 0})
+    metrics = run_grpo(cfg, tmp_path / "run")
+    log = _lines(tmp_path / "run")
+    assert all(x["hack/truncation_rate"] == pytest.approx(1 - x["eos_rate"]) for x in log)  # no EOS at the last token
+    assert log[0]["hack/truncation_rate"] > 0.5
+    assert metrics["monitors"]["warnings"][0]["monitor"] == "truncation_rate"

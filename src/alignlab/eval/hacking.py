@@ -73,9 +73,10 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def batch_signs(lengths: list[int], proxy: list[float], texts: list[str], logps: list[list[float]],
-                gold: list[float] | None = None) -> dict[str, float]:
+                gold: list[float] | None = None, truncated: list[bool] | None = None) -> dict[str, float]:
     """One batch's `hack/*` figures. `lengths` are response lengths in tokens, `proxy` the reward
-    trained on, `logps` the sampler's log-prob of each response token, `gold` a held-out score."""
+    trained on, `logps` the sampler's log-prob of each response token, `gold` a held-out score,
+    `truncated` whether each response was cut at the token limit without ending."""
     proxy_mean, proxy_std = mean_std(proxy)
     out = {
         "hack/length_reward_pearson": pearson([float(n) for n in lengths], proxy),
@@ -87,6 +88,8 @@ def batch_signs(lengths: list[int], proxy: list[float], texts: list[str], logps:
         "hack/proxy_mean": proxy_mean,
         "hack/proxy_std": proxy_std,
     }
+    if truncated is not None:  # responses that run to the limit: length hacking the correlations cannot see
+        out["hack/truncation_rate"] = sum(truncated) / len(truncated) if truncated else NAN
     if gold is not None:
         out["hack/gold_mean"], out["hack/gold_std"] = mean_std(gold)
     return out

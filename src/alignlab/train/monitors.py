@@ -10,7 +10,7 @@ configured figure with its threshold once per step:
       distinct_2: {threshold: 0.2, action: stop, patience: 3, warmup: 5}
       proxy_gold_gap: {threshold: 2.0, action: stop, patience: 3, warmup: 5}
 
-A monitor is *past* its threshold on a step when its figure is above (correlation, gap, slope) or
+A monitor is *past* its threshold on a step when its figure is above (correlation, truncation rate, gap, slope) or
 below (distinct-n, entropy) it; an undefined figure (NaN: every response the same length, no gold
 score) is not past it. It *fires* on the `patience`-th consecutive step past it, once per such run
 of steps; steps up to `warmup` are never counted. `warn` records the firing and goes on; `stop`
@@ -43,6 +43,7 @@ WATCHED: dict[str, tuple[str, Literal["above", "below"]]] = {
     "distinct_1": ("hack/distinct_1", "below"),
     "distinct_2": ("hack/distinct_2", "below"),
     "entropy": ("hack/entropy", "below"),
+    "truncation_rate": ("hack/truncation_rate", "above"),
     "proxy_gold_gap": ("monitor/proxy_gold_gap", "above"),
     "proxy_gold_slope": ("monitor/proxy_gold_slope", "above"),
 }
@@ -79,6 +80,10 @@ class MonitorSettings(BaseModel):
     distinct_2: Threshold | None = _threshold("distinct bigrams / all bigrams of the batch's responses; acts below")
     entropy: Threshold | None = _threshold(
         "per-token entropy of the sampling distribution, nats (mean −log p of the sampled tokens); acts below")
+    truncation_rate: Threshold | None = _threshold(
+        "share of the batch's responses cut at sampling.max_new_tokens without ending (EOS or a stop): a policy "
+        "that pads its answers to the limit, where every length is the same and the length correlations are "
+        "undefined; acts above")
     proxy_gold_gap: Threshold | None = _threshold(
         "(proxy − start)/start std − (gold − start)/start std of the batch means (needs gold); acts above")
     proxy_gold_slope: Threshold | None = _threshold(

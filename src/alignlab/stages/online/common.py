@@ -319,7 +319,7 @@ class OnlineRun:
         """k scored samples per prompt of this iteration (this process's share), from the current policy."""
         idx = my_share(self.stream.indices(iteration), self.dist)
         scored = self._score(idx, k, iteration_seed(self.settings.seed, iteration, self.dist.rank))
-        scored.figures.update(hacking_signs(scored, self.gold))
+        scored.figures.update(hacking_signs(scored, self.gold, self.cfg.sampling.max_new_tokens))
         self.last_scored = scored
         return scored
 
@@ -350,16 +350,20 @@ class OnlineRun:
                            monitor=self.monitor, **kwargs)
 
 
-def hacking_signs(scored: ScoredRollouts, gold=None) -> dict[str, float]:
+def hacking_signs(scored: ScoredRollouts, gold=None, max_new_tokens: int | None = None) -> dict[str, float]:
     """The batch's `hack/*` figures (`alignlab.eval.hacking`), with the held-out `gold` score of the
-    same samples when one is configured (a sample it cannot score is left out of its mean)."""
+    same samples when one is configured (a sample it cannot score is left out of its mean), and the
+    share cut at `max_new_tokens` (a guard's halt is not a cut)."""
     r = scored.rollouts
+    truncated = None
+    if max_new_tokens is not None:
+        truncated = [not done and len(c) >= max_new_tokens for c, done in zip(r.completion_ids, r.finished)]
     gold_scores = None
     if gold is not None:
         batch = ScoringBatch(scored.prompts, scored.completions, r.prompt_ids, r.completion_ids, r.finished)
         gold_scores = score_safely(gold, batch, on_error="drop").scores.tolist()
     return batch_signs([len(c) for c in r.completion_ids], scored.scores.tolist(), scored.completions, r.logps,
-                       gold_scores)
+                       gold_scores, truncated)
 
 
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm.config.lora's MaxLoRARanks (0.32)
