@@ -80,3 +80,12 @@ def test_missing_file_and_bad_yaml(tmp_path):
     bad.write_text("name: x\nprinciples: [\n")
     with pytest.raises(DataError, match="not valid YAML"):
         load_constitution(bad)
+
+
+def test_a_repeated_name_is_no_field_of_its_own(tmp_path):
+    # the whole-constitution check's sentence ("...; repeated: x") is a message, not a field path
+    path = tmp_path / "c.yaml"
+    path.write_text(GOOD.replace("name: helpfulness", "name: honesty"))
+    with pytest.raises(DataError, match="unique; repeated: honesty") as err:
+        load_constitution(path)
+    assert err.value.field is None

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
+from pydantic import BaseModel, ValidationError
 
 from alignlab.data.errors import DataError, Source
+
+Model = TypeVar("Model", bound=BaseModel)
 
 
 def read_yaml_mapping(path: Path, shape: str) -> tuple[yaml.Node, dict]:
@@ -22,6 +25,40 @@ def read_yaml_mapping(path: Path, shape: str) -> tuple[yaml.Node, dict]:
     if not isinstance(data, dict):
         raise DataError(Source(str(path)), None, shape)
     return node, data
+
+
+def load_yaml_model(name_or_path: str | Path, built_in: Path, model: type[Model], *, missing: str,
+                    shape: str) -> Model:
+    """A YAML file validated as `model`: a built-in one by name (`built_in/<name>.yaml`) or a path.
+    A missing file is refused with `missing`, a non-mapping with `shape`, and the first validation
+    error names the file, its line and the field."""
+    path = Path(name_or_path)
+    if not path.suffix and (built_in / f"{name_or_path}.yaml").exists():
+        path = built_in / f"{name_or_path}.yaml"
+    if not path.exists():
+        raise DataError(Source(str(path)), None, missing)
+    node, data = read_yaml_mapping(path, shape)
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        field, message = validation_field(err.errors()[0])
+        loc = tuple(int(p) if p.isdigit() else p for p in field.split(".")) if field else ()
+        raise DataError(Source(str(path), yaml_line(node, loc)), field, message) from None
+
+
+def validation_field(error: dict) -> tuple[str | None, str]:
+    """(dotted field, message) of a pydantic error; a whole-model check names its field in its
+    message ("restricted.0.lookalike: ..."), a sentence before a colon is no field ("names must be
+    unique; repeated: x")."""
+    loc = [str(p) for p in error["loc"]]
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        return ".".join(loc), "unknown key"
+    if error["type"] == "value_error" and ": " in message:
+        head, _, rest = message.partition(": ")
+        if " " not in head:  # a field path, not a sentence
+            return ".".join([*loc, head]), rest
+    return (".".join(loc) or None), message
 
 
 def yaml_line(node: yaml.Node | None, path: tuple) -> int | None:

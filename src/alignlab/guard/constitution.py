@@ -30,10 +30,9 @@ import string
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from alignlab.data.errors import DataError, Source
-from alignlab.data.yaml_lines import read_yaml_mapping, yaml_line
+from alignlab.data.yaml_lines import load_yaml_model
 
 BUILT_IN = Path(__file__).parent / "constitutions"
 
@@ -112,29 +111,6 @@ class ClassifierConstitution(BaseModel):
 
 def load_classifier_constitution(name_or_path: str | Path = "default") -> ClassifierConstitution:
     """The built-in classifier constitution by name ("default"), or a YAML file, validated."""
-    path = Path(name_or_path)
-    if not path.suffix and (BUILT_IN / f"{name_or_path}.yaml").exists():
-        path = BUILT_IN / f"{name_or_path}.yaml"
-    if not path.exists():
-        raise DataError(Source(str(path)), None, "classifier constitution not found (use 'default' or a YAML path)")
-    node, data = read_yaml_mapping(path, "a classifier constitution is a mapping with `name`, `restricted` and `allowed`")
-    try:
-        return ClassifierConstitution.model_validate(data)
-    except ValidationError as err:
-        field, message = _where(err.errors()[0])
-        loc = tuple(int(p) if p.isdigit() else p for p in field.split(".")) if field else ()
-        raise DataError(Source(str(path), yaml_line(node, loc)), field, message) from None
-
-
-def _where(error: dict) -> tuple[str | None, str]:
-    """(dotted field, message) of a pydantic error; a whole-model check names its field in its
-    message ("restricted.0.lookalike: ...", or "restricted_response: ..." inside `requests`)."""
-    loc = [str(p) for p in error["loc"]]
-    message = error["msg"].removeprefix("Value error, ")
-    if error["type"] == "extra_forbidden":
-        return ".".join(loc), "unknown key"
-    if error["type"] == "value_error" and ": " in message:
-        head, _, rest = message.partition(": ")
-        if " " not in head:  # a field path, not a sentence
-            return ".".join([*loc, head]), rest
-    return (".".join(loc) or None), message
+    return load_yaml_model(name_or_path, BUILT_IN, ClassifierConstitution,
+                           missing="classifier constitution not found (use 'default' or a YAML path)",
+                           shape="a classifier constitution is a mapping with `name`, `restricted` and `allowed`")

@@ -27,10 +27,9 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from alignlab.data.errors import DataError, Source
-from alignlab.data.yaml_lines import read_yaml_mapping, yaml_line
+from alignlab.data.yaml_lines import load_yaml_model
 
 BUILT_IN = Path(__file__).parent / "constitutions"
 
@@ -99,22 +98,6 @@ class Constitution(BaseModel):
 
 def load_constitution(name_or_path: str | Path = "default") -> Constitution:
     """The built-in constitution by name ("default"), or a YAML file, validated."""
-    path = Path(name_or_path)
-    if not path.suffix and (BUILT_IN / f"{name_or_path}.yaml").exists():
-        path = BUILT_IN / f"{name_or_path}.yaml"
-    if not path.exists():
-        raise DataError(Source(str(path)), None, "constitution file not found (use 'default' or a YAML path)")
-    node, data = read_yaml_mapping(path, "a constitution is a mapping with `name` and `principles`")
-    try:
-        return Constitution.model_validate(data)
-    except ValidationError as err:
-        first = err.errors()[0]
-        loc = tuple(first["loc"])
-        if first["type"] == "value_error" and not loc and ":" in first["msg"]:
-            # a cross-field check names its own location, e.g. "examples.0.principle: ..."
-            where, _, message = first["msg"].removeprefix("Value error, ").partition(": ")
-            loc = tuple(int(p) if p.isdigit() else p for p in where.split("."))
-            first = {**first, "msg": message}
-        field = ".".join(map(str, loc)) or None
-        message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
-        raise DataError(Source(str(path), yaml_line(node, loc)), field, message) from None
+    return load_yaml_model(name_or_path, BUILT_IN, Constitution,
+                           missing="constitution file not found (use 'default' or a YAML path)",
+                           shape="a constitution is a mapping with `name` and `principles`")
