@@ -11,10 +11,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, never a window
-import matplotlib.pyplot as plt  # noqa: E402
+from alignlab.eval.figures import plt, save_figure
 
 Point = dict  # {"model", "kl", "gold", "gold_se", ...}
 
@@ -34,11 +31,7 @@ def plot_frontier(methods: dict[str, list[Point]], baseline: Point | None, path:
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_overoptimisation(runs: dict[str, list[Point]], path: Path) -> Path:
@@ -59,8 +52,4 @@ def plot_overoptimisation(runs: dict[str, list[Point]], path: Path) -> Path:
     more = proxy_ax.get_legend_handles_labels()
     gold_ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=7, loc="lower right")
     gold_ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

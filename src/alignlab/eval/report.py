@@ -5,10 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, never a window
-import matplotlib.pyplot as plt  # noqa: E402
+from alignlab.eval.figures import plt, save_figure
 
 PANELS = [("gold", "gold reward"), ("proxy", "proxy (reward model)"), ("kl", "KL to reference (nats)"),
           ("length", "response length (tokens)")]
@@ -31,11 +28,7 @@ def plot_models(models: dict[str, dict], path: Path) -> Path:
         ax.tick_params(axis="x", labelrotation=45 if len(names) > 3 else 0, labelsize=8)
         ax.set_title(label, fontsize=10)
         ax.axhline(0, color="black", linewidth=0.6)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _share(p: dict | None) -> str:

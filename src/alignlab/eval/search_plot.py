@@ -5,10 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, never a window
-import matplotlib.pyplot as plt  # noqa: E402
+from alignlab.eval.figures import plt, save_figure
 
 
 def plot_accuracy_vs_n(methods: dict[str, list[dict]], path: Path, title: str) -> Path:
@@ -26,11 +23,7 @@ def plot_accuracy_vs_n(methods: dict[str, list[dict]], path: Path, title: str) -
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def accuracy_table(methods: dict[str, list[dict]]) -> str:

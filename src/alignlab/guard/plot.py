@@ -5,10 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, never a window
-import matplotlib.pyplot as plt  # noqa: E402
+from alignlab.eval.figures import plt, save_figure
 
 
 def plot_curves(curves: dict[str, list[dict]], operating: dict[str, dict], max_fpr: float, path: Path,
@@ -43,8 +40,4 @@ def plot_curves(curves: dict[str, list[dict]], operating: dict[str, dict], max_f
     right.set_xlim(0, 1)
     right.grid(alpha=0.3)
     right.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -5,10 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, never a window
-import matplotlib.pyplot as plt  # noqa: E402
+from alignlab.eval.figures import plt, save_figure
 
 
 def accuracy_table(rows: dict[str, dict], confidence: float, label: str = "protocol") -> str:
@@ -48,11 +45,7 @@ def plot_accuracies(rows: dict[str, dict], path: Path, title: str, confidence: f
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, loc="upper left")
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 __all__ = ["accuracy_table", "gain_table", "plot_accuracies"]
