@@ -85,6 +85,26 @@ def test_without_a_halted_reward_the_source_scores_the_halted_rollout(policy):
     assert len(scored.rollouts.completion_ids[0]) == 3 and scored.figures["guard/blocked_rate"] == 0
 
 
+@pytest.fixture()
+def job(tmp_path, monkeypatch):
+    """The prompts file and the rewards (importable as guard_rewards: `zero`, and `length` in
+    characters) in tmp_path."""
+    (tmp_path / "guard_rewards.py").write_text("def zero(prompts, completions):\n    return [0.0] * len(completions)\n\n"
+                                               "def length(prompts, completions):\n"
+                                               "    return [float(len(c)) for c in completions]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    return tmp_path, str(tmp_path / "prompts.jsonl")
+
+
+def _half_crossing_threshold(model, tokenizer, classifier, rows, seed: int) -> float:
+    """The median of the rows' highest token scores on the model's samples: about half cross it."""
+    start = sample(model, rows, SETTINGS, pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id, seed=seed)
+    highest = sorted(max(s) for s in response_token_scores(classifier, rows, start.completion_ids,
+                                                             tokenizer.pad_token_id) if s)
+    return highest[len(highest) // 2]
+
+
 def _random_head(classifier) -> None:
     """A random N(0, 1) head: token scores spread over (0, 1), mostly set by the token itself (a
     2-block model's last hidden state is dominated by the token's own embedding)."""
@@ -94,25 +114,18 @@ def _random_head(classifier) -> None:
         head.bias.zero_()
 
 
-def test_grpo_behind_a_streaming_classifier_learns_to_avoid_what_it_flags(policy, tiny_model_dir, tmp_path,
-                                                                          monkeypatch):
+def test_grpo_behind_a_streaming_classifier_learns_to_avoid_what_it_flags(policy, tiny_model_dir, job):
     from alignlab.stages.online.grpo import GRPOConfig, run_grpo
 
     model, tokenizer, ids = policy
-    (tmp_path / "zero_reward_mod.py").write_text("def zero(prompts, completions):\n    return [0.0] * len(completions)\n")
-    monkeypatch.syspath_prepend(str(tmp_path))  # the only reward is the guard's: -1 for a halted rollout
+    tmp_path, prompts = job
     classifier = load_output_classifier(tiny_model_dir, tokenizer)
     _random_head(classifier)
-    rows = [p for p in ids for _ in range(4)]
-    start = sample(model, rows, SETTINGS, pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id, seed=0)
-    highest = sorted(max(s) for s in response_token_scores(classifier, rows, start.completion_ids,
-                                                             tokenizer.pad_token_id) if s)
-    threshold = highest[len(highest) // 2]  # about half the starting policy's rollouts cross it
+    threshold = _half_crossing_threshold(model, tokenizer, classifier, [p for p in ids for _ in range(4)], seed=0)
     classifier.save_pretrained(tmp_path / "output")
     tokenizer.save_pretrained(tmp_path / "output")
-    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
-    cfg = GRPOConfig(model=str(tiny_model_dir), prompts=str(tmp_path / "prompts.jsonl"),
-                     reward={"type": "callable", "function": "zero_reward_mod:zero"},
+    cfg = GRPOConfig(model=str(tiny_model_dir), prompts=prompts,  # the only reward is the guard's: -1 when halted
+                     reward={"type": "callable", "function": "guard_rewards:zero"},
                      guard={"output": str(tmp_path / "output"), "output_threshold": threshold, "halted_reward": -1.0},
                      samples_per_prompt=4, beta=0.0, sampling={"max_new_tokens": 12},
                      train={"iterations": 24, "prompts_per_iteration": 8, "minibatch_size": 32, "lr": 1e-2,
@@ -125,17 +138,14 @@ def test_grpo_behind_a_streaming_classifier_learns_to_avoid_what_it_flags(policy
 
 
 @pytest.mark.parametrize("kind", ["ppo", "grpo", "rloo", "reinforce_pp", "online_dpo"])
-def test_every_reward_driven_online_stage_samples_behind_the_guard(kind, tiny_model_dir, tmp_path, monkeypatch):
+def test_every_reward_driven_online_stage_samples_behind_the_guard(kind, tiny_model_dir, job):
     from alignlab.stages import STAGES
 
-    (tmp_path / "length_reward_mod.py").write_text("def length(prompts, completions):\n"
-                                                   "    return [float(len(c)) for c in completions]\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    tmp_path, prompts = job
     config_cls, run = STAGES[kind].load()
     extra = {"samples_per_prompt": 2} if kind in ("grpo", "rloo", "reinforce_pp") else {}
-    cfg = config_cls(model=str(tiny_model_dir), prompts=str(tmp_path / "prompts.jsonl"),
-                     reward={"type": "callable", "function": "length_reward_mod:length"}, sampling={"max_new_tokens": 6},
+    cfg = config_cls(model=str(tiny_model_dir), prompts=prompts,
+                     reward={"type": "callable", "function": "guard_rewards:length"}, sampling={"max_new_tokens": 6},
                      guard={"output": str(tiny_model_dir), "output_threshold": 0.0, "halted_reward": -3.0}, **extra,
                      train={"iterations": 1, "prompts_per_iteration": 4, "minibatch_size": 8, "update_epochs": 1,
                             "device": "cpu", "log_samples": 0})
@@ -159,9 +169,7 @@ def test_a_replayed_guard_cuts_exactly_where_the_streaming_guard_stops(policy, t
     # one batch: a streaming guard that ends a batch early shifts the random stream of the next one,
     # so across batches the two draw other (equally distributed) tokens
     settings = SETTINGS
-    start = sample(model, rows, settings, pad_id=pad, eos_id=eos, seed=8)
-    highest = sorted(max(s) for s in response_token_scores(classifier, rows, start.completion_ids, pad) if s)
-    guard = Guard(output=classifier, output_threshold=highest[len(highest) // 2])  # about half the rows are cut
+    guard = Guard(output=classifier, output_threshold=_half_crossing_threshold(model, tokenizer, classifier, rows, 8))
     streamed = guarded_sample(model, rows, settings, guard, pad_id=pad, eos_id=eos, seed=8)
     replayed = ReplayGuardedSampler(LocalSampler(model, pad, eos), guard, pad).sample(rows, settings, seed=8)
     assert 0 < sum(h is not None for h in streamed.halted_at) < len(rows)
@@ -170,7 +178,7 @@ def test_a_replayed_guard_cuts_exactly_where_the_streaming_guard_stops(policy, t
     assert replayed.output_scores == streamed.output_scores  # the same single-token steps: equal, not close
 
 
-def test_grpo_on_a_vllm_engine_is_guarded_by_replay(policy, tiny_model_dir, tmp_path, monkeypatch):
+def test_grpo_on_a_vllm_engine_is_guarded_by_replay(policy, tiny_model_dir, job, monkeypatch):
     import sys
 
     import fake_vllm
@@ -182,12 +190,9 @@ def test_grpo_on_a_vllm_engine_is_guarded_by_replay(policy, tiny_model_dir, tmp_
     monkeypatch.setitem(sys.modules, "vllm", fake_vllm)
     built = []
     monkeypatch.setattr(common, "ReplayGuardedSampler", lambda *a: built.append(ReplayGuardedSampler(*a)) or built[-1])
-    (tmp_path / "length_reward_mod.py").write_text("def length(prompts, completions):\n"
-                                                   "    return [float(len(c)) for c in completions]\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
-    cfg = GRPOConfig(model=str(tiny_model_dir), prompts=str(tmp_path / "prompts.jsonl"), rollout_backend="vllm",
-                     reward={"type": "callable", "function": "length_reward_mod:length"}, sampling={"max_new_tokens": 6},
+    tmp_path, prompts = job
+    cfg = GRPOConfig(model=str(tiny_model_dir), prompts=prompts, rollout_backend="vllm",
+                     reward={"type": "callable", "function": "guard_rewards:length"}, sampling={"max_new_tokens": 6},
                      guard={"output": str(tiny_model_dir), "output_threshold": 0.0, "halted_reward": -3.0},
                      samples_per_prompt=2, train={"iterations": 2, "prompts_per_iteration": 4, "minibatch_size": 8,
                                                   "device": "cpu", "log_samples": 0})

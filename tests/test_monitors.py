@@ -253,13 +253,20 @@ def eos_prone_model(tmp_path_factory, tiny_model_dir):
 
 
 @pytest.fixture()
-def toy(tmp_path, monkeypatch, eos_prone_model):
+def toy_files(tmp_path, monkeypatch):
+    """The toy rewards (importable as monitor_rewards) and the prompts file, in tmp_path."""
     (tmp_path / "monitor_rewards.py").write_text(textwrap.dedent(REWARDS))
     monkeypatch.syspath_prepend(str(tmp_path))
     sys.modules.pop("monitor_rewards", None)
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
-    return tmp_path, eos_prone_model, str(prompts)
+    return tmp_path, str(prompts)
+
+
+@pytest.fixture()
+def toy(toy_files, eos_prone_model):
+    tmp_path, prompts = toy_files
+    return tmp_path, eos_prone_model, prompts
 
 
 def _grpo(model, prompts, reward: str, monitors: dict, iterations: int = 8):
@@ -328,15 +335,12 @@ def test_every_reward_driven_online_stage_feeds_the_monitor(toy, kind):
     assert {"hack/entropy", "hack/distinct_2", "hack/length_reward_spearman"} <= set(_lines(tmp / kind)[0])
 
 
-def test_the_truncation_monitor_sees_responses_cut_at_the_limit(tmp_path, tiny_model_dir, monkeypatch):
+def test_the_truncation_monitor_sees_responses_cut_at_the_limit(toy_files, tiny_model_dir):
     # the tiny random model almost never draws EOS: nearly every response runs to max_new_tokens
     from alignlab.stages.online.grpo import GRPOConfig, run_grpo
 
-    (tmp_path / "monitor_rewards.py").write_text(textwrap.dedent(REWARDS))
-    monkeypatch.syspath_prepend(str(tmp_path))
-    sys.modules.pop("monitor_rewards", None)
-    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
-    cfg = GRPOConfig(model=str(tiny_model_dir), prompts=str(tmp_path / "prompts.jsonl"),
+    tmp_path, prompts = toy_files
+    cfg = GRPOConfig(model=str(tiny_model_dir), prompts=prompts,
                      reward={"type": "callable", "function": "monitor_rewards:length"}, samples_per_prompt=2,
                      sampling={"max_new_tokens": 6}, monitors={"truncation_rate": {"threshold": 0.5}},
                      train={"iterations": 2, "prompts_per_iteration": 4, "minibatch_size": 8, "device": "cpu",
