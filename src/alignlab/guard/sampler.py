@@ -145,6 +145,18 @@ def assemble(guard: Guard, prompts: list[list[int]], input_scores: list[float | 
                            seconds=seconds)
 
 
+def shown_samples(model: nn.Module, prompts: list[list[int]], settings: SamplingSettings, guard: Guard | None,
+                  tokenizer, *, seed: int = 0) -> tuple[list[list[int]], list[str], list[str | None]]:
+    """What a user is shown for each prompt, bare (`guard` None) or behind `guard`: the tokens,
+    the text and what withheld it (input, output or None), for the evaluation stages."""
+    pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+    if guard is None:
+        ids = sample(model, prompts, settings, pad_id=pad_id, eos_id=eos_id, seed=seed).completion_ids
+        return ids, tokenizer.batch_decode(ids, skip_special_tokens=True), [None] * len(ids)
+    guarded = guarded_sample(model, prompts, settings, guard, pad_id=pad_id, eos_id=eos_id, seed=seed)
+    return guarded.shown_ids(), guarded.texts(tokenizer), guarded.verdicts()
+
+
 class _Watch:
     """The guard's stop rule for `sample` (a `GuardStop` over a fresh stream per batch), and what
     it saw of each sampled row once sampling is over."""

@@ -25,7 +25,7 @@ from alignlab.data.formats import load_prompts
 from alignlab.data.readers import write_jsonl
 from alignlab.data.tokenize import TokenizedRow, tokenize_prompts
 from alignlab.eval.metrics import distinct_n, mean_and_se
-from alignlab.guard.sampler import guarded_sample
+from alignlab.guard.sampler import shown_samples
 from alignlab.models import (
     load_causal_lm,
     load_reward_model,
@@ -33,7 +33,7 @@ from alignlab.models import (
     reward_scores,
 )
 from alignlab.ops import sequence_logps, token_logps
-from alignlab.rollout import SamplingSettings, generate
+from alignlab.rollout import SamplingSettings
 from alignlab.stages.blocks import EvaluationSeedSettings, GuardedSamplingSettings, PromptLengthSettings
 from alignlab.stages.common import finish, runtime, seed_everything
 from alignlab.tasks import TaskSpec, get_task
@@ -94,7 +94,7 @@ def run(cfg: EvaluateConfig, out: Path) -> dict:
     tokenizer = load_tokenizer(first)
     prompt_ids = tokenize_prompts(prompts, tokenizer, cfg.max_prompt_length)
     device, _ = runtime("auto")
-    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id
     k = cfg.samples_per_prompt
     repeated = [ids for ids in prompt_ids for _ in range(k)]
     prompt_texts = [p.prompt for p in prompts for _ in range(k)]
@@ -107,13 +107,7 @@ def run(cfg: EvaluateConfig, out: Path) -> dict:
     for name, path in models.items():
         seed_everything(cfg.seed)
         model = load_causal_lm(path, device=device)
-        verdicts: list[str | None] = [None] * len(repeated)
-        if guard is None:
-            completions = generate(model, repeated, cfg.sampling, pad_id=pad, eos_id=eos, seed=cfg.seed)
-            texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
-        else:
-            guarded = guarded_sample(model, repeated, cfg.sampling, guard, pad_id=pad, eos_id=eos, seed=cfg.seed)
-            completions, texts, verdicts = guarded.shown_ids(), guarded.texts(tokenizer), guarded.verdicts()
+        completions, texts, verdicts = shown_samples(model, repeated, cfg.sampling, guard, tokenizer, seed=cfg.seed)
         rows = [TokenizedRow(p + c, [0] * len(p) + [1] * len(c)) for p, c in zip(repeated, completions)]
         figures: dict[str, float] = {"samples": len(texts)}
         if guard is not None:

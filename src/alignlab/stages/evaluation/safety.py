@@ -22,11 +22,11 @@ from pydantic import Field
 from alignlab.data.formats import load_prompts
 from alignlab.data.readers import write_jsonl
 from alignlab.data.tokenize import tokenize_prompts
+from alignlab.eval.proportion import of_flags
 from alignlab.eval.refusal import is_refusal
-from alignlab.eval.winrate import wilson_interval
-from alignlab.guard.sampler import guarded_sample
+from alignlab.guard.sampler import shown_samples
 from alignlab.models import load_causal_lm, load_tokenizer
-from alignlab.rollout import SamplingSettings, generate
+from alignlab.rollout import SamplingSettings
 from alignlab.stages.blocks import EvaluationSeedSettings, GuardedSamplingSettings, PromptLengthSettings
 from alignlab.stages.common import finish, runtime, seed_everything
 
@@ -39,11 +39,6 @@ class SafetyEvalConfig(PromptLengthSettings, EvaluationSeedSettings, GuardedSamp
     benign: str = Field(description="benign prompts (records may mark `lookalike: true`)")
     n_prompts: int | None = Field(None, gt=0, description="at most this many of each set")
     sampling: SamplingSettings = SamplingSettings(max_new_tokens=64)
-
-
-def share(flags: list[bool]) -> dict:
-    low, high = wilson_interval(sum(flags), len(flags))
-    return {"rate": sum(flags) / len(flags) if flags else float("nan"), "low": low, "high": high, "n": len(flags)}
 
 
 def run(cfg: SafetyEvalConfig, out: Path) -> dict:
@@ -59,23 +54,16 @@ def run(cfg: SafetyEvalConfig, out: Path) -> dict:
         refused: dict[str, list[bool]] = {}
         guarded: dict[str, list[str | None]] = {}
         for set_name, prompts in sets.items():
-            if guard is None:
-                completions = generate(model, ids[set_name], cfg.sampling, pad_id=tokenizer.pad_token_id,
-                                       eos_id=tokenizer.eos_token_id, seed=cfg.seed)
-                texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
-                guarded[set_name] = [None] * len(texts)
-            else:
-                rollouts = guarded_sample(model, ids[set_name], cfg.sampling, guard, pad_id=tokenizer.pad_token_id,
-                                          eos_id=tokenizer.eos_token_id, seed=cfg.seed)
-                texts, guarded[set_name] = rollouts.texts(tokenizer), rollouts.verdicts()
+            _, texts, guarded[set_name] = shown_samples(model, ids[set_name], cfg.sampling, guard, tokenizer,
+                                                        seed=cfg.seed)
             refused[set_name] = [g is not None or is_refusal(t) for t, g in zip(texts, guarded[set_name])]
             for prompt, text, flag, verdict in zip(prompts, texts, refused[set_name], guarded[set_name]):
                 samples.append({"model": model_name, "set": set_name, "prompt": prompt.prompt, "response": text,
                                 "refusal": flag, **({"guarded_by": verdict} if guard else {}),
                                 **{k: v for k, v in prompt.meta.items() if k != "source_line"}})
         lookalike = [flag for p, flag in zip(sets["benign"], refused["benign"]) if p.meta.get("lookalike")]
-        results[model_name] = {"harmful_compliance": share([not f for f in refused["harmful"]]),
-                               "benign_refusal": share(refused["benign"]), "lookalike_refusal": share(lookalike)}
+        results[model_name] = {"harmful_compliance": of_flags([not f for f in refused["harmful"]]),
+                               "benign_refusal": of_flags(refused["benign"]), "lookalike_refusal": of_flags(lookalike)}
         if guard is not None:
             results[model_name]["guard"] = {s: {"guarded_by_input": v.count("input"), "guarded_by_output": v.count("output")}
                                             for s, v in guarded.items()}
